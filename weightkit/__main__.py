@@ -1,0 +1,3 @@
+from weightkit.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+DTYPES = ["auto", "fp32", "fp16", "bf16"]
+
+
+def quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")(f)
+
+
+def is_quiet(quiet: bool) -> bool:
+    """True when --quiet was given to the command or to `weightkit` itself."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root().obj if ctx is not None else None
+    return quiet or bool(root and root.get("quiet"))
+
+
+def device_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where the arithmetic runs; auto uses CUDA when present. Output bytes are the same.",
+    )(f)
+
+
+def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--format, --max-shard-size and --overwrite for commands that write a checkpoint."""
+    f = click.option(
+        "--overwrite", is_flag=True, help="Replace OUT if it already exists."
+    )(f)
+    f = click.option(
+        "--max-shard-size",
+        default="5GB",
+        show_default=True,
+        help="Largest output shard, e.g. 5GB, 500MB, 2GiB.",
+    )(f)
+    f = click.option(
+        "--format",
+        "out_format",
+        type=click.Choice(["safetensors", "bin"]),
+        default="safetensors",
+        show_default=True,
+        help="Output file format.",
+    )(f)
+    return f

@@ -1,0 +1,120 @@
+"""A checkpoint on disk, one small interface over every layout weightkit reads.
+
+Accepted: an HF model folder (single or sharded safetensors, or `pytorch_model*.bin`, with or
+without an index), a folder of `consolidated.*.pth` or `adapter_model.*` files, or a single file.
+Listing names, shapes and dtypes reads headers only; `read(name)` reads one tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from weightkit.errors import InputError
+from weightkit.io.safetensors_file import SafetensorsFile
+from weightkit.io.tensor_info import TensorInfo
+from weightkit.io.torch_file import TorchFile
+
+INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+class Checkpoint:
+    """Tensors of one model, wherever they are stored; read one at a time."""
+
+    def __init__(self, path: Path, files: list[Path]) -> None:
+        self.path = path
+        self.files = files
+        self._backends = [_open_file(f) for f in files]
+        self._where: dict[str, int] = {}
+        self.infos: dict[str, TensorInfo] = {}
+        for i, backend in enumerate(self._backends):
+            for name, info in backend.infos.items():
+                if name in self._where:
+                    first = self.files[self._where[name]].name
+                    raise InputError(
+                        f"{path}: tensor {name!r} is stored twice ({first} and {files[i].name})",
+                        "The checkpoint is inconsistent; download it again.",
+                    )
+                self._where[name] = i
+                self.infos[name] = info
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.infos)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.infos[name]
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor's values in a fresh CPU buffer, in its stored dtype."""
+        return self._backends[self._where[name]].read(name)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self.infos.values())
+
+    @property
+    def folder(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open a checkpoint folder or file without reading any tensor data."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    return Checkpoint(path, weight_files(path))
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weight files of a checkpoint, in a deterministic order."""
+    if path.is_file():
+        return [path]
+    for index_name in INDEX_NAMES:
+        index = path / index_name
+        if index.exists():
+            return _files_from_index(index)
+    for pattern in ("*.safetensors", "pytorch_model*.bin", "consolidated.*.pth", "*.bin", "*.pth"):
+        found = sorted(p for p in path.glob(pattern) if p.is_file())
+        if found:
+            return found
+    raise InputError(
+        f"{path}: no weight files (*.safetensors, *.bin, *.pth) in this folder",
+        "Point at the folder that holds the model's weights.",
+    )
+
+
+def _files_from_index(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{index}: not a valid index file ({e})") from None
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise InputError(
+            f"{index}: names shard {missing[0]} which is not in {index.parent}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+            "Download the missing shards, or remove the stale index file.",
+        )
+    return [index.parent / n for n in names]
+
+
+def _open_file(path: Path) -> SafetensorsFile | TorchFile:
+    if path.suffix == ".safetensors":
+        return SafetensorsFile(path)
+    if path.suffix in (".bin", ".pth", ".pt"):
+        return TorchFile(path)
+    raise InputError(f"{path}: unknown weight file type (expected .safetensors, .bin or .pth)")

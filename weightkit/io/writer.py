@@ -1,0 +1,168 @@
+"""Sharded checkpoint writer: the plan is known up front, bytes are streamed tensor by tensor.
+
+Because every name, dtype and shape is planned before the first byte is written, each shard's
+safetensors header (or `.bin` pickle) can be written first and the tensors appended as they are
+computed; no shard is ever held in memory. Same plan and tensors -> byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from weightkit.dtypes import safetensors_name
+from weightkit.errors import InputError
+from weightkit.io.tensor_info import tensor_bytes
+from weightkit.io.torch_file import TorchZipWriter
+
+FORMATS = {
+    "safetensors": ("model", ".safetensors", "model.safetensors.index.json"),
+    "bin": ("pytorch_model", ".bin", "pytorch_model.bin.index.json"),
+}
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000, '2GiB' -> 2**31, as huggingface does."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
+    if not m:
+        raise InputError(f"cannot read size {text!r}", "Write it like 5GB, 500MB or 2GiB.")
+    unit = m.group(2).upper().rstrip("B")
+    scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+             "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
+    """Greedy, in plan order: a shard closes when the next tensor would push it past the limit."""
+    shards: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for t in plan:
+        if shards[-1] and size + t.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+class ShardWriter:
+    """Write the planned tensors, in plan order, into `folder`."""
+
+    def __init__(
+        self,
+        folder: Path,
+        plan: list[PlannedTensor],
+        fmt: str = "safetensors",
+        max_shard_size: int | str = "5GB",
+    ) -> None:
+        if fmt not in FORMATS:
+            raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
+        self.folder = folder
+        self.fmt = fmt
+        self.shards = plan_shards(plan, parse_size(max_shard_size))
+        prefix, suffix, self.index_name = FORMATS[fmt]
+        n = len(self.shards)
+        self.file_names = (
+            [f"{prefix}{suffix}"] if n == 1
+            else [f"{prefix}-{i + 1:05d}-of-{n:05d}{suffix}" for i in range(n)]
+        )
+        self._shard = -1
+        self._pos = 0  # index of the next tensor inside the current shard
+        self._file = None
+
+    @property
+    def total_size(self) -> int:
+        return sum(t.nbytes for shard in self.shards for t in shard)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._file is None or self._pos == len(self.shards[self._shard]):
+            self._next_shard()
+        expected = self.shards[self._shard][self._pos]
+        if expected.name != name or tuple(tensor.shape) != expected.shape \
+                or tensor.dtype != expected.dtype:
+            raise RuntimeError(
+                f"writer got {name} {tuple(tensor.shape)} {tensor.dtype}, planned "
+                f"{expected.name} {expected.shape} {expected.dtype}"
+            )
+        data = tensor_bytes(tensor)
+        if self.fmt == "safetensors":
+            self._file.write(data)
+        else:
+            self._file.add(name, data)
+        self._pos += 1
+
+    def close(self) -> list[Path]:
+        """Finish the last shard and write the index; returns the files written."""
+        if self._shard != len(self.shards) - 1:
+            raise RuntimeError("writer closed before every planned tensor was written")
+        self._finish_shard()
+        written = [self.folder / f for f in self.file_names]
+        if len(self.file_names) > 1:
+            weight_map = {t.name: self.file_names[i]
+                          for i, shard in enumerate(self.shards) for t in shard}
+            index = {"metadata": {"total_size": self.total_size},
+                     "weight_map": dict(sorted(weight_map.items()))}
+            path = self.folder / self.index_name
+            path.write_text(json.dumps(index, indent=2) + "\n")
+            written.append(path)
+        return written
+
+    def _next_shard(self) -> None:
+        self._finish_shard()
+        self._shard += 1
+        self._pos = 0
+        path = self.folder / self.file_names[self._shard]
+        shard = self.shards[self._shard]
+        if self.fmt == "safetensors":
+            self._file = open(path, "wb")
+            self._file.write(_safetensors_header(shard))
+        else:
+            self._file = TorchZipWriter(path, [(t.name, t.dtype, t.shape) for t in shard])
+
+    def _finish_shard(self) -> None:
+        if self._file is None:
+            return
+        if self._pos != len(self.shards[self._shard]):
+            missing = self.shards[self._shard][self._pos].name
+            raise RuntimeError(f"shard closed before tensor {missing} was written")
+        if self.fmt == "safetensors":
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        else:
+            self._file.close()
+        self._file = None
+
+
+def _safetensors_header(shard: list[PlannedTensor]) -> bytes:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for t in shard:
+        header[t.name] = {"dtype": safetensors_name(t.dtype), "shape": list(t.shape),
+                          "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    body = json.dumps(header, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    return struct.pack("<Q", len(body)) + body

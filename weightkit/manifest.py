@@ -1,0 +1,130 @@
+"""Tensor manifest (`weightkit.manifest.json`): per tensor its dtype, shape and the sha256 of its
+raw little-endian bytes.
+
+It does not depend on sharding, file format or serializer, so it can prove that a recovered model
+equals the one a publisher trained even when the files themselves differ byte for byte.
+
+    {"format": "weightkit.manifest", "version": 1,
+     "tensors": {"model.norm.weight": {"dtype": "F16", "shape": [4096], "sha256": "…"}, …}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightkit.errors import ChecksumError, InputError
+
+MANIFEST_NAME = "weightkit.manifest.json"
+# in a diff folder: the manifest of the tuned model that recovering from the diff must give
+TARGET_MANIFEST_NAME = "weightkit.target-manifest.json"
+_FORMAT = "weightkit.manifest"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    dtype: str  # safetensors dtype name: F32, F16, BF16, ...
+    shape: tuple[int, ...]
+    sha256: str
+    # set by `weightkit diff` when raw + diff cannot reproduce this tensor exactly (an fp16 diff,
+    # or changes below fp32's resolution): the sha256 that recovering from that diff must give.
+    recovers_to: str | None = None
+
+
+def sha256_bytes(data: memoryview | bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Manifest:
+    def __init__(self, entries: dict[str, ManifestEntry] | None = None) -> None:
+        self.entries: dict[str, ManifestEntry] = dict(entries or {})
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def add(self, name: str, entry: ManifestEntry) -> None:
+        self.entries[name] = entry
+
+    def to_json(self) -> str:
+        tensors = {}
+        for name, e in sorted(self.entries.items()):
+            tensors[name] = {"dtype": e.dtype, "shape": list(e.shape), "sha256": e.sha256}
+            if e.recovers_to:
+                tensors[name]["recovers_to"] = e.recovers_to
+        doc = {"format": _FORMAT, "version": 1, "tensors": tensors}
+        return json.dumps(doc, indent=1) + "\n"
+
+    def write(self, folder: Path, name: str = MANIFEST_NAME) -> Path:
+        path = Path(folder) / name
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        """Read a manifest file, or the one inside a folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("format") != _FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}")
+            entries = {
+                name: ManifestEntry(e["dtype"], tuple(e["shape"]), e["sha256"],
+                                    e.get("recovers_to"))
+                for name, e in doc["tensors"].items()
+            }
+        except FileNotFoundError:
+            raise InputError(f"{path}: no tensor manifest here") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{path}: not a valid weightkit manifest ({e})") from None
+        return cls(entries)
+
+    @classmethod
+    def find(cls, folder: Path, name: str = MANIFEST_NAME) -> Manifest | None:
+        """The manifest called `name` inside `folder`, or None when there is none."""
+        path = Path(folder) / name
+        return cls.load(path) if path.is_file() else None
+
+    def check(self, name: str, entry: ManifestEntry, where: str) -> bool:
+        """True when `entry` is exactly what is expected, False when it is the predicted
+        within-one-rounding result (`recovers_to`); ChecksumError otherwise."""
+        want = self.entries.get(name)
+        if want is None:
+            raise ChecksumError(f"tensor {name!r} in {where} is not in the manifest")
+        if (want.dtype, want.shape) != (entry.dtype, entry.shape):
+            raise ChecksumError(
+                f"tensor {name!r} in {where} is {entry.dtype} {list(entry.shape)}, "
+                f"the manifest expects {want.dtype} {list(want.shape)}"
+            )
+        if want.sha256 == entry.sha256:
+            return True
+        if want.recovers_to == entry.sha256:
+            return False
+        raise ChecksumError(
+            f"tensor {name!r} in {where} has sha256 {entry.sha256[:16]}…, "
+            f"the manifest expects {want.sha256[:16]}…",
+            "The inputs are not the ones this manifest was made from (wrong base model, "
+            "or a damaged download). Check them with `weightkit verify`.",
+        )
+
+    def differences(self, other: Manifest) -> list[str]:
+        """Human-readable differences, `self` being what is expected."""
+        out = []
+        for name, want in sorted(self.entries.items()):
+            got = other.entries.get(name)
+            if got is None:
+                out.append(f"{name}: missing")
+            elif (got.dtype, got.shape) != (want.dtype, want.shape):
+                out.append(f"{name}: {got.dtype} {list(got.shape)}, expected "
+                           f"{want.dtype} {list(want.shape)}")
+            elif got.sha256 != want.sha256:
+                out.append(f"{name}: sha256 differs")
+        extra = sorted(set(other.entries) - set(self.entries))
+        out += [f"{name}: not in the manifest" for name in extra]
+        return out

@@ -1,0 +1,241 @@
+"""The streaming engine every command runs on: read ahead, compute, write behind.
+
+A command turns its work into a list of `Job`s, one per output tensor, in output order. Three
+stages overlap: a reader thread loads the inputs of the next jobs, the calling thread does the
+arithmetic on the chosen device, and a writer thread hashes and writes finished tensors. Queues
+are bounded, so at most a few tensors are alive at once, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from weightkit.device import resolve_device
+from weightkit.dtypes import safetensors_name
+from weightkit.errors import InputError
+from weightkit.io.output import OutputFolder, copy_side_files
+from weightkit.io.tensor_info import tensor_bytes
+from weightkit.io.writer import PlannedTensor, ShardWriter
+from weightkit.manifest import Manifest, ManifestEntry, sha256_bytes
+from weightkit.progress import ByteProgress, human_bytes, human_time, say
+
+_READ_AHEAD = 2
+_WRITE_BEHIND = 2
+_DONE = object()
+
+
+@dataclass
+class Job:
+    """One output tensor: how to load its inputs (on the CPU) and how to compute it."""
+
+    out: PlannedTensor
+    load: Callable[[], tuple[torch.Tensor, ...]]
+    compute: Callable[..., torch.Tensor]  # inputs already on the device -> result there
+
+    def run(self, inputs: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
+        moved = tuple(x.to(device, non_blocking=True) for x in inputs)
+        result = self.compute(*moved).to(self.out.dtype)
+        if tuple(result.shape) != self.out.shape:
+            raise RuntimeError(f"{self.out.name}: computed {tuple(result.shape)}, "
+                               f"planned {self.out.shape}")
+        return result.cpu() if result.device.type != "cpu" else result
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class RunStats:
+    manifest: Manifest  # of what was written
+    checked: int = 0  # tensors checked against an expected manifest
+    within_rounding: list[str] = field(default_factory=list)  # matched its predicted rounding
+
+
+def run_jobs(
+    jobs: Iterable[Job],
+    writer: ShardWriter,
+    device: torch.device,
+    progress: ByteProgress | None = None,
+    expected: Manifest | None = None,
+    where: str = "the output",
+) -> RunStats:
+    """Run every job, write its result, and return the manifest of what was written.
+
+    With `expected`, each result whose name and dtype it lists is checked before it is written;
+    the first mismatch stops the run (ChecksumError naming the tensor).
+    """
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    loaded: queue.Queue = queue.Queue(_READ_AHEAD)
+    computed: queue.Queue = queue.Queue(_WRITE_BEHIND)
+    stats = RunStats(Manifest())
+
+    def read_stage() -> None:
+        try:
+            for job in jobs:
+                inputs = job.load()
+                if device.type == "cuda":
+                    inputs = tuple(x.pin_memory() for x in inputs)
+                if not _put(loaded, (job, inputs), stop):
+                    return
+            _put(loaded, _DONE, stop)
+        except BaseException as e:  # handed to the main thread, raised there
+            errors.append(e)
+            stop.set()
+
+    def write_stage() -> None:
+        try:
+            while True:
+                item = _get(computed, stop)
+                if item is _DONE or item is None:
+                    return
+                job, tensor = item
+                data = tensor_bytes(tensor)
+                entry = ManifestEntry(safetensors_name(tensor.dtype), tuple(tensor.shape),
+                                      sha256_bytes(data))
+                if _checkable(expected, job.out.name, entry):
+                    stats.checked += 1
+                    if not expected.check(job.out.name, entry, where):
+                        stats.within_rounding.append(job.out.name)
+                writer.write(job.out.name, tensor)
+                stats.manifest.add(job.out.name, entry)
+                if progress is not None:
+                    progress.advance(len(data))
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=read_stage, daemon=True, name="weightkit-read"),
+               threading.Thread(target=write_stage, daemon=True, name="weightkit-write")]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            item = _get(loaded, stop)
+            if item is _DONE or item is None:
+                break
+            job, inputs = item
+            result = job.run(inputs, device)
+            del inputs
+            if not _put(computed, (job, result), stop):
+                break
+        _put(computed, _DONE, stop)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return stats
+
+
+def _checkable(expected: Manifest | None, name: str, entry: ManifestEntry) -> bool:
+    # a tensor asked for in another dtype than the manifest's cannot be compared by hash
+    return expected is not None and (name not in expected
+                                     or expected.entries[name].dtype == entry.dtype)
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> object:
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.05)
+        except queue.Empty:
+            continue
+    return None
+
+
+@dataclass
+class WriteResult:
+    """What a checkpoint-writing command did; also what its library function returns."""
+
+    out: Path
+    files: list[str]
+    tensors: int
+    bytes_written: int
+    seconds: float
+    manifest: Manifest
+    checked: int = 0
+    within_rounding: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def write_checkpoint(
+    out: str | Path,
+    jobs: list[Job],
+    *,
+    title: str,
+    inputs: list[Path],
+    side_files_from: list[Path] = (),
+    extra_files: dict[str, str] | None = None,
+    fmt: str = "safetensors",
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    device: str | torch.device = "auto",
+    quiet: bool = False,
+    expected: Manifest | None = None,
+    expected_what: str = "the expected model",
+    notes: list[str] = (),
+) -> WriteResult:
+    """Run `jobs` into a new checkpoint folder at `out`, atomically, with its tensor manifest.
+
+    Config/tokenizer files are copied from `side_files_from` (first one wins), `extra_files`
+    (name -> text) are written as given. A summary paragraph goes to stderr unless quiet.
+    """
+    plan = [j.out for j in jobs]
+    if not plan:
+        raise InputError(f"{title}: nothing to write (the inputs hold no tensors)")
+    dev = resolve_device(device)
+    folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite,
+                          needed_bytes=sum(t.nbytes for t in plan))
+    with folder as tmp:
+        writer = ShardWriter(tmp, plan, fmt, max_shard_size)
+        with ByteProgress(title, writer.total_size, len(plan), quiet) as progress:
+            stats = run_jobs(jobs, writer, dev, progress, expected, where=str(folder.out))
+            files = [p.name for p in writer.close()]
+        stats.manifest.write(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        copy_side_files(list(side_files_from), tmp)
+        seconds = progress.elapsed
+    result = WriteResult(folder.out, files, len(plan), writer.total_size, seconds, stats.manifest,
+                         stats.checked, stats.within_rounding, list(notes))
+    say(summary(title, result, expected is not None, expected_what), quiet)
+    return result
+
+
+def summary(title: str, r: WriteResult, had_expected: bool, expected_what: str) -> str:
+    dtypes = sorted({e.dtype for e in r.manifest.entries.values()})
+    rate = r.bytes_written / r.seconds if r.seconds > 0 else 0.0
+    text = (f"{title}: wrote {r.tensors} tensors, {human_bytes(r.bytes_written)} "
+            f"({', '.join(dtypes)}) in {len(r.files)} file(s) to {r.out} in "
+            f"{human_time(r.seconds)} ({human_bytes(rate)}/s).")
+    if had_expected:
+        exact = r.checked - len(r.within_rounding)
+        text += f" Checked against the manifest of {expected_what}: {exact} tensors match exactly"
+        if r.within_rounding:
+            text += (f", {len(r.within_rounding)} match the within-one-rounding result the diff "
+                     "predicted")
+        unchecked = r.tensors - r.checked
+        text += f"{f', {unchecked} not checked (other dtype)' if unchecked else ''}."
+    else:
+        text += " No manifest to check against; wrote weightkit.manifest.json for later checks."
+    return " ".join([text, *r.notes])
