@@ -185,7 +185,7 @@ def write_checkpoint(
     title: str,
     inputs: list[Path],
     side_files_from: list[Path] = (),
-    extra_files: dict[str, str] | None = None,
+    finish: Callable[[Path], list[str]] | None = None,
     fmt: str = "safetensors",
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
@@ -197,8 +197,9 @@ def write_checkpoint(
 ) -> WriteResult:
     """Run `jobs` into a new checkpoint folder at `out`, atomically, with its tensor manifest.
 
-    Config/tokenizer files are copied from `side_files_from` (first one wins), `extra_files`
-    (name -> text) are written as given. A summary paragraph goes to stderr unless quiet.
+    Config/tokenizer files are copied from `side_files_from` (first one wins). `finish`, if
+    given, runs on the still-hidden folder after the tensors are written (to add files of the
+    command's own) and returns notes for the summary, which goes to stderr unless quiet.
     """
     plan = [j.out for j in jobs]
     if not plan:
@@ -212,8 +213,7 @@ def write_checkpoint(
             stats = run_jobs(jobs, writer, dev, progress, expected, where=str(folder.out))
             files = [p.name for p in writer.close()]
         stats.manifest.write(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+        notes = [*notes, *(finish(tmp) if finish else [])]
         copy_side_files(list(side_files_from), tmp)
         seconds = progress.elapsed
     result = WriteResult(folder.out, files, len(plan), writer.total_size, seconds, stats.manifest,

@@ -13,10 +13,11 @@ from types import TracebackType
 
 from weightkit.errors import OutputError
 from weightkit.io.reader import INDEX_NAMES, WEIGHT_SUFFIXES
+from weightkit.manifest import MANIFEST_NAME, TARGET_MANIFEST_NAME
 
 PARTIAL_SUFFIX = ".weightkit-partial"
 # files that describe the weights rather than the model; never copied between checkpoints
-_NOT_COPIED = {"README.md", ".gitattributes", "weightkit.manifest.json", *INDEX_NAMES}
+_NOT_COPIED = {"README.md", ".gitattributes", MANIFEST_NAME, TARGET_MANIFEST_NAME, *INDEX_NAMES}
 
 
 class OutputFolder:

@@ -1,0 +1,1 @@
+"""Operations on checkpoints, one module per command."""

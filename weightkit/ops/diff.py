@@ -1,0 +1,78 @@
+"""`weightkit diff`: publish a fine-tune as tuned - raw, with a manifest that proves recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from weightkit.dtypes import parse_dtype, safetensors_name
+from weightkit.io.reader import open_checkpoint
+from weightkit.io.tensor_info import tensor_bytes
+from weightkit.io.writer import PlannedTensor
+from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry, sha256_bytes
+from weightkit.ops import delta
+from weightkit.ops.pairing import Pair, pair_checkpoints
+from weightkit.pipeline import Job, WriteResult, write_checkpoint
+
+
+def diff(
+    raw: str | Path,
+    tuned: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "fp32",
+    fmt: str = "safetensors",
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+) -> WriteResult:
+    """Write diff = tuned - raw (computed in fp32, stored in `dtype`) into `out`.
+
+    Besides the diff's own manifest, `out` gets `weightkit.target-manifest.json`: the manifest of
+    the tuned model, which `recover` checks its output against. Where the stored diff cannot give
+    back a tensor exactly (an fp16 diff, or a change below fp32's resolution), that entry also
+    records the hash recovery will produce, so the check stays exact about what it accepts.
+    """
+    raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)
+    diff_dtype = parse_dtype(dtype)
+    pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
+    target = Manifest()
+    jobs = [_job(p, raw_ckpt, tuned_ckpt, diff_dtype, target) for p in pairing.pairs]
+
+    def finish(folder: Path) -> list[str]:
+        target.write(folder, TARGET_MANIFEST_NAME)
+        inexact = sum(1 for e in target.entries.values() if e.recovers_to)
+        if not inexact:
+            return [f"Recovering from this diff gives all {len(target)} tensors bit for bit."]
+        return [f"{inexact} of {len(target)} tensors cannot be recovered bit for bit from a "
+                f"{dtype} diff (within one rounding); the target manifest records the result "
+                "recovery must give."]
+
+    return write_checkpoint(
+        out, jobs, title="diff", inputs=[raw_ckpt.path, tuned_ckpt.path],
+        side_files_from=[tuned_ckpt.folder], fmt=fmt, max_shard_size=max_shard_size,
+        overwrite=overwrite, device=device, quiet=quiet, notes=pairing.notes(), finish=finish,
+    )
+
+
+def _job(p: Pair, raw, tuned, diff_dtype: torch.dtype, target: Manifest) -> Job:
+    out_dtype = diff_dtype if p.other.dtype.is_floating_point else p.other.dtype
+
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        return raw.read(p.name), tuned.read(p.name)
+
+    def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        d = delta.subtract(r, t, out_dtype)
+        target.add(p.name, _target_entry(r, t, d))
+        return d
+
+    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, compute)
+
+
+def _target_entry(r: torch.Tensor, t: torch.Tensor, d: torch.Tensor) -> ManifestEntry:
+    want = sha256_bytes(tensor_bytes(t))
+    got = sha256_bytes(tensor_bytes(delta.add(r, d, t.dtype)))
+    return ManifestEntry(safetensors_name(t.dtype), tuple(t.shape), want,
+                         None if got == want else got)

@@ -1,0 +1,67 @@
+"""`weightkit recover`: tuned = raw + diff, streaming, checked against the diff's manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from weightkit.dtypes import SAFETENSORS_DTYPES, parse_dtype, wider
+from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.writer import PlannedTensor
+from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest
+from weightkit.ops import delta
+from weightkit.ops.pairing import Pair, pair_checkpoints
+from weightkit.pipeline import Job, WriteResult, write_checkpoint
+
+
+def recover(
+    raw: str | Path,
+    diff: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "auto",
+    fp16: bool = False,
+    fmt: str = "safetensors",
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+) -> WriteResult:
+    """Write tuned = raw + diff (added in fp32) into `out`.
+
+    dtype "auto" writes what the diff's target manifest says the tuned model was, or else the
+    wider of the raw and diff dtypes, so no precision is lost. `fp16=True` is KnowLM's spelling
+    of "the diff is fp16" and writes fp16.
+    """
+    raw_ckpt, diff_ckpt = open_checkpoint(raw), open_checkpoint(diff)
+    pairing = pair_checkpoints(raw_ckpt, diff_ckpt, "diff")
+    target = Manifest.find(diff_ckpt.folder, TARGET_MANIFEST_NAME)
+    forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
+    jobs = [_job(p, raw_ckpt, diff_ckpt, _out_dtype(p, forced, target)) for p in pairing.pairs]
+    return write_checkpoint(
+        out, jobs, title="recover", inputs=[raw_ckpt.path, diff_ckpt.path],
+        side_files_from=[diff_ckpt.folder, raw_ckpt.folder], fmt=fmt,
+        max_shard_size=max_shard_size, overwrite=overwrite, device=device, quiet=quiet,
+        expected=target, expected_what="the tuned model", notes=pairing.notes(),
+    )
+
+
+def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None) -> torch.dtype:
+    if not (p.raw.dtype.is_floating_point and p.other.dtype.is_floating_point):
+        return wider(p.raw.dtype, p.other.dtype)
+    if forced is not None:
+        return forced
+    if target is not None and p.name in target:
+        return SAFETENSORS_DTYPES[target.entries[p.name].dtype]
+    return wider(p.raw.dtype, p.other.dtype)
+
+
+def _job(p: Pair, raw: Checkpoint, diff: Checkpoint, out_dtype: torch.dtype) -> Job:
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        return raw.read(p.name), diff.read(p.name)
+
+    def compute(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return delta.add(r, d, out_dtype)
+
+    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, compute)
