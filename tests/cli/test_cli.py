@@ -1,0 +1,67 @@
+"""The command line: one clear message and a non-zero exit on failure, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from weightkit.ops.diff import diff
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "weightkit", *args], capture_output=True,
+                          text=True)
+
+
+def test_help_lists_every_command_and_does_not_import_torch():
+    code = ("import sys\nfrom weightkit.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("False")
+    for name in ("diff", "recover"):
+        assert f"  {name} " in out.stdout
+
+
+def test_missing_input_is_a_usage_error():
+    r = run("recover", "--raw", "/nonexistent", "--diff", "/nonexistent", "--out", "/tmp/x")
+    assert r.returncode == 2
+    assert "Path '/nonexistent' does not exist" in r.stderr
+
+
+def test_error_is_one_message_without_traceback(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    (tmp_path / "out").mkdir()
+    r = run("recover", "--raw", str(raw), "--diff", str(tmp_path / "diff"),
+            "--out", str(tmp_path / "out"))
+    assert r.returncode == 1
+    assert r.stderr == (f"Error: output {tmp_path / 'out'} already exists\n"
+                        "Pass --overwrite to replace it.\n")
+    assert r.stdout == ""
+    debug = run("--debug", "recover", "--raw", str(raw), "--diff", str(tmp_path / "diff"),
+                "--out", str(tmp_path / "out"))
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_recover_quiet_prints_nothing_and_summary_otherwise(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    d = str(tmp_path / "diff")
+    r = run("diff", "--raw", str(raw), "--tuned", str(tuned), "--out", d, "--quiet")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    r = run("recover", "--raw", str(raw), "--diff", d, "--out", str(tmp_path / "out"))
+    assert r.returncode == 0
+    summary = " ".join(r.stderr.split())
+    assert "recover: wrote 21 tensors, 180.86 kB (F16) in 1 file(s) to" in summary
+    assert "Checked against the manifest of the tuned model: 21 tensors match exactly." in summary
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    r = run("diff", "--raw", str(raw), "--tuned", str(tuned), "--out", str(tmp_path / "d"),
+            "--device", "cuda")
+    assert r.returncode == 1
+    assert r.stderr.startswith("Error: --device cuda was asked for, but no CUDA device is "
+                               "available\nUse --device cpu or auto: the output bytes are the same.")
+    assert not (tmp_path / "d").exists()

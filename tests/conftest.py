@@ -1,0 +1,77 @@
+"""Tiny checkpoints built on the fly with a fixed seed (a few hundred kB each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def build_model(kind: str, dtype: torch.dtype, seed: int = 0, vocab: int = 128):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    else:
+        raise ValueError(kind)
+    return model.to(dtype).eval()
+
+
+def fine_tune(model, seed: int = 1, scale: float = 1e-2, extra_vocab: int = 0):
+    """A stand-in for training: every weight moves by about `scale` of its magnitude."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=gen).to(p.dtype)
+            p.add_(noise * p.abs() * scale)
+        if extra_vocab:
+            model.resize_token_embeddings(model.config.vocab_size + extra_vocab)
+            for p in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+                p[-extra_vocab:] = torch.randn(p[-extra_vocab:].shape, generator=gen).to(p.dtype)
+    return model
+
+
+def save_bin_shards(state: dict[str, torch.Tensor], folder: Path, shards: int) -> None:
+    """KnowLM's layout: pytorch_model-0000X-of-0000N.bin written by torch.save, plus the index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(state)
+    per = -(-len(names) // shards)
+    weight_map = {}
+    for i in range(shards):
+        fname = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = {n: state[n].contiguous() for n in names[i * per:(i + 1) * per]}
+        torch.save(part, folder / fname)
+        weight_map.update({n: fname for n in part})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+def state_of(model) -> dict[str, torch.Tensor]:
+    """What save_pretrained writes: tied weights once."""
+    from safetensors.torch import load_file
+
+    return load_file(Path(model) / "model.safetensors")
+
+
+@pytest.fixture
+def model_pair(tmp_path: Path):
+    """model_pair(kind, dtype) -> (raw_dir, tuned_dir), saved with save_pretrained."""
+
+    def make(kind: str = "llama", dtype: torch.dtype = torch.float16, extra_vocab: int = 0,
+             scale: float = 1e-2, tuned_dtype: torch.dtype | None = None) -> tuple[Path, Path]:
+        raw_dir, tuned_dir = tmp_path / f"{kind}-raw", tmp_path / f"{kind}-tuned"
+        model = build_model(kind, tuned_dtype or dtype)
+        model.to(dtype).save_pretrained(raw_dir)
+        model.to(tuned_dtype or dtype)
+        fine_tune(model, scale=scale, extra_vocab=extra_vocab).save_pretrained(tuned_dir)
+        return raw_dir, tuned_dir
+
+    return make

@@ -1,0 +1,89 @@
+"""Shard planning, exact safetensors bytes, .bin files torch can load, atomic output folders."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from weightkit.errors import OutputError
+from weightkit.io.output import OutputFolder
+from weightkit.io.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
+
+
+def plan_of(state):
+    return [PlannedTensor(n, t.dtype, tuple(t.shape)) for n, t in state.items()]
+
+
+STATE = {"b": torch.arange(6, dtype=torch.float16).reshape(2, 3),
+         "a": torch.tensor([1.5, -2.0], dtype=torch.float32)}
+
+
+def test_parse_size_follows_huggingface_units():
+    assert parse_size("5GB") == 5_000_000_000
+    assert parse_size("2GiB") == 2**31
+    assert parse_size("500MB") == 500_000_000
+    assert parse_size("100kB") == 100_000
+
+
+def test_plan_shards_is_greedy_in_order():
+    plan = [PlannedTensor(str(i), torch.float32, (n,)) for i, n in enumerate([10, 10, 15, 5, 30])]
+    shards = plan_shards(plan, 80)
+    assert [[t.name for t in s] for s in shards] == [["0", "1"], ["2", "3"], ["4"]]
+
+
+def test_single_safetensors_file_bytes(tmp_path):
+    w = ShardWriter(tmp_path, plan_of(STATE))
+    for n, t in STATE.items():
+        w.write(n, t)
+    assert [p.name for p in w.close()] == ["model.safetensors"]
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    assert header == {"__metadata__": {"format": "pt"},
+                      "b": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]},
+                      "a": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}}
+    assert n % 8 == 0
+    assert data[8 + n:] == STATE["b"].numpy().tobytes() + STATE["a"].numpy().tobytes()
+    loaded = load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(loaded[k], STATE[k]) for k in STATE)
+
+
+def test_sharded_bin_with_index(tmp_path):
+    w = ShardWriter(tmp_path, plan_of(STATE), fmt="bin", max_shard_size=12)
+    for n, t in STATE.items():
+        w.write(n, t)
+    names = [p.name for p in w.close()]
+    assert names == ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
+                     "pytorch_model.bin.index.json"]
+    index = json.loads((tmp_path / "pytorch_model.bin.index.json").read_text())
+    assert index == {"metadata": {"total_size": 20},
+                     "weight_map": {"a": "pytorch_model-00002-of-00002.bin",
+                                    "b": "pytorch_model-00001-of-00002.bin"}}
+    b = torch.load(tmp_path / names[0], weights_only=True, mmap=True)["b"]
+    assert b.dtype == torch.float16 and torch.equal(b, STATE["b"])
+
+
+def test_output_folder_appears_only_on_success(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), OutputFolder(out) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with OutputFolder(out) as tmp:
+        (tmp / "x").write_text("done")
+    assert (out / "x").read_text() == "done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_output_folder_refusals(tmp_path):
+    (tmp_path / "in").mkdir()
+    with pytest.raises(OutputError, match="already exists"):
+        OutputFolder(tmp_path / "in")
+    with pytest.raises(OutputError, match="overlaps the input"):
+        OutputFolder(tmp_path / "in" / "sub", inputs=[tmp_path / "in"])
+    with pytest.raises(OutputError, match="not enough disk space"):
+        OutputFolder(tmp_path / "big", needed_bytes=10**18)

@@ -1,0 +1,187 @@
+"""diff -> recover round trips, KnowLM's layout, vocabulary extension and refusals."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import save_bin_shards
+from safetensors.torch import load_file
+
+from weightkit.errors import ChecksumError, InputError
+from weightkit.io.reader import open_checkpoint
+from weightkit.ops.diff import diff
+from weightkit.ops.recover import recover
+
+
+def tensors(folder: Path) -> dict[str, torch.Tensor]:
+    ckpt = open_checkpoint(folder)
+    return {name: ckpt.read(name) for name in ckpt.names()}
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert torch.equal(a[name], b[name]), name
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize(("kind", "dtype"), [("llama", torch.float16), ("qwen2", torch.bfloat16)])
+def test_fp32_diff_round_trip_is_bit_exact(model_pair, tmp_path, kind, dtype):
+    raw, tuned = model_pair(kind, dtype)
+    d = diff(raw, tuned, tmp_path / "diff", quiet=True)
+    assert {e.dtype for e in d.manifest.entries.values()} == {"F32"}
+    r = recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    assert_same_tensors(tensors(tmp_path / "out"), tensors(tuned))
+    assert r.checked == r.tensors == len(open_checkpoint(tuned))
+    assert r.within_rounding == []
+    assert (tmp_path / "out" / "config.json").read_text() == (tuned / "config.json").read_text()
+
+
+def test_recovered_model_loads_in_transformers(model_pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    raw, tuned = model_pair("qwen2", torch.bfloat16)
+    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True, max_shard_size="100kB")
+    assert (tmp_path / "out" / "model.safetensors.index.json").exists()
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    want = AutoModelForCausalLM.from_pretrained(tuned).state_dict()
+    assert_same_tensors(got, want)
+    assert got["lm_head.weight"].data_ptr() == got["model.embed_tokens.weight"].data_ptr()
+
+
+def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    ints = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}
+    return (a.view(ints[a.dtype]).long() - b.view(ints[b.dtype]).long()).abs()
+
+
+@pytest.mark.parametrize("diff_dtype", ["fp16", "bf16"])
+def test_half_precision_diff_of_half_precision_model_is_exact(model_pair, tmp_path, diff_dtype):
+    raw, tuned = model_pair("llama", torch.float16)
+    diff(raw, tuned, tmp_path / "diff", dtype=diff_dtype, quiet=True)
+    r = recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    assert_same_tensors(tensors(tmp_path / "out"), tensors(tuned))
+    assert r.within_rounding == []
+
+
+@pytest.mark.parametrize(("diff_dtype", "wrong_elements"), [("fp16", 89078), ("bf16", 89564)])
+def test_half_precision_diff_of_fp32_model_is_within_one_rounding(model_pair, tmp_path,
+                                                                   diff_dtype, wrong_elements):
+    """fp16 raw + fp32 tuned (KnowLM's case): the only error is rounding the diff once."""
+    raw, tuned = model_pair("llama", torch.float16, tuned_dtype=torch.float32)
+    diff(raw, tuned, tmp_path / "diff", dtype=diff_dtype, quiet=True)
+    r = recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    got, want, base = tensors(tmp_path / "out"), tensors(tuned), tensors(raw)
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}[diff_dtype]
+    wrong = 0
+    for n in want:
+        once = base[n].float() + (want[n] - base[n].float()).to(half).float()
+        assert got[n].dtype == torch.float32 and torch.equal(got[n], once), n
+        wrong += int((got[n] != want[n]).sum())
+    assert wrong == wrong_elements  # of 90432
+    assert len(r.within_rounding) == r.checked == len(want)
+
+
+def test_knowlm_layout_fp32_bin_diff(model_pair, tmp_path):
+    """KnowLM publishes fp32 .bin shards with an index and no manifest; raw is fp16."""
+    raw, _ = model_pair("llama", torch.float16)
+    raw_state = tensors(raw)
+    gen = torch.Generator().manual_seed(7)
+    tuned = {n: t.float() + torch.randn(t.shape, generator=gen) * t.float().abs() * 1e-2
+             for n, t in raw_state.items()}
+    save_bin_shards({n: tuned[n] - raw_state[n].float() for n in tuned}, tmp_path / "diff", 3)
+    r = recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    assert r.checked == 0 and {e.dtype for e in r.manifest.entries.values()} == {"F32"}
+    assert_same_tensors(tensors(tmp_path / "out"), tuned)
+    r16 = recover(raw, tmp_path / "diff", tmp_path / "out16", fp16=True, quiet=True)
+    assert {e.dtype for e in r16.manifest.entries.values()} == {"F16"}
+
+
+def test_bin_and_safetensors_inputs_give_identical_bytes(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    raw_bin = tmp_path / "raw-bin"
+    save_bin_shards(tensors(raw), raw_bin, 2)
+    recover(raw, tmp_path / "diff", tmp_path / "a", quiet=True)
+    recover(raw_bin, tmp_path / "diff", tmp_path / "b", quiet=True)
+    assert file_hashes(tmp_path / "a")["model.safetensors"] == \
+        file_hashes(tmp_path / "b")["model.safetensors"]
+
+
+def test_output_is_deterministic_and_bin_format_loads(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    for name in ("a", "b"):
+        recover(raw, tmp_path / "diff", tmp_path / name, fmt="bin", max_shard_size="150kB",
+                quiet=True)
+    assert file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.bin"))
+    assert files == ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    loaded = {}
+    for f in files:
+        loaded.update(torch.load(tmp_path / "a" / f, weights_only=True, mmap=True))
+    assert_same_tensors(loaded, tensors(tuned))
+
+
+def test_vocab_extended_diff(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16, extra_vocab=1)
+    d = diff(raw, tuned, tmp_path / "diff", quiet=True)
+    assert any("vocabulary extended from 128 to 129 rows" in n for n in d.notes)
+    stored = load_file(tmp_path / "diff" / "model.safetensors")
+    want = tensors(tuned)
+    assert torch.equal(stored["lm_head.weight"][128:], want["lm_head.weight"][128:].float())
+    r = recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    assert "model.embed_tokens.weight: vocabulary extended from 128 to 129 rows; the 1 new " \
+           "rows are the diff's own." in r.notes
+    assert_same_tensors(tensors(tmp_path / "out"), want)
+
+
+def test_shape_mismatch_names_tensor_shapes_and_files(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    state = tensors(raw)
+    state["model.layers.0.mlp.up_proj.weight"] = torch.zeros(100, 64, dtype=torch.float16)
+    bad_raw = tmp_path / "bad-raw"
+    save_bin_shards(state, bad_raw, 1)
+    with pytest.raises(InputError) as e:
+        recover(bad_raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    assert str(e.value).startswith(
+        "tensor 'model.layers.0.mlp.up_proj.weight': shape [128, 64] in the diff "
+        f"({tmp_path / 'diff' / 'model.safetensors'}) does not fit shape [100, 64] in the raw "
+        f"model ({bad_raw / 'pytorch_model-00001-of-00001.bin'})")
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.glob(".out*")) == []
+
+
+def test_missing_key_is_refused_before_writing(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    state = tensors(raw)
+    del state["model.norm.weight"]
+    save_bin_shards(state, tmp_path / "short-raw", 1)
+    with pytest.raises(InputError) as e:
+        recover(tmp_path / "short-raw", tmp_path / "diff", tmp_path / "out", quiet=True)
+    assert str(e.value).startswith(
+        "tensor 'model.norm.weight' is in the diff "
+        f"({tmp_path / 'diff' / 'model.safetensors'}) but not in the raw model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_base_model_fails_the_manifest_check(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    state = tensors(raw)
+    state["model.norm.weight"] = state["model.norm.weight"] + 1
+    save_bin_shards(state, tmp_path / "other-raw", 1)
+    with pytest.raises(ChecksumError, match="tensor 'model.norm.weight' in .* has sha256"):
+        recover(tmp_path / "other-raw", tmp_path / "diff", tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.glob(".out*")) == []
