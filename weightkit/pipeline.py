@@ -24,7 +24,7 @@ from weightkit.errors import InputError
 from weightkit.io.output import OutputFolder, copy_side_files
 from weightkit.io.tensor_info import tensor_bytes
 from weightkit.io.writer import PlannedTensor, ShardWriter
-from weightkit.manifest import Manifest, ManifestEntry, sha256_bytes
+from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry, sha256_bytes
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
 _READ_AHEAD = 2
@@ -254,5 +254,5 @@ def summary(title: str, r: WriteResult, had_expected: bool, expected_what: str) 
         unchecked = r.tensors - r.checked
         text += f"{f', {unchecked} not checked (other dtype)' if unchecked else ''}."
     else:
-        text += " No manifest to check against; wrote weightkit.manifest.json for later checks."
+        text += f" Its tensor manifest is in {MANIFEST_NAME}."
     return " ".join([text, *r.notes])
