@@ -14,8 +14,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weightkit.errors import ChecksumError, InputError
+
+if TYPE_CHECKING:  # torch is imported only where tensors are hashed; verify of files needs none
+    import torch
 
 MANIFEST_NAME = "weightkit.manifest.json"
 # in a diff folder: the manifest of the tuned model that recovering from the diff must give
@@ -31,6 +35,15 @@ class ManifestEntry:
     # set by `weightkit diff` when raw + diff cannot reproduce this tensor exactly (an fp16 diff,
     # or changes below fp32's resolution): the sha256 that recovering from that diff must give.
     recovers_to: str | None = None
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> ManifestEntry:
+        """The entry for a tensor: dtype, shape and the sha256 of its raw bytes."""
+        from weightkit.dtypes import safetensors_name
+        from weightkit.io.tensor_info import tensor_bytes
+
+        return cls(safetensors_name(tensor.dtype), tuple(tensor.shape),
+                   sha256_bytes(tensor_bytes(tensor)))
 
 
 def sha256_bytes(data: memoryview | bytes) -> str:

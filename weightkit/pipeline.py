@@ -19,12 +19,10 @@ from pathlib import Path
 import torch
 
 from weightkit.device import resolve_device
-from weightkit.dtypes import safetensors_name
 from weightkit.errors import InputError
 from weightkit.io.output import OutputFolder, copy_side_files
-from weightkit.io.tensor_info import tensor_bytes
 from weightkit.io.writer import PlannedTensor, ShardWriter
-from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry, sha256_bytes
+from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
 _READ_AHEAD = 2
@@ -114,9 +112,7 @@ def run_jobs(
                 if item is _DONE or item is None:
                     return
                 job, tensor = item
-                data = tensor_bytes(tensor)
-                entry = ManifestEntry(safetensors_name(tensor.dtype), tuple(tensor.shape),
-                                      sha256_bytes(data))
+                entry = ManifestEntry.of(tensor)
                 if _checkable(expected, job.out.name, entry):
                     stats.checked += 1
                     if not expected.check(job.out.name, entry, where):
@@ -124,7 +120,7 @@ def run_jobs(
                 writer.write(job.out.name, tensor)
                 stats.manifest.add(job.out.name, entry)
                 if progress is not None:
-                    progress.advance(len(data))
+                    progress.advance(job.out.nbytes)
         except BaseException as e:
             errors.append(e)
             stop.set()

@@ -63,8 +63,9 @@ def _run(args: list[str], debug: bool) -> int:
     from weightkit.errors import WeightkitError
 
     try:
-        cli.main(args=args, prog_name="weightkit", standalone_mode=False)
-        return 0
+        # non-standalone click returns ctx.exit()'s code instead of raising it
+        rc = cli.main(args=args, prog_name="weightkit", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
