@@ -20,6 +20,7 @@ import torch
 
 from weightkit.device import resolve_device
 from weightkit.errors import InputError
+from weightkit.io.buffers import BufferPool, use_pool
 from weightkit.io.output import OutputFolder, copy_side_files
 from weightkit.io.writer import PlannedTensor, ShardWriter
 from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry
@@ -38,13 +39,18 @@ class Job:
     load: Callable[[], tuple[torch.Tensor, ...]]
     compute: Callable[..., torch.Tensor]  # inputs already on the device -> result there
 
-    def run(self, inputs: tuple[torch.Tensor, ...], device: torch.device) -> torch.Tensor:
+    def run(self, inputs: tuple[torch.Tensor, ...], device: torch.device,
+            pool: BufferPool) -> torch.Tensor:
+        """Compute on `device`; the result comes back to the CPU (into a pooled buffer)."""
         moved = tuple(x.to(device, non_blocking=True) for x in inputs)
         result = self.compute(*moved).to(self.out.dtype)
         if tuple(result.shape) != self.out.shape:
             raise RuntimeError(f"{self.out.name}: computed {tuple(result.shape)}, "
                                f"planned {self.out.shape}")
-        return result.cpu() if result.device.type != "cpu" else result
+        if result.device.type == "cpu":
+            return result
+        host = pool.take(self.out.nbytes).view(self.out.dtype).reshape(self.out.shape)
+        return host.copy_(result)  # synchronous: the writer may read it at once
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +92,11 @@ def run_jobs(
     the first mismatch stops the run (ChecksumError naming the tensor).
     """
     _return_big_buffers_to_the_os()
+    jobs = list(jobs)
+    largest = max((j.out.nbytes for j in jobs), default=0)
+    # enough free buffers for every stage's tensors; inputs may be up to 2x wider than outputs
+    pool = BufferPool(keep_bytes=4 * (_READ_AHEAD + _WRITE_BEHIND + 2) * largest,
+                      pinned=device.type == "cuda")
     stop = threading.Event()
     errors: list[BaseException] = []
     loaded: queue.Queue = queue.Queue(_READ_AHEAD)
@@ -93,17 +104,17 @@ def run_jobs(
     stats = RunStats(Manifest())
 
     def read_stage() -> None:
+        use_pool(pool)
         try:
             for job in jobs:
-                inputs = job.load()
-                if device.type == "cuda":
-                    inputs = tuple(x.pin_memory() for x in inputs)
-                if not _put(loaded, (job, inputs), stop):
+                if not _put(loaded, (job, job.load()), stop):
                     return
             _put(loaded, _DONE, stop)
         except BaseException as e:  # handed to the main thread, raised there
             errors.append(e)
             stop.set()
+        finally:
+            use_pool(None)
 
     def write_stage() -> None:
         try:
@@ -111,7 +122,7 @@ def run_jobs(
                 item = _get(computed, stop)
                 if item is _DONE or item is None:
                     return
-                job, tensor = item
+                job, inputs, tensor = item
                 entry = ManifestEntry.of(tensor)
                 if _checkable(expected, job.out.name, entry):
                     stats.checked += 1
@@ -119,6 +130,7 @@ def run_jobs(
                         stats.within_rounding.append(job.out.name)
                 writer.write(job.out.name, tensor)
                 stats.manifest.add(job.out.name, entry)
+                pool.give([*inputs, tensor])
                 if progress is not None:
                     progress.advance(job.out.nbytes)
         except BaseException as e:
@@ -135,9 +147,8 @@ def run_jobs(
             if item is _DONE or item is None:
                 break
             job, inputs = item
-            result = job.run(inputs, device)
-            del inputs
-            if not _put(computed, (job, result), stop):
+            result = job.run(inputs, device, pool)
+            if not _put(computed, (job, inputs, result), stop):
                 break
         _put(computed, _DONE, stop)
     except BaseException:

@@ -22,7 +22,7 @@ import torch
 import torch._weights_only_unpickler as _wo
 
 from weightkit.errors import InputError
-from weightkit.io.tensor_info import TensorInfo, read_exact
+from weightkit.io.tensor_info import TensorInfo, read_exact, write_chunked
 
 _STORAGE_TYPES = {
     torch.float64: "DoubleStorage",
@@ -218,7 +218,7 @@ class TorchZipWriter:
             raise RuntimeError(f"tensor {name!r} written out of plan order")
         info = self._info(f"data/{self._next}", len(data))
         with self._zip.open(info, "w", force_zip64=len(data) > 0x7FFF0000) as out:
-            out.write(data)
+            write_chunked(out, data)
         self._next += 1
 
     def close(self) -> None:

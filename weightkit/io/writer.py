@@ -18,7 +18,7 @@ import torch
 
 from weightkit.dtypes import safetensors_name
 from weightkit.errors import InputError
-from weightkit.io.tensor_info import tensor_bytes
+from weightkit.io.tensor_info import tensor_bytes, write_chunked
 from weightkit.io.torch_file import TorchZipWriter
 
 FORMATS = {
@@ -108,7 +108,7 @@ class ShardWriter:
             )
         data = tensor_bytes(tensor)
         if self.fmt == "safetensors":
-            self._file.write(data)
+            write_chunked(self._file, data)
         else:
             self._file.add(name, data)
         self._pos += 1

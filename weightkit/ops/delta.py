@@ -24,10 +24,15 @@ def subtract(raw: torch.Tensor, tuned: torch.Tensor, out_dtype: torch.dtype) -> 
     return d.to(out_dtype)
 
 
-def add(raw: torch.Tensor, diff: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def add(raw: torch.Tensor, diff: torch.Tensor, out_dtype: torch.dtype,
+        reuse_diff: bool = False) -> torch.Tensor:
+    """raw + diff; with `reuse_diff` the sum is built in diff's buffer when its dtype allows
+    (the streaming path owns a fresh buffer per tensor, so this saves a copy per tensor)."""
     acc = accumulate_dtype(raw.dtype, diff.dtype, out_dtype)
-    t = diff.to(acc, copy=True)
-    _shared_rows(t, raw).add_(raw.to(acc))
+    t = diff.to(acc, copy=not reuse_diff)
+    # in-place add with type promotion: raw is widened element by element, exactly as
+    # raw.to(acc) would, without a widened copy of raw
+    _shared_rows(t, raw).add_(raw)
     return t.to(out_dtype)
 
 

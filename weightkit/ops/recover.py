@@ -62,6 +62,6 @@ def _job(p: Pair, raw: Checkpoint, diff: Checkpoint, out_dtype: torch.dtype) -> 
         return raw.read(p.name), diff.read(p.name)
 
     def compute(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return delta.add(r, d, out_dtype)
+        return delta.add(r, d, out_dtype, reuse_diff=True)
 
     return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, compute)
