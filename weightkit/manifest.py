@@ -63,13 +63,22 @@ class Manifest:
     def add(self, name: str, entry: ManifestEntry) -> None:
         self.entries[name] = entry
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, dict]:
         tensors = {}
         for name, e in sorted(self.entries.items()):
             tensors[name] = {"dtype": e.dtype, "shape": list(e.shape), "sha256": e.sha256}
             if e.recovers_to:
                 tensors[name]["recovers_to"] = e.recovers_to
-        doc = {"format": _FORMAT, "version": 1, "tensors": tensors}
+        return tensors
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, dict]) -> Manifest:
+        return cls({name: ManifestEntry(e["dtype"], tuple(e["shape"]), e["sha256"],
+                                        e.get("recovers_to"))
+                    for name, e in tensors.items()})
+
+    def to_json(self) -> str:
+        doc = {"format": _FORMAT, "version": 1, "tensors": self.to_dict()}
         return json.dumps(doc, indent=1) + "\n"
 
     def write(self, folder: Path, name: str = MANIFEST_NAME) -> Path:
@@ -87,16 +96,11 @@ class Manifest:
             doc = json.loads(path.read_text())
             if doc.get("format") != _FORMAT:
                 raise ValueError(f"format is {doc.get('format')!r}")
-            entries = {
-                name: ManifestEntry(e["dtype"], tuple(e["shape"]), e["sha256"],
-                                    e.get("recovers_to"))
-                for name, e in doc["tensors"].items()
-            }
+            return cls.from_dict(doc["tensors"])
         except FileNotFoundError:
             raise InputError(f"{path}: no tensor manifest here") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{path}: not a valid weightkit manifest ({e})") from None
-        return cls(entries)
 
     @classmethod
     def find(cls, folder: Path, name: str = MANIFEST_NAME) -> Manifest | None:

@@ -9,6 +9,7 @@ are bounded, so at most a few tensors are alive at once, whatever the model size
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import queue
 import threading
@@ -19,10 +20,11 @@ from pathlib import Path
 import torch
 
 from weightkit.device import resolve_device
-from weightkit.errors import InputError
+from weightkit.errors import InputError, OutputError
 from weightkit.io.buffers import BufferPool, use_pool
-from weightkit.io.output import OutputFolder, copy_side_files
-from weightkit.io.writer import PlannedTensor, ShardWriter
+from weightkit.io.journal import Journal, run_key
+from weightkit.io.output import OutputFolder, copy_side_files, free_bytes
+from weightkit.io.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
 from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
@@ -47,10 +49,25 @@ class Job:
         if tuple(result.shape) != self.out.shape:
             raise RuntimeError(f"{self.out.name}: computed {tuple(result.shape)}, "
                                f"planned {self.out.shape}")
+        if result.is_floating_point() and not bool(torch.isfinite(result).all()):
+            _refuse_new_non_finite(self.out.name, result, moved)
         if result.device.type == "cpu":
             return result
         host = pool.take(self.out.nbytes).view(self.out.dtype).reshape(self.out.shape)
         return host.copy_(result)  # synchronous: the writer may read it at once
+
+
+def _refuse_new_non_finite(name: str, result: torch.Tensor,
+                           inputs: tuple[torch.Tensor, ...]) -> None:
+    """NaN/Inf that the inputs already had pass through; new ones mean the arithmetic broke."""
+    if any(x.is_floating_point() and not bool(torch.isfinite(x).all()) for x in inputs):
+        return
+    bad = int((~torch.isfinite(result)).sum())
+    raise InputError(
+        f"tensor {name!r}: the result has {bad} NaN/Inf value(s) although its inputs are finite "
+        f"(overflow in {result.dtype}?)",
+        "Write a wider dtype (--dtype fp32 or bf16), or check the adapter's scaling.",
+    )
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +102,7 @@ def run_jobs(
     progress: ByteProgress | None = None,
     expected: Manifest | None = None,
     where: str = "the output",
+    stats: RunStats | None = None,
 ) -> RunStats:
     """Run every job, write its result, and return the manifest of what was written.
 
@@ -101,7 +119,7 @@ def run_jobs(
     errors: list[BaseException] = []
     loaded: queue.Queue = queue.Queue(_READ_AHEAD)
     computed: queue.Queue = queue.Queue(_WRITE_BEHIND)
-    stats = RunStats(Manifest())
+    stats = stats if stats is not None else RunStats(Manifest())
 
     def read_stage() -> None:
         use_pool(pool)
@@ -218,32 +236,95 @@ def write_checkpoint(
     expected: Manifest | None = None,
     expected_what: str = "the expected model",
     notes: list[str] = (),
+    dry_run: bool = False,
 ) -> WriteResult:
     """Run `jobs` into a new checkpoint folder at `out`, atomically, with its tensor manifest.
 
     Config/tokenizer files are copied from `side_files_from` (first one wins). `finish`, if
     given, runs on the still-hidden folder after the tensors are written (to add files of the
     command's own) and returns notes for the summary, which goes to stderr unless quiet.
+    A killed or interrupted run of the same command is resumed after its last finished shard.
+    With `dry_run`, everything is checked and the needs are reported, but nothing is written.
     """
     plan = [j.out for j in jobs]
     if not plan:
         raise InputError(f"{title}: nothing to write (the inputs hold no tensors)")
     dev = resolve_device(device)
-    folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite,
-                          needed_bytes=sum(t.nbytes for t in plan))
-    with folder as tmp:
-        writer = ShardWriter(tmp, plan, fmt, max_shard_size)
-        with ByteProgress(title, writer.total_size, len(plan), quiet) as progress:
-            stats = run_jobs(jobs, writer, dev, progress, expected, where=str(folder.out))
-            files = [p.name for p in writer.close()]
-        stats.manifest.write(tmp)
-        notes = [*notes, *(finish(tmp) if finish else [])]
-        copy_side_files(list(side_files_from), tmp)
-        seconds = progress.elapsed
-    result = WriteResult(folder.out, files, len(plan), writer.total_size, seconds, stats.manifest,
-                         stats.checked, stats.within_rounding, list(notes))
+    needed = sum(t.nbytes for t in plan)
+    folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite, needed_bytes=needed)
+    if dry_run:
+        say(preflight(title, folder.out, plan, dev), quiet)
+        return WriteResult(folder.out, [], len(plan), needed, 0.0, Manifest(), notes=list(notes))
+    try:
+        with folder as tmp:
+            result = _write_into(tmp, jobs, plan, title, inputs, fmt, max_shard_size, dev, quiet,
+                                 expected, folder.out)
+            result.notes = [*notes, *result.notes, *(finish(tmp) if finish else [])]
+            copy_side_files(list(side_files_from), tmp)
+    except OSError as e:
+        raise _output_error(e, folder.out, needed) from None
+    result.out = folder.out
     say(summary(title, result, expected is not None, expected_what), quiet)
     return result
+
+
+def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: str,
+                inputs: list[Path], fmt: str, max_shard_size: int | str, dev: torch.device,
+                quiet: bool, expected: Manifest | None, out: Path) -> WriteResult:
+    journal = Journal.open(tmp, run_key(title, fmt, parse_size(max_shard_size), plan,
+                                        [Path(p) for p in inputs]))
+    shards = plan_shards(plan, parse_size(max_shard_size))
+    probe = ShardWriter(tmp, plan, fmt, max_shard_size)
+    done = journal.finished(probe.file_names, [[t.name for t in s] for s in shards])
+    kept = Manifest({n: e for i in done for n, e in journal.shards[probe.file_names[i]].items()})
+    stats = RunStats(Manifest(dict(kept.entries)))
+
+    def shard_done(i: int) -> None:
+        journal.record(probe.file_names[i],
+                       {t.name: stats.manifest.entries[t.name] for t in shards[i]})
+
+    writer = ShardWriter(tmp, plan, fmt, max_shard_size, done=done, on_shard_done=shard_done)
+    todo = [j for j in jobs if j.out.name not in kept]
+    for name, entry in kept.entries.items():  # resumed tensors are checked like the others
+        if _checkable(expected, name, entry):
+            stats.checked += 1
+            if not expected.check(name, entry, str(out)):
+                stats.within_rounding.append(name)
+    with ByteProgress(title, writer.total_size, len(plan), quiet) as progress:
+        progress.advance(sum(t.nbytes for t in plan if t.name in kept), len(kept))
+        run_jobs(todo, writer, dev, progress, expected, where=str(out), stats=stats)
+        files = [p.name for p in writer.close()]
+    journal.remove()
+    stats.manifest.write(tmp)
+    notes = ([f"Resumed a killed run: {len(done)} of {len(shards)} shard(s) were already "
+              "written and checked."] if done else [])
+    return WriteResult(out, files, len(plan), writer.total_size, progress.elapsed,
+                       stats.manifest, stats.checked, stats.within_rounding, notes)
+
+
+def preflight(title: str, out: Path, plan: list[PlannedTensor], dev: torch.device) -> str:
+    """What a run will need, from headers alone (for --dry-run)."""
+    largest = max(plan, key=lambda t: t.nbytes)
+    ram = (_READ_AHEAD + _WRITE_BEHIND + 3) * 2 * largest.nbytes
+    text = (f"{title} (dry run): inputs check out; {len(plan)} tensors, "
+            f"{human_bytes(sum(t.nbytes for t in plan))} to write to {out} "
+            f"(disk free: {human_bytes(free_bytes(out.parent))}). Largest tensor: {largest.name} "
+            f"({human_bytes(largest.nbytes)}); memory needed beyond the program itself: "
+            f"at most {human_bytes(ram)}")
+    if dev.type == "cuda":
+        text += f"; GPU memory: at most {human_bytes(4 * largest.nbytes)}"
+    return text + ". Nothing was written."
+
+
+def _output_error(e: OSError, out: Path, needed: int) -> OutputError:
+    if e.errno == errno.ENOSPC:
+        return OutputError(
+            f"disk full while writing {out} (the output needs {human_bytes(needed)}; "
+            f"{human_bytes(free_bytes(out.parent))} are free now). The partial output was removed.",
+            "Free some space or choose another --out, then run the command again.",
+        )
+    return OutputError(f"cannot write {out}: {e.strerror or e}",
+                       "Check the folder's permissions and the disk, then run again.")
 
 
 def summary(title: str, r: WriteResult, had_expected: bool, expected_what: str) -> str:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from weightkit.cli.options import device_option, is_quiet, output_options, quiet_option
+from weightkit.cli.options import (
+    device_option,
+    dry_run_option,
+    is_quiet,
+    output_options,
+    quiet_option,
+)
 
 
 @click.command("diff")
@@ -15,11 +21,12 @@ from weightkit.cli.options import device_option, is_quiet, output_options, quiet
               show_default=True, help="How the diff is stored (it is computed in fp32).")
 @output_options
 @device_option
+@dry_run_option
 @quiet_option
 def command(raw: str, tuned: str, out: str, dtype: str, out_format: str, max_shard_size: str,
-            overwrite: bool, device: str, quiet: bool) -> None:
+            overwrite: bool, device: str, dry_run: bool, quiet: bool) -> None:
     """Write diff = TUNED - RAW, with the manifest `recover` checks its result against."""
     from weightkit.ops.diff import diff
 
     diff(raw, tuned, out, dtype=dtype, fmt=out_format, max_shard_size=max_shard_size,
-         overwrite=overwrite, device=device, quiet=is_quiet(quiet))
+         overwrite=overwrite, device=device, dry_run=dry_run, quiet=is_quiet(quiet))

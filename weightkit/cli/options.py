@@ -51,3 +51,10 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Output file format.",
     )(f)
     return f
+
+
+def dry_run_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--dry-run", is_flag=True,
+        help="Check inputs and report disk and memory needs from headers; write nothing.",
+    )(f)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from weightkit.cli.options import DTYPES, device_option, is_quiet, output_options, quiet_option
+from weightkit.cli.options import (
+    DTYPES,
+    device_option,
+    dry_run_option,
+    is_quiet,
+    output_options,
+    quiet_option,
+)
 
 
 @click.command("recover")
@@ -19,12 +26,14 @@ from weightkit.cli.options import DTYPES, device_option, is_quiet, output_option
 @click.option("--fp16", is_flag=True, help="KnowLM's flag for an fp16 diff: write fp16.")
 @output_options
 @device_option
+@dry_run_option
 @quiet_option
 def command(raw: str, diff_path: str, out: str, dtype: str, fp16: bool, out_format: str,
-            max_shard_size: str, overwrite: bool, device: str, quiet: bool) -> None:
+            max_shard_size: str, overwrite: bool, device: str, dry_run: bool,
+            quiet: bool) -> None:
     """Rebuild a fine-tuned model: OUT = RAW + DIFF, checked tensor by tensor."""
     from weightkit.ops.recover import recover
 
     recover(raw, diff_path, out, dtype=dtype, fp16=fp16, fmt=out_format,
             max_shard_size=max_shard_size, overwrite=overwrite, device=device,
-            quiet=is_quiet(quiet))
+            dry_run=dry_run, quiet=is_quiet(quiet))

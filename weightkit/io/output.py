@@ -1,7 +1,9 @@
 """Output folders that appear only when complete.
 
 Everything is written into a hidden sibling folder (`.NAME.weightkit-partial`) and renamed into
-place at the end, so an interrupted run never leaves an output that looks finished.
+place at the end, so an interrupted run never leaves an output that looks finished. A run that
+was killed or interrupted leaves that folder behind with its journal, and the same command
+resumes from it; a run that failed for any other reason removes it.
 """
 
 from __future__ import annotations
@@ -37,10 +39,9 @@ class OutputFolder:
         _check_space(self.out.parent, needed_bytes)
 
     def __enter__(self) -> Path:
+        """The hidden folder to write into; a killed run's folder is kept for its journal."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)  # left over from a killed run
-        self.tmp.mkdir()
+        self.tmp.mkdir(exist_ok=True)
         return self.tmp
 
     def __exit__(
@@ -49,6 +50,8 @@ class OutputFolder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is KeyboardInterrupt:
+            return  # kept: rerunning the same command resumes from its journal
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
@@ -93,12 +96,22 @@ def _check_target(out: Path, inputs: list[Path], overwrite: bool) -> None:
         raise OutputError(f"output {out} exists and is not a folder")
 
 
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the disk that holds `folder` (or its nearest existing parent)."""
+    return shutil.disk_usage(_existing(folder)).free
+
+
 def _check_space(parent: Path, needed: int) -> None:
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
+    probe = _existing(parent)
     if not os.access(probe, os.W_OK):
-        raise OutputError(f"cannot write to {probe}: permission denied")
+        raise OutputError(f"cannot write to {probe}: permission denied",
+                          "Choose an --out in a folder you can write to.")
     free = shutil.disk_usage(probe).free
     if needed > free:
         raise OutputError(

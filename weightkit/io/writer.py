@@ -11,6 +11,7 @@ import json
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,12 @@ def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[Pla
 
 
 class ShardWriter:
-    """Write the planned tensors, in plan order, into `folder`."""
+    """Write the planned tensors, in plan order, into `folder`.
+
+    Each shard is written as `NAME.tmp`, flushed to disk and renamed when complete, then
+    `on_shard_done(index)` is called; shards listed in `done` (finished by an earlier, killed run)
+    are skipped, and their tensors must not be written again.
+    """
 
     def __init__(
         self,
@@ -76,6 +82,8 @@ class ShardWriter:
         plan: list[PlannedTensor],
         fmt: str = "safetensors",
         max_shard_size: int | str = "5GB",
+        done: set[int] = frozenset(),
+        on_shard_done: Callable[[int], None] | None = None,
     ) -> None:
         if fmt not in FORMATS:
             raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
@@ -88,13 +96,20 @@ class ShardWriter:
             [f"{prefix}{suffix}"] if n == 1
             else [f"{prefix}-{i + 1:05d}-of-{n:05d}{suffix}" for i in range(n)]
         )
-        self._shard = -1
-        self._pos = 0  # index of the next tensor inside the current shard
+        self.done = set(done)
+        self._on_shard_done = on_shard_done
+        self._todo = [i for i in range(n) if i not in self.done]
+        self._shard = -1  # index into self.shards of the shard being written
+        self._pos = 0  # index of the next tensor inside that shard
         self._file = None
 
     @property
     def total_size(self) -> int:
         return sum(t.nbytes for shard in self.shards for t in shard)
+
+    def shard_of(self) -> dict[str, int]:
+        """Tensor name -> index of the shard it goes into."""
+        return {t.name: i for i, shard in enumerate(self.shards) for t in shard}
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._file is None or self._pos == len(self.shards[self._shard]):
@@ -115,9 +130,10 @@ class ShardWriter:
 
     def close(self) -> list[Path]:
         """Finish the last shard and write the index; returns the files written."""
-        if self._shard != len(self.shards) - 1:
+        if self._file is not None:
+            self._finish_shard()
+        if len(self.done) != len(self.shards):
             raise RuntimeError("writer closed before every planned tensor was written")
-        self._finish_shard()
         written = [self.folder / f for f in self.file_names]
         if len(self.file_names) > 1:
             weight_map = {t.name: self.file_names[i]
@@ -130,10 +146,11 @@ class ShardWriter:
         return written
 
     def _next_shard(self) -> None:
-        self._finish_shard()
-        self._shard += 1
+        if self._file is not None:
+            self._finish_shard()
+        self._shard = self._todo.pop(0)
         self._pos = 0
-        path = self.folder / self.file_names[self._shard]
+        path = self._tmp_path(self._shard)
         shard = self.shards[self._shard]
         if self.fmt == "safetensors":
             self._file = open(path, "wb")
@@ -142,18 +159,21 @@ class ShardWriter:
             self._file = TorchZipWriter(path, [(t.name, t.dtype, t.shape) for t in shard])
 
     def _finish_shard(self) -> None:
-        if self._file is None:
-            return
         if self._pos != len(self.shards[self._shard]):
             missing = self.shards[self._shard][self._pos].name
             raise RuntimeError(f"shard closed before tensor {missing} was written")
-        if self.fmt == "safetensors":
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        else:
-            self._file.close()
+        self._file.close()
         self._file = None
+        tmp = self._tmp_path(self._shard)
+        with open(tmp, "rb+") as f:  # the bytes reach the disk before the name says "done"
+            os.fsync(f.fileno())
+        os.rename(tmp, self.folder / self.file_names[self._shard])
+        self.done.add(self._shard)
+        if self._on_shard_done is not None:
+            self._on_shard_done(self._shard)
+
+    def _tmp_path(self, shard: int) -> Path:
+        return self.folder / (self.file_names[shard] + ".tmp")
 
 
 def _safetensors_header(shard: list[PlannedTensor]) -> bytes:

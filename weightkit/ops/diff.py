@@ -27,6 +27,7 @@ def diff(
     overwrite: bool = False,
     device: str = "auto",
     quiet: bool = False,
+    dry_run: bool = False,
 ) -> WriteResult:
     """Write diff = tuned - raw (computed in fp32, stored in `dtype`) into `out`.
 
@@ -53,7 +54,8 @@ def diff(
     return write_checkpoint(
         out, jobs, title="diff", inputs=[raw_ckpt.path, tuned_ckpt.path],
         side_files_from=[tuned_ckpt.folder], fmt=fmt, max_shard_size=max_shard_size,
-        overwrite=overwrite, device=device, quiet=quiet, notes=pairing.notes(), finish=finish,
+        overwrite=overwrite, device=device, quiet=quiet, dry_run=dry_run, notes=pairing.notes(),
+        finish=finish,
     )
 
 

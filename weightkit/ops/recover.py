@@ -27,6 +27,7 @@ def recover(
     overwrite: bool = False,
     device: str = "auto",
     quiet: bool = False,
+    dry_run: bool = False,
 ) -> WriteResult:
     """Write tuned = raw + diff (added in fp32) into `out`.
 
@@ -43,6 +44,7 @@ def recover(
         out, jobs, title="recover", inputs=[raw_ckpt.path, diff_ckpt.path],
         side_files_from=[diff_ckpt.folder, raw_ckpt.folder], fmt=fmt,
         max_shard_size=max_shard_size, overwrite=overwrite, device=device, quiet=quiet,
+        dry_run=dry_run,
         expected=target, expected_what="the tuned model", notes=pairing.notes(),
     )
 
