@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from types import TracebackType
 
@@ -27,6 +28,7 @@ class ByteProgress:
         self.total_items = total_items
         self.unit = unit
         self.items = 0
+        self._lock = threading.Lock()
         self.start = time.perf_counter()
         self._progress = None
         if not quiet:
@@ -55,9 +57,11 @@ class ByteProgress:
             self._progress.stop()
 
     def advance(self, nbytes: int, items: int = 1) -> None:
-        self.items += items
-        if self._progress is not None:
-            self._progress.update(self._task, advance=nbytes, items=self._items_text())
+        """Count finished bytes and items; safe to call from several threads."""
+        with self._lock:
+            self.items += items
+            if self._progress is not None:
+                self._progress.update(self._task, advance=nbytes, items=self._items_text())
 
     def _items_text(self) -> str:
         return f"{self.items}/{self.total_items} {self.unit}"

@@ -58,3 +58,10 @@ def dry_run_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "--dry-run", is_flag=True,
         help="Check inputs and report disk and memory needs from headers; write nothing.",
     )(f)
+
+
+def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--endpoint", metavar="URL",
+        help="Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co.",
+    )(f)

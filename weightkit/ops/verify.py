@@ -341,11 +341,9 @@ def _hash_files(folder: Path, names: list[str], algo: str, jobs: int | None, qui
     # largest first, so the workers run out of files at about the same time
     order = sorted(names, key=lambda n: sizes[n], reverse=True)
     with ByteProgress(title, sum(sizes.values()), len(names), quiet, unit="files") as progress:
-        advance = _locked(progress)
-
         def one(name: str, stop: threading.Event) -> str:
-            digest = hash_file(folder / name, algo, lambda n: advance(n, 0), stop)
-            advance(0, 1)
+            digest = hash_file(folder / name, algo, lambda n: progress.advance(n, 0), stop)
+            progress.advance(0, 1)
             return digest
 
         return _parallel(one, order, jobs)
@@ -366,11 +364,9 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     nbytes = sum(ckpt.info(n).nbytes for n in present)
     start = time.perf_counter()
     with ByteProgress("verify", nbytes, len(present), quiet, unit="tensors") as progress:
-        advance = _locked(progress)
-
         def one(name: str, stop: threading.Event) -> ManifestEntry:
             entry = _tensor_entry(ckpt, name)
-            advance(ckpt.info(name).nbytes, 1)
+            progress.advance(ckpt.info(name).nbytes, 1)
             return entry
 
         actual = _parallel(one, present, jobs)
@@ -418,16 +414,6 @@ def _parallel(fn: Callable[[str, threading.Event], Any], items: list[str],
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
     return results
-
-
-def _locked(progress: ByteProgress) -> Callable[[int, int], None]:
-    lock = threading.Lock()
-
-    def advance(nbytes: int, items: int) -> None:
-        with lock:  # called from every worker; ByteProgress counts items unlocked
-            progress.advance(nbytes, items)
-
-    return advance
 
 
 def _cores() -> int:

@@ -1,0 +1,1 @@
+"""Tests for weightkit.hub: download and push against a local fake Hub."""

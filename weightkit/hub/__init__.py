@@ -1,0 +1,1 @@
+"""Hugging Face Hub transfers: resumable, checked downloads (`download`) and uploads (`push`)."""

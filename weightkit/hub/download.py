@@ -1,0 +1,398 @@
+"""`weightkit download`: fetch a Hub repo, or a release from the checksums catalog, into a folder.
+
+Each file grows in DIR/.weightkit-partial/<file>.part and every new request asks only for the
+bytes that are not there yet (HTTP Range), so a dropped connection, a crash or a killed process
+costs nothing already on disk. A file is moved into place only when its size and hash are the
+ones the Hub lists (the LFS sha256, or the git blob sha1 of a small file).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_url
+from huggingface_hub.utils import filter_repo_objects, get_session, hf_raise_for_status
+
+from weightkit.catalog import find_release, load_catalog
+from weightkit.errors import ChecksumError, InputError, OutputError
+from weightkit.hub.client import (
+    PARTIAL_DIR,
+    Hub,
+    HubError,
+    RemoteFile,
+    connect,
+    hub_errors,
+    list_files,
+    update_from_file,
+)
+from weightkit.progress import ByteProgress, human_bytes, human_time, say
+
+if TYPE_CHECKING:
+    from weightkit.ops.verify import VerifyReport
+
+ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.*")
+RETRIES = 5  # failed attempts in a row, without a byte of progress, before a file is given up
+RETRY_WAIT = 1.0  # seconds before the first retry, doubled after each further failure
+_MAX_WAIT = 30.0
+_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+_DAMAGED_HINT = ("Run the same command to fetch it again. If it fails again, the file on the "
+                 "server is damaged: tell the repo's owners.")
+
+
+@dataclass
+class DownloadResult:
+    repo: str
+    commit: str
+    out: Path
+    downloaded: list[str] = field(default_factory=list)  # fetched (or finished) by this run
+    present: list[str] = field(default_factory=list)  # already in place with the right hash
+    nbytes: int = 0  # bytes received over the network by this run
+    manifest: Path | None = None  # the catalog manifest the result was verified against
+    verify_report: VerifyReport | None = None
+
+
+def download(
+    repo_or_release: str,
+    out: str | Path,
+    *,
+    only_lora: bool = False,
+    only_base: bool = False,
+    fp16: bool = False,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    revision: str | None = None,
+    jobs: int = 4,
+    verify: bool = True,
+    endpoint: str | None = None,
+    token: str | None = None,
+    quiet: bool = False,
+) -> DownloadResult:
+    """Download a repo (`org/name`) or a catalog release (`zhixi-13b`) into `out`, resuming
+    whatever an earlier run left, and check each file against the Hub's hashes; then, when the
+    catalog has a manifest for what was fetched, run `weightkit verify` on it.
+
+    For a release, `only_lora` takes its "lora" part, `fp16` its "diff-fp16" part, otherwise its
+    "diff" part. For a repo, `only_lora` keeps the adapter files and `only_base` the others.
+    """
+    repo, adapter, manifest = _resolve(repo_or_release, only_lora, only_base, fp16)
+    hub = connect(endpoint, token)
+    commit, listed = list_files(hub, repo, revision)
+    files = _select(listed, adapter, list(include), list(exclude))
+    if not files:
+        raise InputError(f"no file of {repo} matches the selection",
+                         f"It has: {', '.join(f.path for f in listed) or 'no files'}.")
+    out = Path(out)
+    _refuse_escaping_names(files, out, repo)
+    out.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    result = DownloadResult(repo, commit, out)
+    try:
+        _fetch_all(hub, repo, commit, files, out, jobs, result, quiet)
+    finally:
+        _remove_empty_dirs(out / PARTIAL_DIR)  # what is left there is what a rerun resumes
+    say(f"{repo}@{commit[:8]}: {len(result.downloaded)} files downloaded "
+        f"({human_bytes(result.nbytes)} in {human_time(time.perf_counter() - start)}), "
+        f"{len(result.present)} already there, into {out}", quiet)
+
+    if verify and manifest is not None:
+        deselected = {f.path for f in listed} - {f.path for f in files}
+        result.manifest = manifest
+        result.verify_report = _verify(out, manifest, deselected, quiet)
+    return result
+
+
+# --- what to fetch ---------------------------------------------------------------------------
+
+def _resolve(name: str, only_lora: bool, only_base: bool,
+             fp16: bool) -> tuple[str, str | None, Path | None]:
+    """(repo, adapter filter "lora"/"base"/None, catalog manifest) for a repo id or release."""
+    if only_lora and only_base:
+        raise InputError("--only-lora and --only-base exclude each other")
+    if "/" in name:
+        if fp16:
+            raise InputError(f"--fp16 picks the fp16 diff of a release; {name} is a repo",
+                             "Give a release name from the catalog, or the fp16 repo itself.")
+        adapter = "lora" if only_lora else "base" if only_base else None
+        return name, adapter, _manifest_of_repo(name)
+    release = find_release(name)
+    if release is None:
+        known = ", ".join(sorted(load_catalog()))
+        raise InputError(f"{name!r} is neither a Hub repo id (org/name) nor a release in the "
+                         "catalog", f"Known releases: {known}.")
+    if only_lora and fp16:
+        raise InputError(f"release {name} has no fp16 LoRA; use --only-lora or --fp16")
+    part = release.part("lora" if only_lora else "diff-fp16" if fp16 else "diff")
+    if not part.repo:
+        raise InputError(f"part {part.name!r} of release {name} is not on the Hub")
+    return part.repo, None, part.manifest
+
+
+def _manifest_of_repo(repo: str) -> Path | None:
+    """The catalog manifest of the release part published as `repo`, if there is one."""
+    try:
+        parts = [p for r in load_catalog().values() for p in r.parts.values()]
+    except InputError:  # no catalog at all: a plain repo download does not need one
+        return None
+    return next((p.manifest for p in parts if p.repo == repo), None)
+
+
+def _select(files: list[RemoteFile], adapter: str | None, include: list[str],
+            exclude: list[str]) -> list[RemoteFile]:
+    if adapter is not None:
+        lora = {f.path for f in filter_repo_objects(files, allow_patterns=list(ADAPTER_PATTERNS),
+                                                    key=_basename)}
+        files = [f for f in files if (f.path in lora) == (adapter == "lora")]
+    return list(filter_repo_objects(files, allow_patterns=include or None,
+                                    ignore_patterns=exclude or None, key=lambda f: f.path))
+
+
+def _basename(f: RemoteFile) -> str:
+    return PurePosixPath(f.path).name
+
+
+def _refuse_escaping_names(files: list[RemoteFile], out: Path, repo: str) -> None:
+    """A repo is remote input: a name like ../x, /x or C:x must not write outside `out`."""
+    root = out.resolve()
+    for f in files:
+        if _unsafe_name(f.path, root):
+            raise HubError(f"{repo} lists a file named {f.path!r}, which is not a plain path "
+                           f"inside {out}; nothing was downloaded",
+                           "The repo is malformed or hostile; tell its owners.")
+
+
+def _unsafe_name(name: str, root: Path) -> bool:
+    return (PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor != ""
+            or "\\" in name or any(p in ("", ".", "..") for p in name.split("/"))
+            or name.split("/")[0] == PARTIAL_DIR  # our own scratch space
+            or not (root / name).resolve().is_relative_to(root))  # through a symlink in `out`
+
+
+# --- fetching --------------------------------------------------------------------------------
+
+class _Transient(Exception):
+    """A failure worth retrying: the connection dropped, or the server asked to come back."""
+
+
+class _Stopped(Exception):
+    """Another file failed or the user interrupted: stop, keeping the bytes received."""
+
+
+def _fetch_all(hub: Hub, repo: str, commit: str, files: list[RemoteFile], out: Path, jobs: int,
+               result: DownloadResult, quiet: bool) -> None:
+    remaining = sum(f.size - _part_size(out, f) for f in files if not _maybe_done(out, f))
+    _check_space(out, remaining)
+    stop = threading.Event()
+    lock = threading.Lock()
+    headers = hub.headers()
+    errors: list[Exception] = []
+    with ByteProgress(f"download {repo}", remaining, len(files), quiet, unit="files") as bar:
+
+        def advance(nbytes: int, items: int = 0) -> None:
+            with lock:  # called from several threads
+                result.nbytes += nbytes
+            bar.advance(nbytes, items)
+
+        def one(f: RemoteFile) -> None:
+            url = hf_hub_url(repo, f.path, revision=commit, endpoint=hub.endpoint)
+            with hub_errors(hub, repo, commit, f.path):
+                done = _fetch_one(f, out, url, headers, repo, advance, stop)
+            with lock:
+                (result.downloaded if done else result.present).append(f.path)
+            advance(0, 1)
+
+        pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="download")
+        try:
+            for fut in as_completed([pool.submit(one, f) for f in files]):
+                e = fut.exception()
+                if e is None or isinstance(e, _Stopped):
+                    continue
+                errors.append(e)
+                if not isinstance(e, ChecksumError):
+                    stop.set()  # the other files would fail the same way; they keep their bytes
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    result.downloaded.sort()
+    result.present.sort()
+    _raise_first(errors, repo)
+
+
+def _raise_first(errors: list[Exception], repo: str) -> None:
+    """The first failure that is not a hash mismatch; else the mismatches, all named."""
+    mismatches = [e for e in errors if isinstance(e, ChecksumError)]
+    others = [e for e in errors if not isinstance(e, ChecksumError)]
+    if others:
+        raise others[0]
+    if len(mismatches) == 1:
+        raise mismatches[0]
+    if mismatches:
+        raise ChecksumError(f"{len(mismatches)} files of {repo} did not match the Hub's hashes "
+                            "and were deleted:\n" + "\n".join(e.message for e in mismatches),
+                            _DAMAGED_HINT)
+
+
+def _fetch_one(f: RemoteFile, out: Path, url: str, headers: dict[str, str], repo: str,
+               advance: Callable[..., None], stop: threading.Event) -> bool:
+    """Bring one file into place; False when it was already there."""
+    target = out / f.path
+    if _maybe_done(out, f) and f.matches(target):
+        return False
+    part = _Part(out / PARTIAL_DIR / f"{f.path}.part", f)
+    try:
+        _download_with_retries(part, url, headers, repo, advance, stop)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"the disk is full: {part.path} stopped at {part.size} bytes",
+                              f"Free some space on {out}'s disk and run the same command again: "
+                              "it resumes from there.") from None
+        raise
+    finally:
+        part.close()
+    problem = f.check(part.size, part.hasher.hexdigest())
+    if problem:
+        part.path.unlink()
+        raise ChecksumError(f"{repo}: {f.path} {problem}; the download was deleted",
+                            _DAMAGED_HINT)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part.path, target)
+    return True
+
+
+def _download_with_retries(part: _Part, url: str, headers: dict[str, str], repo: str,
+                           advance: Callable[..., None], stop: threading.Event) -> None:
+    failures = 0
+    while True:
+        before = part.size
+        try:
+            _request_rest(part, url, headers, advance, stop)
+            return
+        except (httpx2.TransportError, _Transient) as e:
+            failures = 1 if part.size > before else failures + 1
+            if failures > RETRIES:
+                raise HubError(f"downloading {part.remote.path} from {repo} failed {failures} "
+                               f"times in a row ({e})",
+                               f"Run the same command again: it resumes from the {part.size} "
+                               f"bytes kept in {part.path}.") from None
+            if stop.wait(min(_MAX_WAIT, RETRY_WAIT * 2 ** (failures - 1))):
+                raise _Stopped() from None
+
+
+def _request_rest(part: _Part, url: str, headers: dict[str, str],
+                  advance: Callable[..., None], stop: threading.Event) -> None:
+    """One GET for the bytes `part` lacks, appended as they arrive."""
+    if part.size >= part.remote.size:
+        return
+    request_headers = {**headers, "Accept-Encoding": "identity"}  # byte ranges of the file itself
+    if part.size:
+        request_headers["Range"] = f"bytes={part.size}-"
+    with get_session().stream("GET", url, headers=request_headers,
+                              timeout=hf_constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+        if r.status_code in _RETRY_STATUS:
+            raise _Transient(f"HTTP {r.status_code}")
+        if r.status_code == 416:  # the kept bytes do not fit the file any more: start over
+            part.restart()
+            raise _Transient("HTTP 416, range not satisfiable")
+        if r.status_code >= 400:
+            r.read()
+            hf_raise_for_status(r)
+        if r.status_code != 206:  # a whole file, whatever was asked for
+            part.restart()
+        elif not r.headers.get("Content-Range", "").startswith(f"bytes {part.size}-"):
+            part.restart()  # some other range: cannot be appended; ask for the whole file
+            raise _Transient(f"unexpected Content-Range {r.headers.get('Content-Range')!r}")
+        for chunk in r.iter_bytes():  # as they arrive: a killed run keeps what it got
+            if stop.is_set():
+                raise _Stopped()
+            part.write(chunk)
+            advance(len(chunk))
+    if part.size < part.remote.size:
+        raise _Transient(f"connection closed at byte {part.size} of {part.remote.size}")
+
+
+class _Part:
+    """A file growing in the partial folder, hashed as it grows (bytes kept by an earlier run
+    are hashed once when it is opened)."""
+
+    def __init__(self, path: Path, remote: RemoteFile) -> None:
+        self.path = path
+        self.remote = remote
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size > remote.size:
+            path.unlink()
+        self.hasher = remote.new_hasher()
+        self.size = update_from_file(self.hasher, path) if path.exists() else 0
+        self._file: Any = open(path, "ab")
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self.hasher.update(chunk)
+        self.size += len(chunk)
+
+    def restart(self) -> None:
+        self._file.truncate(0)
+        self.hasher = self.remote.new_hasher()
+        self.size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _maybe_done(out: Path, f: RemoteFile) -> bool:
+    """Cheap test that the file may already be in place (its hash decides)."""
+    target = out / f.path
+    return target.is_file() and target.stat().st_size == f.size
+
+
+def _part_size(out: Path, f: RemoteFile) -> int:
+    part = out / PARTIAL_DIR / f"{f.path}.part"
+    size = part.stat().st_size if part.is_file() else 0
+    return size if size <= f.size else 0
+
+
+def _check_space(out: Path, needed: int) -> None:
+    free = shutil.disk_usage(out).free
+    if needed > free:
+        raise OutputError(f"{out} has {human_bytes(free)} free, the download needs "
+                          f"{human_bytes(needed)} more",
+                          "Free some space or choose another --out.")
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+        if not os.listdir(folder):
+            os.rmdir(folder)
+
+
+# --- checking against the catalog -------------------------------------------------------------
+
+def _verify(out: Path, manifest: Path, deselected: set[str], quiet: bool) -> VerifyReport:
+    """`weightkit verify` with the catalog manifest; files left out on purpose do not count."""
+    from weightkit.ops.verify import EXTRA, MISSING, OK, verify
+
+    report = verify(out, manifest=manifest, quiet=quiet)
+    report = replace(report, rows=[r for r in report.rows
+                                   if not (r.verdict == MISSING and r.name in deselected)])
+    say(report.summary(), quiet)
+    if not report.ok:
+        bad = ", ".join(f"{r.name} ({r.verdict})" for r in report.rows
+                        if r.verdict not in (OK, EXTRA))
+        raise ChecksumError(f"{out} does not match the catalog manifest {manifest.name}: {bad}",
+                            f"See `weightkit verify {out} --manifest {manifest}`; download the "
+                            "files named again, or tell the catalog's maintainers.")
+    return report
