@@ -62,6 +62,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(model_pair, tmp_path):
     r = run("diff", "--raw", str(raw), "--tuned", str(tuned), "--out", str(tmp_path / "d"),
             "--device", "cuda")
     assert r.returncode == 1
-    assert r.stderr.startswith("Error: --device cuda was asked for, but no CUDA device is "
-                               "available\nUse --device cpu or auto: the output bytes are the same.")
+    assert r.stderr.startswith(
+        "Error: --device cuda was asked for, but no CUDA device is available\n"
+        "Use --device cpu or auto: the output bytes are the same.")
     assert not (tmp_path / "d").exists()
