@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from weightkit.dtypes import short_name
 from weightkit.errors import InputError
 from weightkit.io.reader import Checkpoint
 from weightkit.io.tensor_info import TensorInfo
@@ -72,8 +73,21 @@ def pair_checkpoints(raw: Checkpoint, other: Checkpoint, other_role: str) -> Pai
             continue
         pair = Pair(name, raw.info(name), info)
         _check_shapes(pair, other_role)
+        _check_dtypes(pair, other_role)
         pairs.append(pair)
     return Pairing(pairs, skipped)
+
+
+def _check_dtypes(p: Pair, other_role: str) -> None:
+    a, b = p.raw.dtype, p.other.dtype
+    if a == b or (a.is_floating_point and b.is_floating_point):
+        return
+    raise InputError(
+        f"tensor {p.name!r}: dtype {short_name(b)} in the {other_role} ({p.other.file}) does not "
+        f"fit dtype {short_name(a)} in the raw model ({p.raw.file})",
+        "Weight arithmetic needs floating-point tensors on both sides (or the same integer "
+        f"dtype); the {other_role} was not made against this raw model.",
+    )
 
 
 def _check_shapes(p: Pair, other_role: str) -> None:
