@@ -1,0 +1,424 @@
+"""`weightkit convert`: Meta's raw LLaMA (consolidated.*.pth + params.json + tokenizer.model) to
+an HF checkpoint, one tensor at a time.
+
+Meta splits every matrix over its model-parallel shards. For each output tensor the job reads that
+tensor from each shard, joins the pieces and permutes q/k into HF's rotary layout; nothing else is
+held, so memory stays at a few tensors whatever the model size. Names and joins follow the
+transformers converter (`convert_llama_weights_to_hf.py`); the dtype is kept unless asked.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from weightkit.dtypes import parse_dtype, short_name
+from weightkit.errors import ChecksumError, InputError
+from weightkit.io.output import OutputFolder
+from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.writer import FORMATS, PlannedTensor
+from weightkit.ops import llama_params, llama_tokenizer
+from weightkit.ops.llama_params import LlamaParams
+from weightkit.pipeline import Job, WriteResult, write_checkpoint
+
+PARAMS_NAME = "params.json"
+CHECKLIST_NAME = "checklist.chk"  # Meta's md5sum list of the shards and params.json
+TOKENIZER_CHECKLIST_NAME = "tokenizer_checklist.chk"
+_SHARD = re.compile(r"consolidated\.(\d+)\.pth")
+
+# how the model-parallel pieces of a tensor are joined
+ROWS, COLS, FIRST, EMBED = "rows", "cols", "first", "embed"  # EMBED: rows or cols, by shape
+# Meta name inside layers.N -> (HF name inside model.layers.N, join, rotary permute)
+LAYER_NAMES = {
+    "attention.wq.weight": ("self_attn.q_proj.weight", ROWS, "q"),
+    "attention.wk.weight": ("self_attn.k_proj.weight", ROWS, "k"),
+    "attention.wv.weight": ("self_attn.v_proj.weight", ROWS, None),
+    "attention.wo.weight": ("self_attn.o_proj.weight", COLS, None),
+    "feed_forward.w1.weight": ("mlp.gate_proj.weight", ROWS, None),
+    "feed_forward.w3.weight": ("mlp.up_proj.weight", ROWS, None),
+    "feed_forward.w2.weight": ("mlp.down_proj.weight", COLS, None),
+    "attention_norm.weight": ("input_layernorm.weight", FIRST, None),
+    "ffn_norm.weight": ("post_attention_layernorm.weight", FIRST, None),
+}
+TOP_NAMES = {
+    "tok_embeddings.weight": ("model.embed_tokens.weight", EMBED),
+    "norm.weight": ("model.norm.weight", FIRST),
+    "output.weight": ("lm_head.weight", ROWS),
+}
+IGNORED = {"rope.freqs"}  # LLaMA 1's precomputed rotary table; HF computes its own
+_LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One HF tensor: where its pieces are and how they become it."""
+
+    raw: str  # Meta name, the same in every shard
+    name: str  # HF name
+    join: str  # ROWS / COLS / FIRST
+    rotary_heads: int | None = None  # permute q/k for HF's rotary layout with this many heads
+
+
+def hf_name(raw: str) -> tuple[str, str, str | None] | None:
+    """(HF name, join, 'q'/'k'/None) for a Meta tensor name; None for a tensor HF does not keep.
+
+    Raises InputError for a name that is not LLaMA's.
+    """
+    if raw in IGNORED:
+        return None
+    if raw in TOP_NAMES:
+        name, join = TOP_NAMES[raw]
+        return name, join, None
+    m = _LAYER_KEY.fullmatch(raw)
+    if m and m.group(2) in LAYER_NAMES:
+        name, join, rotary = LAYER_NAMES[m.group(2)]
+        return f"model.layers.{m.group(1)}.{name}", join, rotary
+    raise InputError(f"unexpected tensor {raw!r}: not a Meta LLaMA weight name",
+                     "Only Meta's consolidated.*.pth LLaMA checkpoints can be converted.")
+
+
+def to_hf_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta's interleaved rotary pairs -> HF's rotate_half layout (the converter's permute)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def from_hf_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of to_hf_rotary."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def convert_llama(
+    input_dir: str | Path,
+    out: str | Path,
+    *,
+    model_size: str | None = None,
+    llama_version: str = "auto",
+    dtype: str = "auto",
+    instruct: bool = False,
+    fmt: str = "safetensors",
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    verify: bool = True,
+    quiet: bool = False,
+    dry_run: bool = False,
+) -> WriteResult:
+    """Convert Meta's raw LLaMA in `input_dir` (the size folder, or its parent + `model_size`).
+
+    dtype "auto" keeps the raw weights' dtype; "bf16" gives what the transformers converter
+    writes. Every input is checked before anything is written; with `verify`, checklist.chk (and
+    tokenizer_checklist.chk) are checked too.
+    """
+    folder = find_model_folder(Path(input_dir), model_size)
+    params = llama_params.read_params(folder / PARAMS_NAME)
+    files = shard_files(folder, model_size)
+    shards = [open_checkpoint(f) for f in files]
+    check_shards(shards)
+    tok_path = llama_tokenizer.find_tokenizer(folder)
+    tok_kind = llama_tokenizer.tokenizer_kind(tok_path) if tok_path else None
+    notes: list[str] = []
+    version = _version(llama_version, params, tok_kind, notes)
+    if instruct and not version.startswith("3"):
+        notes.append("--instruct changes nothing for LLaMA 1/2 (stop token </s> either way).")
+    tied = version == "3.2"
+    parts = plan_parts(shards, params, tied)
+    shapes = joined_shapes(parts, shards, params)
+    vocab_size = shapes["model.embed_tokens.weight"][0]
+    forced = None if dtype == "auto" else parse_dtype(dtype)
+    jobs = [_job(p, shards, shapes[p.name], forced, tied) for p in parts]
+    out_dtype = jobs[0].out.dtype  # the embeddings'
+    config = llama_params.hf_config(params, version, vocab_size, instruct)
+    config_files = llama_params.hf_config_files(config, str(out_dtype).removeprefix("torch."))
+
+    tokenizer = None
+    if tok_path is not None:
+        tokenizer = _tokenizer(tok_path, tok_kind, version, instruct, vocab_size, notes)
+    else:
+        notes.append("No tokenizer.model next to the weights or in the folder above: wrote the "
+                     "model without a tokenizer.")
+    inputs = [folder, *([tok_path] if tok_path else [])]
+    # a wrong --out or --format fails now, not after minutes of hashing
+    OutputFolder(out, inputs=inputs, overwrite=overwrite,
+                 needed_bytes=sum(j.out.nbytes for j in jobs))
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
+    if verify:
+        notes += verify_checklists(folder, tok_path, quiet)
+
+    def finish(tmp: Path) -> list[str]:
+        for f in config_files:
+            f.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+            if tok_kind == llama_tokenizer.SENTENCEPIECE:
+                # sentencepiece users (slow tokenizer, llama.cpp) read the original model
+                shutil.copyfile(tok_path, tmp / llama_tokenizer.TOKENIZER_NAME)
+        return []
+
+    if forced is not None:
+        notes.append(f"Cast to {short_name(forced)} as asked.")
+    return write_checkpoint(
+        out, jobs, title="convert", inputs=inputs, finish=finish, fmt=fmt,
+        max_shard_size=max_shard_size, overwrite=overwrite, device="cpu", quiet=quiet, notes=notes,
+        dry_run=dry_run,
+    )
+
+
+def _version(asked: str, params: LlamaParams, tok_kind: str | None, notes: list[str]) -> str:
+    if asked == "auto":
+        version, why = llama_params.detect_version(params, tok_kind)
+        notes.append(f"Detected LLaMA {version} ({why}).")
+        return version
+    if asked not in llama_params.VERSIONS:
+        raise InputError(f"unknown LLaMA version {asked!r}",
+                         f"Use auto or one of: {', '.join(llama_params.VERSIONS)}.")
+    return asked
+
+
+# ------------------------------------------------------------------ finding and checking inputs
+
+
+def find_model_folder(root: Path, model_size: str | None) -> Path:
+    """The folder holding params.json: `root` itself, or `root/model_size`."""
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    if (root / PARAMS_NAME).is_file():
+        return root
+    if model_size and (root / model_size / PARAMS_NAME).is_file():
+        return root / model_size
+    sizes = sorted(p.name for p in root.iterdir() if (p / PARAMS_NAME).is_file())
+    where = f"{root}" + (f" or {root / model_size}" if model_size else "")
+    hint = "Point --input-dir at the folder with params.json and consolidated.*.pth"
+    hint += f", or pass --model-size with one of: {', '.join(sizes)}." if sizes else "."
+    raise InputError(f"{where}: missing params.json (no Meta LLaMA checkpoint here)", hint)
+
+
+def shard_files(folder: Path, model_size: str | None) -> list[Path]:
+    """consolidated.00.pth, .01, ... in order; their count checked against the model size."""
+    found = {}
+    for p in folder.iterdir():
+        m = _SHARD.fullmatch(p.name)
+        if m and p.is_file():
+            found[int(m.group(1))] = p
+    if not found:
+        raise InputError(f"{folder}: no consolidated.*.pth files next to params.json")
+    if sorted(found) != list(range(len(found))):
+        missing = sorted(set(range(max(found) + 1)) - set(found))
+        raise InputError(f"{folder}: model-parallel shard consolidated.{missing[0]:02d}.pth is "
+                         f"missing (found {len(found)} shards)", "Download it again.")
+    expected = llama_params.expected_shards(model_size) if model_size else None
+    if expected is not None and expected != len(found):
+        raise InputError(
+            f"{folder}: {len(found)} consolidated.*.pth files, but LLaMA {model_size} is "
+            f"shipped in {expected}",
+            "Download the missing shards, or check --model-size.",
+        )
+    return [found[i] for i in range(len(found))]
+
+
+def check_shards(shards: list[Checkpoint]) -> None:
+    """Every shard holds the same tensor names, each with one shape and dtype in every shard."""
+    first = shards[0]
+    for other in shards[1:]:
+        missing = [n for n in first.names() if n not in other]
+        extra = [n for n in other.names() if n not in first]
+        if missing or extra:
+            name, has, lacks = ((missing[0], first, other) if missing else (extra[0], other, first))
+            raise InputError(
+                f"shards differ: tensor {name!r} is in {has.path.name} but not in "
+                f"{lacks.path.name} ({len(missing) + len(extra)} names differ)",
+                "The shards come from different models or a damaged download.",
+            )
+        for name in first.names():
+            a, b = first.info(name), other.info(name)
+            if a.shape != b.shape or a.dtype != b.dtype:
+                raise InputError(
+                    f"shards differ: tensor {name!r} is {tuple(a.shape)} {a.dtype} in "
+                    f"{first.path.name} but {tuple(b.shape)} {b.dtype} in {other.path.name}",
+                    "The shards come from different models or a damaged download.",
+                )
+
+
+def plan_parts(shards: list[Checkpoint], params: LlamaParams, tied: bool) -> list[Part]:
+    """The output tensors in HF's order; every Meta name accounted for."""
+    found: dict[str, Part] = {}
+    for raw in shards[0].names():
+        try:
+            mapped = hf_name(raw)
+        except InputError as e:
+            raise InputError(f"{shards[0].path}: {e.message}", e.hint) from None
+        if mapped is None:
+            continue
+        name, join, rotary = mapped
+        if join == EMBED:
+            join = embed_join(shards, raw, params.dim)
+        heads = {"q": params.n_heads, "k": params.n_kv_heads, None: None}[rotary]
+        found[name] = Part(raw, name, join, heads)
+    order = ["model.embed_tokens.weight"]
+    for i in range(params.n_layers):
+        order += [f"model.layers.{i}.{name}" for name, _, _ in LAYER_NAMES.values()]
+    order += ["model.norm.weight"] + ([] if tied else ["lm_head.weight"])
+    missing = [n for n in order if n not in found]
+    unexpected = [p.raw for n, p in found.items() if n not in order and n != "lm_head.weight"]
+    if unexpected:
+        raise InputError(f"{shards[0].path}: unexpected tensor {unexpected[0]!r}: params.json "
+                         f"says {params.n_layers} layers")
+    if missing:
+        raw = _raw_name(missing[0])
+        raise InputError(f"{shards[0].path}: no tensor {raw!r} (needed for {missing[0]}; "
+                         f"{len(missing)} missing)", "The checkpoint is incomplete.")
+    return [found[n] for n in order]
+
+
+def _raw_name(hf: str) -> str:
+    for raw, (name, _) in TOP_NAMES.items():
+        if name == hf:
+            return raw
+    i, rest = hf.removeprefix("model.layers.").split(".", 1)
+    return next(f"layers.{i}.{raw}" for raw, (n, _, _) in LAYER_NAMES.items() if n == rest)
+
+
+def joined_shapes(parts: list[Part], shards: list[Checkpoint], params: LlamaParams
+                  ) -> dict[str, tuple[int, ...]]:
+    """Each output's shape, checked against what params.json says it must be."""
+    n = len(shards)
+    dim, kv, inter = params.dim, params.kv_dim, params.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for p in parts:
+        piece = tuple(shards[0].info(p.raw).shape)
+        shape = list(piece)
+        if p.join in (ROWS, COLS) and len(piece) != 2:
+            raise InputError(f"{shards[0].path}: tensor {p.raw!r} has shape {piece}, expected a "
+                             "matrix")
+        if p.join == ROWS:
+            shape[0] *= n
+        elif p.join == COLS:
+            shape[1] *= n
+        shapes[p.name] = tuple(shape)
+    vocab = shapes["model.embed_tokens.weight"][0]
+    if params.vocab_size is not None and params.vocab_size != vocab:
+        raise InputError(f"{shards[0].path}: tok_embeddings.weight has {vocab} rows over the "
+                         f"shards, params.json says vocab_size {params.vocab_size}")
+    expected = {  # HF name, without model.layers.N., -> its shape
+        "self_attn.q_proj.weight": (dim, dim), "self_attn.k_proj.weight": (kv, dim),
+        "self_attn.v_proj.weight": (kv, dim), "self_attn.o_proj.weight": (dim, dim),
+        "mlp.gate_proj.weight": (inter, dim), "mlp.up_proj.weight": (inter, dim),
+        "mlp.down_proj.weight": (dim, inter), "input_layernorm.weight": (dim,),
+        "post_attention_layernorm.weight": (dim,), "model.norm.weight": (dim,),
+        "model.embed_tokens.weight": (vocab, dim), "lm_head.weight": (vocab, dim),
+    }
+    for p in parts:
+        key = re.sub(r"^model\.layers\.\d+\.", "", p.name)
+        if shapes[p.name] != expected[key]:
+            what = (f"{n} shards of {tuple(shards[0].info(p.raw).shape)} join to "
+                    f"{shapes[p.name]}" if p.join != FIRST else f"it is {shapes[p.name]}")
+            raise InputError(
+                f"tensor {p.raw!r}: {what}, but params.json (dim {dim}, n_heads "
+                f"{params.n_heads}, n_kv_heads {params.n_kv_heads}, intermediate size {inter}) "
+                f"needs {expected[key]} for {p.name}",
+                "params.json does not describe these weights, or shards are missing.",
+            )
+    return shapes
+
+
+def embed_join(shards: list[Checkpoint], raw: str, dim: int) -> str:
+    """LLaMA 1/2 split the embeddings by columns, LLaMA 3 by vocabulary rows; the shape says."""
+    piece, n = tuple(shards[0].info(raw).shape), len(shards)
+    if n == 1 or (len(piece) == 2 and piece[1] == dim):
+        return ROWS
+    if len(piece) == 2 and piece[1] * n == dim:
+        return COLS
+    raise InputError(f"{shards[0].path}: tensor {raw!r} has shape {piece}; with {n} shards of a "
+                     f"dim-{dim} model it must have {dim} or {dim // n} columns")
+
+
+def verify_checklists(folder: Path, tok_path: Path | None, quiet: bool) -> list[str]:
+    """Check Meta's md5 lists, if the download has them; ChecksumError on a mismatch."""
+    lists = [folder / CHECKLIST_NAME]
+    if tok_path is not None:
+        lists.append(tok_path.parent / TOKENIZER_CHECKLIST_NAME)
+    notes = []
+    for checklist in lists:
+        if not checklist.is_file():
+            continue
+        from weightkit.ops.verify import EXTRA, MISMATCH, MISSING, verify
+
+        report = verify(checklist.parent, manifest=checklist, quiet=quiet)
+        bad = [r for r in report.rows if r.verdict in (MISMATCH, MISSING)]
+        if bad:
+            raise ChecksumError(
+                f"{checklist}: {bad[0].name} is {bad[0].verdict.lower()}"
+                + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                + "; nothing was converted",
+                "Download the damaged files again, or pass --no-verify to convert anyway.",
+            )
+        checked = sum(r.verdict != EXTRA for r in report.rows)
+        notes.append(f"{checklist.name}: the {checked} listed file(s) match.")
+    return notes
+
+
+def _tokenizer(path: Path, kind: str, version: str, instruct: bool, vocab_size: int,
+               notes: list[str]):
+    if kind == llama_tokenizer.TIKTOKEN:
+        ranks = llama_tokenizer.tiktoken_size(path)
+        if ranks + llama_params.LLAMA3_SPECIAL_TOKENS != vocab_size:
+            raise InputError(
+                f"{path}: {ranks} tokens + {llama_params.LLAMA3_SPECIAL_TOKENS} special tokens "
+                f"do not match the {vocab_size} rows of tok_embeddings.weight",
+                "tokenizer.model belongs to another model.",
+            )
+    tokenizer = llama_tokenizer.convert_tokenizer(path, kind, version, instruct)
+    if len(tokenizer) != vocab_size:
+        notes.append(f"The tokenizer has {len(tokenizer)} tokens, the embeddings {vocab_size} "
+                     "rows; config.json follows the embeddings.")
+    notes.append(f"Converted the {kind} tokenizer.")
+    return tokenizer
+
+
+# ------------------------------------------------------------------ the jobs
+
+
+def _job(p: Part, shards: list[Checkpoint], shape: tuple[int, ...], forced: torch.dtype | None,
+         tied: bool) -> Job:
+    raw_dtype = shards[0].info(p.raw).dtype
+    out_dtype = forced if forced is not None and raw_dtype.is_floating_point else raw_dtype
+    check_tied = tied and p.name == "model.embed_tokens.weight" and "output.weight" in shards[0]
+
+    def load() -> tuple[torch.Tensor]:
+        joined = read_joined(shards, p.raw, p.join)
+        if check_tied and not torch.equal(joined, read_joined(shards, "output.weight", ROWS)):
+            raise InputError("output.weight differs from tok_embeddings.weight, so this is not a "
+                             "model with tied embeddings (LLaMA 3.2 1B/3B)",
+                             "Pass the right --llama-version (3.1?).")
+        return (joined,)
+
+    def compute(w: torch.Tensor) -> torch.Tensor:
+        return to_hf_rotary(w, p.rotary_heads) if p.rotary_heads else w
+
+    return Job(PlannedTensor(p.name, out_dtype, shape), load, compute)
+
+
+def read_joined(shards: list[Checkpoint], raw: str, join: str) -> torch.Tensor:
+    """One tensor from every shard, concatenated; replicated tensors from shard 0 only.
+
+    Each piece is copied into place as soon as it is read, so at most one piece is alive
+    besides the result (torch.cat would hold all of them and the result).
+    """
+    if join == FIRST or len(shards) == 1:
+        return shards[0].read(raw)
+    dim = 0 if join == ROWS else 1
+    piece = shards[0].read(raw)
+    size = piece.shape[dim]
+    shape = list(piece.shape)
+    shape[dim] *= len(shards)
+    joined = torch.empty(shape, dtype=piece.dtype)
+    joined.narrow(dim, 0, size).copy_(piece)
+    del piece
+    for i, shard in enumerate(shards[1:], start=1):
+        joined.narrow(dim, i * size, size).copy_(shard.read(raw))
+    return joined
