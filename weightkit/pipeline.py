@@ -112,8 +112,8 @@ def run_jobs(
     _return_big_buffers_to_the_os()
     jobs = list(jobs)
     largest = max((j.out.nbytes for j in jobs), default=0)
-    # enough free buffers for every stage's tensors; inputs may be up to 2x wider than outputs
-    pool = BufferPool(keep_bytes=4 * (_READ_AHEAD + _WRITE_BEHIND + 2) * largest,
+    # free buffers kept for reuse: enough for the queues' tensors, not a copy of the model
+    pool = BufferPool(keep_bytes=(_READ_AHEAD + _WRITE_BEHIND + 2) * largest,
                       pinned=device.type == "cuda")
     stop = threading.Event()
     errors: list[BaseException] = []

@@ -4,6 +4,7 @@ uninterrupted run, and no finished-looking output exists before completion."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -31,6 +32,32 @@ def make_pair(tmp: Path) -> tuple[Path, Path]:
     save_file({n: torch.randn(ROWS, COLS, generator=gen) * 1e-3 for n in names},
               diff / "model.safetensors")
     return raw, diff
+
+
+def make_meta(tmp: Path) -> Path:
+    """A raw Meta LLaMA-2-shaped checkpoint in 2 model-parallel shards (no tokenizer)."""
+    dim, layers, inter, vocab = 512, 6, 1536, 2048
+    gen = torch.Generator().manual_seed(5)
+    folder = tmp / "meta"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps(
+        {"dim": dim, "n_layers": layers, "n_heads": 8, "n_kv_heads": 8, "multiple_of": 256,
+         "norm_eps": 1e-5, "vocab_size": vocab}))
+    for shard in range(2):
+        state = {"tok_embeddings.weight": torch.randn(vocab, dim // 2, generator=gen),
+                 "norm.weight": torch.ones(dim), "output.weight": torch.randn(vocab // 2, dim)}
+        for i in range(layers):
+            p = f"layers.{i}."
+            for w in ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1",
+                      "feed_forward.w3"):
+                rows = dim // 2 if w.startswith("attention") else inter // 2
+                state[p + w + ".weight"] = torch.randn(rows, dim, generator=gen)
+            state[p + "attention.wo.weight"] = torch.randn(dim, dim // 2, generator=gen)
+            state[p + "feed_forward.w2.weight"] = torch.randn(dim, inter // 2, generator=gen)
+            state[p + "attention_norm.weight"] = torch.ones(dim)
+            state[p + "ffn_norm.weight"] = torch.ones(dim)
+        torch.save({k: v.half() for k, v in state.items()}, folder / f"consolidated.0{shard}.pth")
+    return folder
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -61,18 +88,14 @@ def run_and_kill_at(args: list[str], partial: Path, offset: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
-def test_recover_killed_at_random_points_resumes_to_identical_bytes(tmp_path, fmt):
-    raw, diff = make_pair(tmp_path)
-    common = ["--quiet", "recover", "--raw", str(raw), "--diff", str(diff),
-              "--max-shard-size", "3MB", "--format", fmt, "--device", "cpu"]
+def kill_and_resume(tmp_path: Path, common: list[str], seed: str) -> None:
     subprocess.run([sys.executable, "-m", "weightkit", *common, "--out", str(tmp_path / "ref")],
                    check=True)
     want = hashes(tmp_path / "ref")
     total = sum(p.stat().st_size for p in (tmp_path / "ref").iterdir())
     out = tmp_path / "out"
     partial = tmp_path / ".out.weightkit-partial"
-    rng = random.Random(f"recover-{fmt}")
+    rng = random.Random(seed)
     offsets = sorted(rng.randrange(0, total) for _ in range(KILLS_PER_COMMAND))
     killed = 0
     for offset in offsets:
@@ -82,3 +105,34 @@ def test_recover_killed_at_random_points_resumes_to_identical_bytes(tmp_path, fm
     subprocess.run([sys.executable, "-m", "weightkit", *common, "--out", str(out)], check=True)
     assert hashes(out) == want
     assert not partial.exists()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_recover_killed_at_random_points_resumes_to_identical_bytes(tmp_path, fmt):
+    raw, diff = make_pair(tmp_path)
+    kill_and_resume(tmp_path, ["--quiet", "recover", "--raw", str(raw), "--diff", str(diff),
+                               "--max-shard-size", "3MB", "--format", fmt, "--device", "cpu"],
+                    f"recover-{fmt}")
+
+
+def test_convert_killed_at_random_points_resumes_to_identical_bytes(tmp_path):
+    meta = make_meta(tmp_path)
+    kill_and_resume(tmp_path, ["--quiet", "convert", "--input-dir", str(meta),
+                               "--max-shard-size", "3MB"], "convert")
+
+
+def test_merge_lora_killed_at_random_points_resumes_to_identical_bytes(tmp_path):
+    raw, _ = make_pair(tmp_path)
+    gen = torch.Generator().manual_seed(11)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["up_proj"]}))
+    save_file({f"base_model.model.model.layers.{i}.mlp.up_proj.{part}.weight":
+               torch.randn(shape, generator=gen)
+               for i in range(LAYERS)
+               for part, shape in (("lora_A", (8, COLS)), ("lora_B", (ROWS, 8)))},
+              adapter / "adapter_model.safetensors")
+    kill_and_resume(tmp_path, ["--quiet", "merge-lora", "--base", str(raw), "--lora",
+                               str(adapter), "--max-shard-size", "2MB", "--dtype", "fp32"],
+                    "merge-lora")

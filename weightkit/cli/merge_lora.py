@@ -1,0 +1,37 @@
+"""weightkit merge-lora --base BASE --lora ADAPTER --out OUT"""
+
+from __future__ import annotations
+
+import click
+
+from weightkit.cli.options import (
+    DTYPES,
+    device_option,
+    dry_run_option,
+    is_quiet,
+    output_options,
+    quiet_option,
+)
+
+
+@click.command("merge-lora")
+@click.option("--base", required=True, type=click.Path(exists=True),
+              help="The base model the adapter was trained on (HF format).")
+@click.option("--lora", required=True, type=click.Path(exists=True),
+              help="peft adapter folder: adapter_config.json plus adapter_model.safetensors "
+                   "or adapter_model.bin.")
+@click.option("--out", required=True, type=click.Path(), help="Folder to write the model into.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="Output dtype; auto = the base model's. The merge is computed in fp32 and "
+                   "rounded once.")
+@output_options
+@device_option
+@dry_run_option
+@quiet_option
+def command(base: str, lora: str, out: str, dtype: str, out_format: str, max_shard_size: str,
+            overwrite: bool, device: str, dry_run: bool, quiet: bool) -> None:
+    """Merge a LoRA adapter into its base model: OUT = BASE + LoRA, tensor by tensor."""
+    from weightkit.ops.merge_lora import merge_lora
+
+    merge_lora(base, lora, out, dtype=dtype, fmt=out_format, max_shard_size=max_shard_size,
+               overwrite=overwrite, device=device, dry_run=dry_run, quiet=is_quiet(quiet))

@@ -1,0 +1,348 @@
+"""`weightkit merge-lora`: fold a peft LoRA adapter into its base model, tensor by tensor.
+
+Only the tensors the adapter touches need arithmetic; the rest stream through unchanged. Each job
+loads one base tensor and the few adapter tensors that belong to it. The arithmetic follows
+peft's merge (peft/tuners/lora/layer.py, dora.py, variants.py) op for op in fp32 and rounds once
+to the output dtype, so it equals peft's merge bit for bit in fp32, and in fp16/bf16 too except
+for embedding LoRA, where peft rounds the delta to the weight's dtype before adding it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from weightkit.dtypes import parse_dtype
+from weightkit.errors import InputError
+from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.writer import PlannedTensor
+from weightkit.ops import lora_adapter
+from weightkit.ops.delta import accumulate_dtype
+from weightkit.ops.lora_adapter import AdapterConfig, LoraModule
+from weightkit.pipeline import Job, WriteResult, identity, write_checkpoint
+
+_EMPTY_HINT = (
+    "An adapter_model.bin of a few hundred bytes is the empty file alpaca-lora's finetune.py "
+    "saved with newer peft versions (its state_dict override returned nothing). Save the trained "
+    "model again with model.save_pretrained(), or download a complete copy of the adapter."
+)
+
+
+def merge_lora(
+    base: str | Path,
+    lora: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "auto",
+    fmt: str = "safetensors",
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+    dry_run: bool = False,
+) -> WriteResult:
+    """Write base + LoRA adapter into `out`, computed in fp32 and rounded once.
+
+    `lora` is a peft adapter folder (adapter_config.json and adapter_model.safetensors or the
+    legacy adapter_model.bin). dtype "auto" keeps each base tensor's dtype. Every name and shape
+    is checked from the headers before any tensor is read; a mismatch raises InputError and
+    nothing is written.
+    """
+    base_ckpt = open_checkpoint(base)
+    folder = Path(lora)
+    if folder.is_file():  # the weight file was given; its config sits next to it
+        folder = folder.parent
+    config = lora_adapter.read_config(folder)
+    adapter = open_checkpoint(lora_adapter.weights_file(folder))
+    plan = plan_merge(base_ckpt, adapter, config)
+    forced = None if dtype == "auto" else parse_dtype(dtype)
+    jobs = [_job(name, base_ckpt, adapter, plan.steps.get(name, []), forced)
+            for name in base_ckpt.names()]
+    return write_checkpoint(
+        out, jobs, title="merge-lora", inputs=[base_ckpt.path, folder],
+        side_files_from=[base_ckpt.folder], fmt=fmt, max_shard_size=max_shard_size,
+        overwrite=overwrite, device=device, quiet=quiet, dry_run=dry_run,
+        notes=[*config.warnings(str(folder / lora_adapter.CONFIG_NAME)), *plan.notes],
+    )
+
+
+# ---------------------------------------------------------------- planning, from headers only
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change to a base tensor, applied in order; tensors are adapter tensor names.
+
+    kind "replace": the adapter's copy replaces the tensor (modules_to_save, bias="all").
+    kind "lora": W += transpose(B @ A, transposed) * scaling; with `dora`, the third tensor is
+    the magnitude and the result is rescaled row by row.
+    kind "bias": bias += B.bias * scaling (lora_bias).
+    """
+
+    kind: str
+    tensors: tuple[str, ...]
+    scaling: float = 1.0
+    transposed: bool = False
+    dora: bool = False
+
+
+@dataclass
+class MergePlan:
+    steps: dict[str, list[Step]] = field(default_factory=dict)  # base tensor name -> its steps
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_merge(base: Checkpoint, adapter: Checkpoint, config: AdapterConfig) -> MergePlan:
+    """Map every adapter tensor onto the base tensor it changes and check that it fits."""
+    source = str(adapter.path)
+    if len(adapter) == 0:
+        size = adapter.path.stat().st_size
+        raise InputError(f"{source}: the adapter holds no tensors ({size} bytes)", _EMPTY_HINT)
+    layout = lora_adapter.group_keys(adapter.names(), config, source)
+    plan = MergePlan()
+    tied: dict[str, str] = {}  # head -> the embedding it is tied to
+    for name, key in layout.full.items():
+        target = _target(base, name, tied)
+        _check_full(base, adapter, target, key)
+        plan.steps.setdefault(target, []).append(Step("replace", (key,)))
+    flipped = []
+    # a head tied to the input embedding is merged after the embedding's own LoRA, in peft's
+    # module order (the embedding comes first in the model)
+    for m in sorted(layout.modules.values(), key=lambda m: m.weight not in base):
+        target = _target(base, m.weight, tied)
+        _check_rank(adapter, config, m)
+        transposed = _orientation(base, adapter, config, m, target)
+        if not m.embedding and transposed != config.fan_in_fan_out:
+            flipped.append(m.module)
+        tensors = (m.a, m.b) + ((m.magnitude,) if m.magnitude else ())
+        plan.steps.setdefault(target, []).append(Step(
+            "lora", tensors, lora_adapter.scaling_of(config, m.module), transposed,
+            m.magnitude is not None))
+        if m.bias is not None:
+            bias = _check_bias(base, adapter, m)
+            plan.steps.setdefault(bias, []).append(
+                Step("bias", (m.bias,), lora_adapter.scaling_of(config, m.module)))
+    merged = sum(1 for s in plan.steps.values() if s[-1].kind != "replace")
+    plan.notes.append(f"Merged LoRA into {merged} tensor(s); "
+                      f"{len(base) - len(plan.steps)} streamed through unchanged.")
+    if layout.full:
+        plan.notes.append(f"{len(layout.full)} tensor(s) taken as the adapter saved them "
+                          "(modules_to_save, saved base layers).")
+    for head, embedding in tied.items():
+        plan.notes.append(f"{head} is tied to {embedding} (only that is stored); the adapter's "
+                          "changes to the head went into the shared tensor, as peft merges them.")
+    if flipped:
+        plan.notes.append(
+            f"fan_in_fan_out={str(config.fan_in_fan_out).lower()} in the config does not fit "
+            f"{len(flipped)} layer(s) ({flipped[0]}{', …' if len(flipped) > 1 else ''}); used the "
+            "orientation their shapes fit, as peft does for Conv1D and Linear layers.")
+    return plan
+
+
+# Output heads that models tie to their input embedding (tie_word_embeddings): the checkpoint
+# stores only the embedding, and peft's merge into the head changes that shared tensor.
+TIED_HEADS = {
+    "lm_head.weight": ("model.embed_tokens.weight", "transformer.wte.weight",
+                       "model.decoder.embed_tokens.weight", "transformer.word_embeddings.weight"),
+}
+
+
+def _target(base: Checkpoint, name: str, tied: dict[str, str]) -> str:
+    """The base tensor `name` is stored as: itself, or the embedding a missing head is tied to."""
+    if name in base or name not in TIED_HEADS or _unties(base):
+        return name
+    for embedding in TIED_HEADS[name]:
+        if embedding in base:
+            tied[name] = embedding
+            return embedding
+    return name
+
+
+def _unties(base: Checkpoint) -> bool:
+    """True when the base config says tie_word_embeddings=false (a missing head is then missing)."""
+    path = base.folder / "config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("tie_word_embeddings") is False
+
+
+def _base_tensor(base: Checkpoint, adapter: Checkpoint, name: str, key: str) -> None:
+    if name not in base:
+        raise InputError(
+            f"adapter tensor {key!r} ({adapter.path}) changes base tensor {name!r}, which the "
+            f"base model ({base.path}) does not have",
+            "Check that --base is the model this adapter was trained on.",
+        )
+    if not base.info(name).dtype.is_floating_point:
+        raise InputError(f"base tensor {name!r} ({base.info(name).file}) is "
+                         f"{base.info(name).dtype}; a LoRA "
+                         "adapter can only change floating-point weights",
+                         "Merge into an unquantized base model.")
+
+
+def _mismatch(base: Checkpoint, adapter: Checkpoint, name: str, key: str, want: tuple,
+              why: str) -> InputError:
+    return InputError(
+        f"adapter tensor {key!r} ({adapter.path}) does not fit base tensor {name!r}: {why} "
+        f"{list(want)}, the base model has {list(base.info(name).shape)} "
+        f"({base.info(name).file})",
+        "The adapter was trained on a different base model (or another size of it); "
+        "check --base.",
+    )
+
+
+def _check_full(base: Checkpoint, adapter: Checkpoint, name: str, key: str) -> None:
+    _base_tensor(base, adapter, name, key)
+    shape, have = adapter.info(key).shape, base.info(name).shape
+    if shape == have:
+        return
+    if len(shape) == len(have) >= 1 and shape[1:] == have[1:] and shape[0] > have[0]:
+        raise InputError(
+            f"adapter tensor {key!r} ({adapter.path}) has {shape[0]} rows, base tensor "
+            f"{name!r} has {have[0]} ({base.info(name).file}): the adapter was trained with an "
+            "extended vocabulary",
+            "Resize the base model's embeddings to the adapter's vocabulary first "
+            f"(model.resize_token_embeddings({shape[0]}), then save_pretrained) and merge into "
+            "that.",
+        )
+    raise _mismatch(base, adapter, name, key, shape, "the adapter's copy has shape")
+
+
+def _check_rank(adapter: Checkpoint, config: AdapterConfig, m: LoraModule) -> None:
+    a, b = adapter.info(m.a).shape, adapter.info(m.b).shape
+    if len(a) != 2 or len(b) != 2:
+        raise InputError(f"{adapter.path}: {m.a!r} {list(a)} and {m.b!r} {list(b)} are not "
+                         "matrices; only Linear, Conv1D and Embedding LoRA layers are supported",
+                         "Merge LoRA on convolution layers with peft itself.")
+    r = lora_adapter.rank_of(config, m.module)
+    if a[0] != b[1] or a[0] != r:
+        raise InputError(
+            f"{adapter.path}: {m.a!r} has shape {list(a)} and {m.b!r} has {list(b)}, but "
+            f"the config gives module {m.module!r} rank r={r}",
+            "r, rank_pattern in adapter_config.json must match the saved tensors; the config "
+            "belongs to another adapter.",
+        )
+
+
+def _orientation(base: Checkpoint, adapter: Checkpoint, config: AdapterConfig,
+                 m: LoraModule, target: str) -> bool:
+    """Whether the delta is transpose(B @ A): always for embeddings, else per fan_in_fan_out,
+    unless only the other orientation fits (peft decides by layer type: Conv1D is fan-in-first)."""
+    _base_tensor(base, adapter, target, m.b)
+    delta = (adapter.info(m.b).shape[0], adapter.info(m.a).shape[1])  # B @ A
+    shape = base.info(target).shape
+    if m.embedding:
+        options = [True]
+    else:
+        options = [config.fan_in_fan_out, not config.fan_in_fan_out]
+    for transposed in options:
+        if shape == (delta[::-1] if transposed else delta):
+            _check_magnitude(base, adapter, m, target, delta[0])
+            return transposed
+    raise _mismatch(base, adapter, target, m.b, delta[::-1] if options[0] else delta,
+                    "lora_B @ lora_A gives a delta of shape")
+
+
+def _check_magnitude(base: Checkpoint, adapter: Checkpoint, m: LoraModule, target: str,
+                     out: int) -> None:
+    if m.magnitude is not None and adapter.info(m.magnitude).shape != (out,):
+        raise _mismatch(base, adapter, target, m.magnitude, adapter.info(m.magnitude).shape,
+                        f"the DoRA magnitude must have {out} entries, it has shape")
+
+
+def _check_bias(base: Checkpoint, adapter: Checkpoint, m: LoraModule) -> str:
+    name = f"{m.module}.bias"
+    if name not in base:
+        raise InputError(
+            f"adapter tensor {m.bias!r} ({adapter.path}) adds a LoRA bias to {name!r}, but the "
+            f"base layer has no bias ({base.path})",
+            "peft cannot merge lora_bias=True into a layer without bias either; check --base.",
+        )
+    _base_tensor(base, adapter, name, m.bias)
+    if adapter.info(m.bias).shape != base.info(name).shape:
+        raise _mismatch(base, adapter, name, m.bias, adapter.info(m.bias).shape,
+                        "the LoRA bias has shape")
+    return name
+
+
+# ---------------------------------------------------------------- jobs and arithmetic
+
+
+def _job(name: str, base: Checkpoint, adapter: Checkpoint, steps: list[Step],
+         forced: torch.dtype | None) -> Job:
+    info = base.info(name)
+    out_dtype = forced if forced is not None and info.dtype.is_floating_point else info.dtype
+    out = PlannedTensor(name, out_dtype, info.shape)
+    if not steps:
+        return Job(out, lambda: (base.read(name),), identity)
+    keys = [k for s in steps for k in s.tensors]
+
+    def load() -> tuple[torch.Tensor, ...]:
+        return (base.read(name), *(adapter.read(k) for k in keys))
+
+    def compute(w: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+        return apply_steps(w, tensors, steps, out_dtype)
+
+    return Job(out, load, compute)
+
+
+def apply_steps(w: torch.Tensor, tensors: tuple[torch.Tensor, ...], steps: list[Step],
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Run `steps` on base tensor `w`, in fp32 (fp64 if an input is); `tensors` are the steps'
+    adapter tensors in order. The result is rounded once to the output dtype, by the caller or,
+    when W already has `out_dtype`, by the last add writing into W's own buffer (which the
+    job owns: every read is a fresh buffer).
+
+    W itself is never copied to fp32: type promotion widens it element by element, exactly as
+    W.float() would, inside the op that adds it.
+    """
+    acc = accumulate_dtype(w.dtype, *(t.dtype for t in tensors))
+    args = iter(t.to(acc) for t in tensors)
+    for i, step in enumerate(steps):
+        if step.kind == "replace":
+            w = next(args)
+        elif step.kind == "bias":
+            w = w + next(args) * step.scaling
+        elif step.dora:
+            a, b, magnitude = next(args), next(args), next(args)
+            w = dora_merge(w, lora_delta(a, b, step.scaling, step.transposed), magnitude,
+                           step.transposed)
+        else:
+            a, b = next(args), next(args)
+            delta = lora_delta(a, b, step.scaling, step.transposed)
+            if i == len(steps) - 1 and w.dtype == out_dtype:
+                w = w.add_(delta)  # peft's `W += delta`: the fp32 sum rounded once, in place
+            else:
+                # delta + W in the delta's buffer: IEEE addition commutes, so this is
+                # W + delta bit for bit, without another full-size tensor
+                w = delta.add_(w)
+    return w
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, transposed: bool) -> torch.Tensor:
+    """peft's get_delta_weight: transpose(B @ A, fan_in_fan_out) * scaling, in this op order
+    (the scaling is applied in place: same kernel, same values, one tensor fewer).
+
+    The product is always taken on the CPU: a GPU matmul sums in another order, and the output
+    bytes must not depend on --device (nor differ from peft). It is a rank-r product, cheap next
+    to the reads and writes; the elementwise rest runs on the device, where IEEE rounding agrees.
+    """
+    product = (b.cpu() @ a.cpu()).to(b.device)
+    return (product.T if transposed else product).mul_(scaling)
+
+
+def dora_merge(w: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
+               transposed: bool) -> torch.Tensor:
+    """peft's DoRA merge: m / ||W + ΔW|| * (W + ΔW), the norm taken over the input dimension
+    (DoraLinearLayer.get_weight_norm; embeddings count as transposed)."""
+    # the same views and ops as peft, so the norm sums in the same order
+    oriented = (w.T if transposed else w) + 1 * (delta.T if transposed else delta)
+    # a reduction: on the CPU for the same reason as lora_delta's product
+    norm = torch.linalg.norm(oriented.cpu(), dim=1).to(oriented.dtype).to(oriented.device)
+    factor = (magnitude / norm).view(-1, 1)
+    return (factor.T if transposed else factor) * (w + delta)
