@@ -1,12 +1,15 @@
 """weightkit's benchmark: synthetic LLaMA families, each job against its copy limit and a naive
 whole-model baseline, in subprocesses with a cold page cache.
 
-    python benchmarks/run.py [--sizes 0.3B,1.1B,3B] [--jobs recover,verify] [--dir DIR]
-                             [--baseline-max 1.1B]
+    python benchmarks/run.py [--sizes 0.3B,1.1B,3B] [--jobs recover,merge-lora,convert,verify]
+                             [--dir DIR] [--baseline-max 1.1B]
 
-For each size: raw fp16 + fp32 diff (synthetic.py, fixed seed); `weightkit recover` (fp32 out)
-and the naive baseline written here (transformers loads both models whole, adds, save_pretrained);
-`weightkit verify` of the raw folder against serial md5sum. Prints a markdown table with wall
+For each size, with a fixed seed (synthetic.py): raw fp16 + fp32 diff, a LoRA adapter r=16 on
+q/k/v/o/gate/up/down, and a raw Meta checkpoint in 2 model-parallel shards. Then, each in its own
+subprocess after dropping the page cache: `weightkit recover` (fp32 out) against a naive baseline
+(transformers loads both models whole, adds, save_pretrained); `weightkit merge-lora` against
+peft's merge_and_unload; `weightkit convert` against the transformers converter's approach (all
+shards loaded whole); `weightkit verify` against serial md5sum. Prints a markdown table with wall
 time, peak RSS and the ratio to the copy limit (reading the inputs cold + writing the output).
 """
 
@@ -20,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import bench_convert
+import bench_merge_lora
 import torch
 from measure import copy_limit, drop_caches, folder_bytes, measure
 from synthetic import SHAPES, write_model
@@ -61,6 +66,57 @@ def bench_recover(work: Path, size: str, baseline: bool) -> list[str]:
     return rows
 
 
+def bench_merge_lora_job(work: Path, size: str, baseline: bool) -> list[str]:
+    base, adapter, out = work / "raw", work / "adapter", work / "out"
+    bench_merge_lora.write_adapter(adapter, size, rank=16, seed=2)
+    rows = []
+    limit = copy_limit([base, adapter], folder_bytes(base), work)
+    drop_caches()
+    m = measure([*WK, "merge-lora", "--base", str(base), "--lora", str(adapter), "--out",
+                 str(out), "--device", "cpu"])
+    rows.append(row("merge-lora r=16, 7 modules", "weightkit", size, m, limit))
+    shutil.rmtree(out)
+    if baseline:
+        drop_caches()
+        m = measure([sys.executable, "-c", bench_merge_lora._PEFT_MERGE, str(base), str(adapter),
+                     str(out)])
+        rows.append(row("merge-lora r=16, 7 modules", "peft merge_and_unload + save", size, m,
+                        limit))
+        shutil.rmtree(out)
+    return rows
+
+
+NAIVE_CONVERT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import bench_convert
+bench_convert.naive_convert(Path(sys.argv[2]), Path(sys.argv[3]))
+"""
+
+
+def bench_convert_job(work: Path, size: str, baseline: bool) -> list[str]:
+    hidden, _, layers, heads, _, vocab = SHAPES[size]
+    meta, out = work / "meta", work / "out"
+    meta.mkdir()
+    bench_convert.make_raw(meta, hidden, layers, heads, 2, vocab, "fp16")
+    rows = []
+    limit = copy_limit([meta], folder_bytes(meta), work)
+    drop_caches()
+    m = measure([*WK, "convert", "--input-dir", str(meta), "--out", str(out)])
+    rows.append(row("convert raw → HF", "weightkit", size, m, limit))
+    shutil.rmtree(out)
+    if baseline:
+        drop_caches()
+        m = measure([sys.executable, "-c", NAIVE_CONVERT, str(Path(__file__).parent), str(meta),
+                     str(out)])
+        rows.append(row("convert raw → HF", "naive (all shards loaded, as transformers does)",
+                        size, m, limit))
+        shutil.rmtree(out)
+    shutil.rmtree(meta)
+    return rows
+
+
 def bench_verify(work: Path, size: str) -> list[str]:
     raw = work / "raw"
     files = sorted(p.name for p in raw.iterdir() if p.suffix == ".safetensors")
@@ -79,7 +135,7 @@ def bench_verify(work: Path, size: str) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="0.3B,1.1B", help=f"from {', '.join(SHAPES)}")
-    ap.add_argument("--jobs", default="recover,verify")
+    ap.add_argument("--jobs", default="recover,merge-lora,convert,verify")
     ap.add_argument("--dir", type=Path, default=None, help="where the families are made")
     ap.add_argument("--baseline-max", default="1.1B",
                     help="largest size to run the whole-model baseline on (it needs the RAM)")
@@ -96,13 +152,15 @@ def main() -> None:
         try:
             write_model(work / "raw", size, torch.float16, seed=0)
             write_model(work / "diff", size, torch.float32, seed=1, scale=1e-4)
-            rows = []
+            baseline = list(SHAPES).index(size) <= list(SHAPES).index(args.baseline_max)
             if "recover" in jobs:
-                baseline = list(SHAPES).index(size) <= list(SHAPES).index(args.baseline_max)
-                rows += bench_recover(work, size, baseline)
+                print("\n".join(bench_recover(work, size, baseline)), flush=True)
+            if "merge-lora" in jobs:
+                print("\n".join(bench_merge_lora_job(work, size, baseline)), flush=True)
+            if "convert" in jobs:
+                print("\n".join(bench_convert_job(work, size, baseline)), flush=True)
             if "verify" in jobs:
-                rows += bench_verify(work, size)
-            print("\n".join(rows), flush=True)
+                print("\n".join(bench_verify(work, size)), flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

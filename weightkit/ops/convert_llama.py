@@ -400,7 +400,7 @@ def _job(p: Part, shards: list[Checkpoint], shape: tuple[int, ...], forced: torc
     def compute(w: torch.Tensor) -> torch.Tensor:
         return to_hf_rotary(w, p.rotary_heads) if p.rotary_heads else w
 
-    return Job(PlannedTensor(p.name, out_dtype, shape), load, compute)
+    return Job(PlannedTensor(p.name, out_dtype, shape), load, compute, check_finite=False)
 
 
 def read_joined(shards: list[Checkpoint], raw: str, join: str) -> torch.Tensor:
