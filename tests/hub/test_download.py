@@ -57,6 +57,17 @@ def test_only_lora_fetches_exactly_the_adapter_files(hub: FakeHub, tmp_path: Pat
         assert (tmp_path / "out" / name).read_bytes() == FILES[name]
 
 
+def test_dry_run_reports_and_fetches_nothing(hub: FakeHub, tmp_path: Path, capsys) -> None:
+    hub.add_repo("org/toy", FILES)
+    result = download("org/toy", tmp_path / "out", only_lora=True, endpoint=hub.url,
+                      dry_run=True)
+    assert result.downloaded == [] and not (tmp_path / "out").exists()
+    assert fetched(hub) == []
+    err = " ".join(capsys.readouterr().err.split())
+    assert len(FILES["adapter_config.json"]) + 2048 == 2074
+    assert f"(dry run): 2 of 2 files to fetch, 2.07 kB to download into {tmp_path / 'out'}" in err
+
+
 def test_only_base_fetches_everything_but_the_adapter(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
     download("org/toy", tmp_path / "out", only_base=True, endpoint=hub.url, quiet=True)

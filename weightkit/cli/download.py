@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from weightkit.cli.options import endpoint_option, is_quiet, quiet_option
+from weightkit.cli.options import dry_run_option, endpoint_option, is_quiet, quiet_option
 
 
 @click.command("download")
@@ -24,14 +24,15 @@ from weightkit.cli.options import endpoint_option, is_quiet, quiet_option
 @click.option("--no-verify", is_flag=True,
               help="Skip the catalog manifest check (each file's Hub hash is still checked).")
 @endpoint_option
+@dry_run_option
 @quiet_option
 def command(repo_or_release: str, out: str, only_lora: bool, only_base: bool, fp16: bool,
             include: tuple[str, ...], exclude: tuple[str, ...], revision: str | None, jobs: int,
-            no_verify: bool, endpoint: str | None, quiet: bool) -> None:
+            no_verify: bool, endpoint: str | None, dry_run: bool, quiet: bool) -> None:
     """Download a Hub repo (org/name) or a catalog release (e.g. zhixi-13b) into OUT, resuming
     from whatever an earlier run left and checking every file's hash."""
     from weightkit.hub.download import download
 
     download(repo_or_release, out, only_lora=only_lora, only_base=only_base, fp16=fp16,
              include=include, exclude=exclude, revision=revision, jobs=jobs,
-             verify=not no_verify, endpoint=endpoint, quiet=is_quiet(quiet))
+             verify=not no_verify, endpoint=endpoint, dry_run=dry_run, quiet=is_quiet(quiet))

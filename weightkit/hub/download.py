@@ -77,6 +77,7 @@ def download(
     endpoint: str | None = None,
     token: str | None = None,
     quiet: bool = False,
+    dry_run: bool = False,
 ) -> DownloadResult:
     """Download a repo (`org/name`) or a catalog release (`zhixi-13b`) into `out`, resuming
     whatever an earlier run left, and check each file against the Hub's hashes; then, when the
@@ -94,6 +95,8 @@ def download(
                          f"It has: {', '.join(f.path for f in listed) or 'no files'}.")
     out = Path(out)
     _refuse_escaping_names(files, out, repo)
+    if dry_run:
+        return _dry_run(repo, commit, files, out, quiet)
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
@@ -363,8 +366,26 @@ def _part_size(out: Path, f: RemoteFile) -> int:
     return size if size <= f.size else 0
 
 
+def _dry_run(repo: str, commit: str, files: list[RemoteFile], out: Path,
+             quiet: bool) -> DownloadResult:
+    """What a download would fetch and need, from the file list alone; nothing is written."""
+    todo = [f for f in files if not _maybe_done(out, f)]
+    needed = sum(f.size - _part_size(out, f) for f in todo)
+    _check_space(out, needed)
+    say(f"{repo}@{commit[:8]} (dry run): {len(todo)} of {len(files)} files to fetch, "
+        f"{human_bytes(needed)} to download into {out} (disk free: "
+        f"{human_bytes(free_bytes(out))}). Nothing was downloaded.", quiet)
+    return DownloadResult(repo, commit, out)
+
+
+def free_bytes(out: Path) -> int:
+    while not out.exists():  # a dry run's --out may not exist yet
+        out = out.parent
+    return shutil.disk_usage(out).free
+
+
 def _check_space(out: Path, needed: int) -> None:
-    free = shutil.disk_usage(out).free
+    free = free_bytes(out)
     if needed > free:
         raise OutputError(f"{out} has {human_bytes(free)} free, the download needs "
                           f"{human_bytes(needed)} more",
