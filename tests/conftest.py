@@ -10,7 +10,14 @@ import torch
 
 
 def build_model(kind: str, dtype: torch.dtype, seed: int = 0, vocab: int = 128):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen2MoeConfig,
+        Qwen2MoeForCausalLM,
+    )
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -19,6 +26,10 @@ def build_model(kind: str, dtype: torch.dtype, seed: int = 0, vocab: int = 128):
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    elif kind == "qwen2-moe":
+        model = Qwen2MoeForCausalLM(Qwen2MoeConfig(
+            **common, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+            num_experts=4, num_experts_per_tok=2))
     else:
         raise ValueError(kind)
     return model.to(dtype).eval()

@@ -33,7 +33,8 @@ def file_hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-@pytest.mark.parametrize(("kind", "dtype"), [("llama", torch.float16), ("qwen2", torch.bfloat16)])
+@pytest.mark.parametrize(("kind", "dtype"), [("llama", torch.float16), ("qwen2", torch.bfloat16),
+                                             ("qwen2-moe", torch.bfloat16)])
 def test_fp32_diff_round_trip_is_bit_exact(model_pair, tmp_path, kind, dtype):
     raw, tuned = model_pair(kind, dtype)
     d = diff(raw, tuned, tmp_path / "diff", quiet=True)
