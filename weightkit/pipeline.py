@@ -30,6 +30,9 @@ from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
 _READ_AHEAD = 2
 _WRITE_BEHIND = 2
+# Output bytes that may be in flight (loaded, not yet written) at once: the queues alone would
+# let several large tensors pile up, so peak memory would grow with the tensors' size.
+_IN_FLIGHT = 512 * 2**20
 _DONE = object()
 
 
@@ -100,6 +103,30 @@ class RunStats:
     within_rounding: list[str] = field(default_factory=list)  # matched its predicted rounding
 
 
+class InFlight:
+    """A byte budget: the reader waits before loading a job that would exceed it (a job larger
+    than the whole budget runs alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int, stop: threading.Event) -> bool:
+        with self._cond:
+            while self._used and self._used + nbytes > self.limit:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.05)
+            self._used += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self._used -= nbytes
+            self._cond.notify_all()
+
+
 @functools.cache
 def _return_big_buffers_to_the_os() -> None:
     """Make glibc serve tensor-sized buffers with mmap, always.
@@ -131,9 +158,9 @@ def run_jobs(
     _return_big_buffers_to_the_os()
     jobs = list(jobs)
     largest = max((j.out.nbytes for j in jobs), default=0)
-    # free buffers kept for reuse: enough for the queues' tensors, not a copy of the model
-    pool = BufferPool(keep_bytes=(_READ_AHEAD + _WRITE_BEHIND + 2) * largest,
-                      pinned=device.type == "cuda")
+    budget = InFlight(max(largest, _IN_FLIGHT))
+    # free buffers kept for reuse: about what the jobs in flight hold, not a copy of the model
+    pool = BufferPool(keep_bytes=2 * budget.limit, pinned=device.type == "cuda")
     stop = threading.Event()
     errors: list[BaseException] = []
     loaded: queue.Queue = queue.Queue(_READ_AHEAD)
@@ -144,6 +171,8 @@ def run_jobs(
         use_pool(pool)
         try:
             for job in jobs:
+                if not budget.acquire(job.out.nbytes, stop):
+                    return
                 if not _put(loaded, (job, job.load()), stop):
                     return
             _put(loaded, _DONE, stop)
@@ -168,6 +197,8 @@ def run_jobs(
                 writer.write(job.out.name, tensor)
                 stats.manifest.add(job.out.name, entry)
                 pool.give([*inputs, tensor])
+                del inputs, tensor, item
+                budget.release(job.out.nbytes)
                 if progress is not None:
                     progress.advance(job.out.nbytes)
         except BaseException as e:
@@ -281,7 +312,7 @@ def write_checkpoint(
             result.notes = [*notes, *result.notes, *(finish(tmp) if finish else [])]
             copy_side_files(list(side_files_from), tmp)
     except OSError as e:
-        raise _output_error(e, folder.out, needed) from None
+        raise output_error(e, folder.out, needed) from None
     result.out = folder.out
     say(summary(title, result, expected is not None, expected_what), quiet)
     return result
@@ -324,7 +355,7 @@ def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: st
 def preflight(title: str, out: Path, plan: list[PlannedTensor], dev: torch.device) -> str:
     """What a run will need, from headers alone (for --dry-run)."""
     largest = max(plan, key=lambda t: t.nbytes)
-    ram = (_READ_AHEAD + _WRITE_BEHIND + 3) * 2 * largest.nbytes
+    ram = 3 * max(largest.nbytes, _IN_FLIGHT)
     text = (f"{title} (dry run): inputs check out; {len(plan)} tensors, "
             f"{human_bytes(sum(t.nbytes for t in plan))} to write to {out} "
             f"(disk free: {human_bytes(free_bytes(out.parent))}). Largest tensor: {largest.name} "
@@ -335,7 +366,7 @@ def preflight(title: str, out: Path, plan: list[PlannedTensor], dev: torch.devic
     return text + ". Nothing was written."
 
 
-def _output_error(e: OSError, out: Path, needed: int) -> OutputError:
+def output_error(e: OSError, out: Path, needed: int) -> OutputError:
     if e.errno == errno.ENOSPC:
         return OutputError(
             f"disk full while writing {out} (the output needs {human_bytes(needed)}; "

@@ -12,6 +12,7 @@ from weightkit.io.tensor_info import tensor_bytes
 from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry, sha256_bytes
 from weightkit.ops import delta
+from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
 from weightkit.ops.pairing import Pair, pair_checkpoints
 from weightkit.pipeline import Job, WriteResult, write_checkpoint
 
@@ -28,6 +29,8 @@ def diff(
     device: str = "auto",
     quiet: bool = False,
     dry_run: bool = False,
+    lossless: bool = False,
+    level: int = DEFAULT_LEVEL,
 ) -> WriteResult:
     """Write diff = tuned - raw (computed in fp32, stored in `dtype`) into `out`.
 
@@ -35,7 +38,13 @@ def diff(
     the tuned model, which `recover` checks its output against. Where the stored diff cannot give
     back a tensor exactly (an fp16 diff, or a change below fp32's resolution), that entry also
     records the hash recovery will produce, so the check stays exact about what it accepts.
+
+    `lossless=True` writes a lossless diff instead (weightkit.ops.lossless: compressed bit
+    patterns at zstd `level`; `dtype`, `fmt` and `device` do not apply).
     """
+    if lossless:  # a container of its own, not a checkpoint
+        return diff_lossless(raw, tuned, out, level=level, max_shard_size=max_shard_size,
+                             overwrite=overwrite, quiet=quiet, dry_run=dry_run)
     raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)
     diff_dtype = parse_dtype(dtype)
     pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")

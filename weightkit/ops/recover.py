@@ -7,10 +7,12 @@ from pathlib import Path
 import torch
 
 from weightkit.dtypes import SAFETENSORS_DTYPES, parse_dtype, wider
+from weightkit.io.lossless_diff import is_lossless_diff
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest
 from weightkit.ops import delta
+from weightkit.ops.lossless import recover_lossless
 from weightkit.ops.pairing import Pair, pair_checkpoints
 from weightkit.pipeline import Job, WriteResult, write_checkpoint
 
@@ -35,10 +37,14 @@ def recover(
     wider of the raw and diff dtypes, so no precision is lost. `fp16=True` is KnowLM's spelling
     of "the diff is fp16" and writes fp16.
     """
+    forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
+    if is_lossless_diff(diff):  # compressed bit patterns, see weightkit.ops.lossless
+        return recover_lossless(raw, diff, out, dtype=forced, fmt=fmt,
+                                max_shard_size=max_shard_size, overwrite=overwrite, quiet=quiet,
+                                dry_run=dry_run)
     raw_ckpt, diff_ckpt = open_checkpoint(raw), open_checkpoint(diff)
     pairing = pair_checkpoints(raw_ckpt, diff_ckpt, "diff")
     target = Manifest.find(diff_ckpt.folder, TARGET_MANIFEST_NAME)
-    forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
     jobs = [_job(p, raw_ckpt, diff_ckpt, _out_dtype(p, forced, target)) for p in pairing.pairs]
     return write_checkpoint(
         out, jobs, title="recover", inputs=[raw_ckpt.path, diff_ckpt.path],

@@ -1,0 +1,199 @@
+"""The lossless diff container: safetensors files of zstd frames, one per tuned tensor.
+
+A lossless diff folder (written by `weightkit diff --lossless`) holds
+
+    lossless-diff.safetensors           or lossless-diff-00001-of-0000N.safetensors, …
+    weightkit.target-manifest.json      the tuned model's tensor manifest (recover checks it)
+    config.json, tokenizer files, …     copied from the tuned model
+
+Each `lossless-diff*.safetensors` file is an ordinary safetensors file (any safetensors reader
+opens it). Its tensor NAME is a 1-D U8 tensor holding one zstd frame: the encoded tensor NAME of
+the tuned model (the encoding is described in weightkit.ops.lossless). Its `__metadata__`:
+
+    "format":   "weightkit.lossless-diff"
+    "version":  "1"
+    "encoding": "sub-zigzag-planes-zstd"
+    "tensors":  JSON text: {NAME: {"dtype": "BF16", "shape": [32001, 4096],
+                                   "raw_shape": [32000, 4096]}, …}
+
+dtype and shape are the tuned tensor's, raw_shape the raw tensor's it was made against (they
+differ for a vocabulary extension). Tensors are split into files by their decoded size, as
+checkpoints are sharded, so each file is at most --max-shard-size.
+
+The header comes first but the frames' sizes are known only once they are compressed: the writer
+reserves a header with room for the largest numbers, streams the frames, then rewrites the header
+padded with spaces (which safetensors allows). One pass, one frame in memory at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from weightkit.dtypes import SAFETENSORS_DTYPES, safetensors_name
+from weightkit.errors import InputError
+from weightkit.io.safetensors_file import SafetensorsFile
+from weightkit.io.tensor_info import TensorInfo
+from weightkit.io.writer import PlannedTensor, parse_size, plan_shards
+
+PREFIX = "lossless-diff"
+FORMAT = "weightkit.lossless-diff"
+VERSION = "1"
+ENCODING = "sub-zigzag-planes-zstd"
+_ROOM = 10**15 - 1  # placeholder for every size while the header is reserved: up to 1 PB
+
+
+def lossless_files(path: str | Path) -> list[Path]:
+    """The lossless diff files at `path` (a diff folder or one such file); [] for other diffs."""
+    path = Path(path)
+    if path.is_file():
+        return [path] if path.name.startswith(PREFIX) else []
+    return sorted(path.glob(f"{PREFIX}*.safetensors")) if path.is_dir() else []
+
+
+def is_lossless_diff(path: str | Path) -> bool:
+    return bool(lossless_files(path))
+
+
+class LosslessDiffWriter:
+    """Write compressed tensors, in plan order, into `folder`."""
+
+    def __init__(self, folder: Path, plan: list[PlannedTensor],
+                 raw_shapes: dict[str, tuple[int, ...]], max_shard_size: int | str = "5GB") -> None:
+        self.folder = folder
+        self.shards = plan_shards(plan, parse_size(max_shard_size))
+        self.raw_shapes = raw_shapes
+        n = len(self.shards)
+        self.file_names = ([f"{PREFIX}.safetensors"] if n == 1 else
+                           [f"{PREFIX}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+        self.bytes_written = 0
+        self._shard = -1
+        self._sizes: list[int] = []  # frame sizes written to the current file
+        self._file = None
+        self._room = 0  # header bytes reserved in the current file
+
+    def write(self, name: str, payload: bytes) -> None:
+        if self._file is None or len(self._sizes) == len(self.shards[self._shard]):
+            self._next_file()
+        expected = self.shards[self._shard][len(self._sizes)].name
+        if name != expected:
+            raise RuntimeError(f"lossless diff writer got {name}, planned {expected}")
+        self._file.write(payload)
+        self._sizes.append(len(payload))
+        self.bytes_written += len(payload)
+
+    def close(self) -> list[Path]:
+        """Finish the last file; returns the files written."""
+        if self._shard != len(self.shards) - 1:
+            raise RuntimeError("lossless diff writer closed before every tensor was written")
+        self._finish_file()
+        return [self.folder / f for f in self.file_names]
+
+    def _next_file(self) -> None:
+        self._finish_file()
+        self._shard += 1
+        self._sizes = []
+        self._file = open(self.folder / self.file_names[self._shard], "wb")
+        reserved = self._header([_ROOM] * len(self.shards[self._shard]))
+        self._room = len(reserved)
+        self._file.write(reserved)
+        self.bytes_written += len(reserved)
+
+    def _finish_file(self) -> None:
+        if self._file is None:
+            return
+        if len(self._sizes) != len(self.shards[self._shard]):
+            raise RuntimeError("lossless diff file closed before all its tensors were written")
+        header = self._header(self._sizes, self._room)
+        self._file.seek(0)
+        self._file.write(header)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def _header(self, sizes: list[int], room: int = 0) -> bytes:
+        """The current file's header for frames of `sizes`, padded to `room` bytes if given."""
+        shard = self.shards[self._shard]
+        tensors = {t.name: {"dtype": safetensors_name(t.dtype), "shape": list(t.shape),
+                            "raw_shape": list(self.raw_shapes[t.name])} for t in shard}
+        header: dict[str, object] = {"__metadata__": {
+            "format": FORMAT, "version": VERSION, "encoding": ENCODING,
+            "tensors": json.dumps(tensors, separators=(",", ":"))}}
+        begin = 0
+        for t, size in zip(shard, sizes, strict=True):
+            header[t.name] = {"dtype": "U8", "shape": [size], "data_offsets": [begin, begin + size]}
+            begin += size
+        body = json.dumps(header, separators=(",", ":")).encode()
+        size = room - 8 if room else len(body) + (-len(body) % 8)  # 8-byte aligned data
+        if len(body) > size:
+            raise RuntimeError("lossless diff header outgrew the room reserved for it")
+        return struct.pack("<Q", size) + body + b" " * (size - len(body))
+
+
+class LosslessDiffReader:
+    """A lossless diff, listed like a checkpoint: `.infos` are the tuned tensors' (name, dtype,
+    shape); `.read(name)` is the compressed payload (1-D uint8), read on demand."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.files = lossless_files(self.path)
+        if not self.files:
+            raise InputError(f"{self.path}: no {PREFIX}*.safetensors files here")
+        self.infos: dict[str, TensorInfo] = {}
+        self.raw_shapes: dict[str, tuple[int, ...]] = {}
+        self._where: dict[str, SafetensorsFile] = {}
+        for f in self.files:
+            self._add_file(f)
+
+    @property
+    def folder(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def info(self, name: str) -> TensorInfo:
+        return self.infos[name]
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._where[name].read(name)
+
+    def _add_file(self, path: Path) -> None:
+        frames = SafetensorsFile(path)
+        for name, e in _tensors(path).items():
+            if name in self.infos:
+                raise InputError(f"{path}: tensor {name!r} is stored twice "
+                                 f"({self.infos[name].file.name} and {path.name})")
+            if name not in frames.infos:
+                raise InputError(f"{path}: tensor {name!r} is listed but has no data")
+            try:
+                info = TensorInfo(name, SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"]), path)
+                self.raw_shapes[name] = tuple(e["raw_shape"])
+            except (KeyError, TypeError) as err:
+                raise InputError(f"{path}: garbled entry for tensor {name!r} ({err})") from None
+            self.infos[name] = info
+            self._where[name] = frames
+
+
+def _tensors(path: Path) -> dict[str, dict]:
+    """The `tensors` entry of a lossless diff file's metadata, its format checked."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format is {meta.get('format')!r}, not {FORMAT!r}")
+        if (meta.get("version"), meta.get("encoding")) != (VERSION, ENCODING):
+            raise InputError(
+                f"{path}: lossless diff version {meta.get('version')}, encoding "
+                f"{meta.get('encoding')!r}; this weightkit reads version {VERSION} ({ENCODING})",
+                "Upgrade weightkit.")
+        tensors = json.loads(meta["tensors"])
+        if not isinstance(tensors, dict):
+            raise ValueError("tensors is not a JSON object")
+    except (SafetensorError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: not a weightkit lossless diff ({e})",
+                         "The file is damaged; download it again.") from None
+    return tensors
