@@ -59,3 +59,10 @@ def empty_bytes(nbytes: int) -> torch.Tensor:
 def use_pool(pool: BufferPool | None) -> None:
     """Make reads on this thread take their buffers from `pool` (None: allocate)."""
     _local.pool = pool
+
+
+def release(t: torch.Tensor) -> None:
+    """Give a tensor's buffer back to the current thread's pool now (when it has one)."""
+    pool = getattr(_local, "pool", None)
+    if pool is not None:
+        pool.give([t])

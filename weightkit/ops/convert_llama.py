@@ -18,12 +18,13 @@ import torch
 
 from weightkit.dtypes import parse_dtype, short_name
 from weightkit.errors import ChecksumError, InputError
+from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.output import OutputFolder
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.writer import FORMATS, PlannedTensor
 from weightkit.ops import llama_params, llama_tokenizer
 from weightkit.ops.llama_params import LlamaParams
-from weightkit.pipeline import Job, WriteResult, write_checkpoint
+from weightkit.pipeline import Job, WriteResult, identity, write_checkpoint
 
 PARAMS_NAME = "params.json"
 CHECKLIST_NAME = "checklist.chk"  # Meta's md5sum list of the shards and params.json
@@ -81,10 +82,15 @@ def hf_name(raw: str) -> tuple[str, str, str | None] | None:
                      "Only Meta's consolidated.*.pth LLaMA checkpoints can be converted.")
 
 
-def to_hf_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Meta's interleaved rotary pairs -> HF's rotate_half layout (the converter's permute)."""
+def to_hf_rotary(w: torch.Tensor, n_heads: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Meta's interleaved rotary pairs -> HF's rotate_half layout (the converter's permute),
+    into `out` when given."""
     rows, cols = w.shape
-    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    permuted = w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2)
+    if out is None:
+        return permuted.reshape(rows, cols)
+    out.view(n_heads, 2, rows // n_heads // 2, cols).copy_(permuted)
+    return out
 
 
 def from_hf_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -390,17 +396,19 @@ def _job(p: Part, shards: list[Checkpoint], shape: tuple[int, ...], forced: torc
     check_tied = tied and p.name == "model.embed_tokens.weight" and "output.weight" in shards[0]
 
     def load() -> tuple[torch.Tensor]:
+        # all the work is data movement, done here in the reader thread into pooled buffers
         joined = read_joined(shards, p.raw, p.join)
         if check_tied and not torch.equal(joined, read_joined(shards, "output.weight", ROWS)):
             raise InputError("output.weight differs from tok_embeddings.weight, so this is not a "
                              "model with tied embeddings (LLaMA 3.2 1B/3B)",
                              "Pass the right --llama-version (3.1?).")
+        if p.rotary_heads:
+            permuted = to_hf_rotary(joined, p.rotary_heads, out=_pooled_like(joined))
+            release(joined)
+            joined = permuted
         return (joined,)
 
-    def compute(w: torch.Tensor) -> torch.Tensor:
-        return to_hf_rotary(w, p.rotary_heads) if p.rotary_heads else w
-
-    return Job(PlannedTensor(p.name, out_dtype, shape), load, compute, check_finite=False)
+    return Job(PlannedTensor(p.name, out_dtype, shape), load, identity)
 
 
 def read_joined(shards: list[Checkpoint], raw: str, join: str) -> torch.Tensor:
@@ -416,9 +424,23 @@ def read_joined(shards: list[Checkpoint], raw: str, join: str) -> torch.Tensor:
     size = piece.shape[dim]
     shape = list(piece.shape)
     shape[dim] *= len(shards)
-    joined = torch.empty(shape, dtype=piece.dtype)
+    joined = _pooled(shape, piece.dtype)
     joined.narrow(dim, 0, size).copy_(piece)
-    del piece
+    release(piece)
     for i, shard in enumerate(shards[1:], start=1):
-        joined.narrow(dim, i * size, size).copy_(shard.read(raw))
+        piece = shard.read(raw)
+        joined.narrow(dim, i * size, size).copy_(piece)
+        release(piece)
     return joined
+
+
+def _pooled(shape: list[int] | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    numel = 1
+    for d in shape:
+        numel *= d
+    return empty_bytes(numel * dtype.itemsize).view(dtype).view(tuple(shape))
+
+
+def _pooled_like(t: torch.Tensor) -> torch.Tensor:
+    return _pooled(tuple(t.shape), t.dtype)
+
