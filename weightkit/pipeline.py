@@ -32,7 +32,7 @@ _READ_AHEAD = 2
 _WRITE_BEHIND = 2
 # Output bytes that may be in flight (loaded, not yet written) at once: the queues alone would
 # let several large tensors pile up, so peak memory would grow with the tensors' size.
-_IN_FLIGHT = 512 * 2**20
+_IN_FLIGHT = 256 * 2**20
 _DONE = object()
 
 
@@ -160,7 +160,7 @@ def run_jobs(
     largest = max((j.out.nbytes for j in jobs), default=0)
     budget = InFlight(max(largest, _IN_FLIGHT))
     # free buffers kept for reuse: about what the jobs in flight hold, not a copy of the model
-    pool = BufferPool(keep_bytes=2 * budget.limit, pinned=device.type == "cuda")
+    pool = BufferPool(keep_bytes=budget.limit // 2, pinned=device.type == "cuda")
     stop = threading.Event()
     errors: list[BaseException] = []
     loaded: queue.Queue = queue.Queue(_READ_AHEAD)
