@@ -24,7 +24,14 @@ from weightkit.errors import InputError, OutputError
 from weightkit.io.buffers import BufferPool, use_pool
 from weightkit.io.journal import Journal, run_key
 from weightkit.io.output import OutputFolder, copy_side_files, free_bytes
-from weightkit.io.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
+from weightkit.io.writer import (
+    FORMATS,
+    PlannedTensor,
+    ShardWriter,
+    parse_size,
+    plan_shards,
+    shard_file_names,
+)
 from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
@@ -299,6 +306,8 @@ def write_checkpoint(
     plan = [j.out for j in jobs]
     if not plan:
         raise InputError(f"{title}: nothing to write (the inputs hold no tensors)")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
     dev = resolve_device(device)
     needed = sum(t.nbytes for t in plan)
     folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite, needed_bytes=needed)
@@ -324,13 +333,13 @@ def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: st
     journal = Journal.open(tmp, run_key(title, fmt, parse_size(max_shard_size), plan,
                                         [Path(p) for p in inputs]))
     shards = plan_shards(plan, parse_size(max_shard_size))
-    probe = ShardWriter(tmp, plan, fmt, max_shard_size)
-    done = journal.finished(probe.file_names, [[t.name for t in s] for s in shards])
-    kept = Manifest({n: e for i in done for n, e in journal.shards[probe.file_names[i]].items()})
+    names = shard_file_names(fmt, len(shards))
+    done = journal.finished(names, [[t.name for t in s] for s in shards])
+    kept = Manifest({n: e for i in done for n, e in journal.shards[names[i]].items()})
     stats = RunStats(Manifest(dict(kept.entries)))
 
     def shard_done(i: int) -> None:
-        journal.record(probe.file_names[i],
+        journal.record(names[i],
                        {t.name: stats.manifest.entries[t.name] for t in shards[i]})
 
     writer = ShardWriter(tmp, plan, fmt, max_shard_size, done=done, on_shard_done=shard_done)

@@ -68,6 +68,14 @@ def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[Pla
     return shards
 
 
+def shard_file_names(fmt: str, n: int) -> list[str]:
+    """HF's names: model.safetensors alone, model-00001-of-00003.safetensors when sharded."""
+    prefix, suffix, _ = FORMATS[fmt]
+    if n == 1:
+        return [f"{prefix}{suffix}"]
+    return [f"{prefix}-{i + 1:05d}-of-{n:05d}{suffix}" for i in range(n)]
+
+
 class ShardWriter:
     """Write the planned tensors, in plan order, into `folder`.
 
@@ -90,12 +98,9 @@ class ShardWriter:
         self.folder = folder
         self.fmt = fmt
         self.shards = plan_shards(plan, parse_size(max_shard_size))
-        prefix, suffix, self.index_name = FORMATS[fmt]
+        self.index_name = FORMATS[fmt][2]
+        self.file_names = shard_file_names(fmt, len(self.shards))
         n = len(self.shards)
-        self.file_names = (
-            [f"{prefix}{suffix}"] if n == 1
-            else [f"{prefix}-{i + 1:05d}-of-{n:05d}{suffix}" for i in range(n)]
-        )
         self.done = set(done)
         self._on_shard_done = on_shard_done
         self._todo = [i for i in range(n) if i not in self.done]
