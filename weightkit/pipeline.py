@@ -364,9 +364,10 @@ def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: st
 def preflight(title: str, out: Path, plan: list[PlannedTensor], dev: torch.device) -> str:
     """What a run will need, from headers alone (for --dry-run)."""
     largest = max(plan, key=lambda t: t.nbytes)
-    ram = 3 * max(largest.nbytes, _IN_FLIGHT)
+    total = sum(t.nbytes for t in plan)
+    ram = 3 * min(max(largest.nbytes, _IN_FLIGHT), total)  # in flight, their inputs, the pool
     text = (f"{title} (dry run): inputs check out; {len(plan)} tensors, "
-            f"{human_bytes(sum(t.nbytes for t in plan))} to write to {out} "
+            f"{human_bytes(total)} to write to {out} "
             f"(disk free: {human_bytes(free_bytes(out.parent))}). Largest tensor: {largest.name} "
             f"({human_bytes(largest.nbytes)}); memory needed beyond the program itself: "
             f"at most {human_bytes(ram)}")

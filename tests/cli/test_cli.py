@@ -66,3 +66,16 @@ def test_cuda_without_a_gpu_is_a_clear_error(model_pair, tmp_path):
         "Error: --device cuda was asked for, but no CUDA device is available\n"
         "Use --device cpu or auto: the output bytes are the same.")
     assert not (tmp_path / "d").exists()
+
+
+def test_dry_run_checks_and_reports_but_writes_nothing(model_pair, tmp_path):
+    raw, tuned = model_pair("llama", torch.float16)
+    r = run("diff", "--raw", str(raw), "--tuned", str(tuned), "--out", str(tmp_path / "d"),
+            "--dry-run")
+    assert r.returncode == 0
+    text = " ".join(r.stderr.split())
+    assert text.startswith(f"diff (dry run): inputs check out; 21 tensors, 361.73 kB to write to "
+                           f"{tmp_path / 'd'} (disk free: ")
+    assert text.endswith("Largest tensor: lm_head.weight (32.77 kB); memory needed "
+                         "beyond the program itself: at most 1.09 MB. Nothing was written.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama-raw", "llama-tuned"]
