@@ -26,23 +26,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from measure import measure
 from safetensors import safe_open
 from safetensors.torch import save_file
 from synthetic import SHAPES, tensor_shapes, write_model
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-# Runs one command as a child and reports its wall time and peak RSS (this wrapper is a fresh
-# process per measurement, so RUSAGE_CHILDREN holds that one command only).
-_MEASURE = """
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
-done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-seconds = time.perf_counter() - start
-usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"rc": done.returncode, "seconds": seconds, "rss_kb": usage.ru_maxrss,
-                  "cpu": usage.ru_utime + usage.ru_stime, "stderr": done.stderr.decode()[-2000:]}))
-"""
 
 _PEFT_MERGE = """
 import sys, torch
@@ -74,15 +63,6 @@ def write_adapter(folder: Path, size: str, rank: int, seed: int) -> int:
               "inference_mode": True, "use_rslora": False, "use_dora": False}
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return sum(t.nbytes for t in state.values())
-
-
-def measure(cmd: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], check=True,
-                          capture_output=True, text=True)
-    result = json.loads(done.stdout)
-    if result["rc"] != 0:
-        sys.exit(f"{' '.join(cmd)} exited {result['rc']}:\n{result['stderr']}")
-    return result
 
 
 def best(cmd: list[str], out: Path, repeat: int) -> dict:

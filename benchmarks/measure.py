@@ -14,20 +14,22 @@ import json, resource, subprocess, sys, time
 start = time.perf_counter()
 done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 seconds = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": done.returncode, "seconds": seconds, "rss_kb": rss,
-                  "stderr": done.stderr.decode()[-2000:]}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": done.returncode, "seconds": seconds, "rss_kb": usage.ru_maxrss,
+                  "cpu": usage.ru_utime + usage.ru_stime, "stderr": done.stderr.decode()[-2000:]}))
 """
 
 
 def measure(cmd: list[str]) -> dict:
-    """Run `cmd`; returns {"seconds", "rss_gb"}; exits with its stderr if it failed."""
+    """Run `cmd`; returns {"seconds", "cpu", "rss_kb", "rss_gb"}; exits with its stderr if it
+    failed."""
     out = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True,
                          check=True)
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         sys.exit(f"{' '.join(cmd)} failed ({result['rc']}):\n{result['stderr']}")
-    return {"seconds": result["seconds"], "rss_gb": result["rss_kb"] / 2**20}
+    return {"seconds": result["seconds"], "cpu": result["cpu"], "rss_kb": result["rss_kb"],
+            "rss_gb": result["rss_kb"] / 2**20}
 
 
 def drop_caches() -> bool:

@@ -65,6 +65,14 @@ def save_bin_shards(state: dict[str, torch.Tensor], folder: Path, shards: int) -
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
 
 
+def tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint, read through weightkit's own reader."""
+    from weightkit.io.reader import open_checkpoint
+
+    ckpt = open_checkpoint(folder)
+    return {name: ckpt.read(name) for name in ckpt.names()}
+
+
 def state_of(model) -> dict[str, torch.Tensor]:
     """What save_pretrained writes: tied weights once."""
     from safetensors.torch import load_file

@@ -3,7 +3,8 @@
 A command turns its work into a list of `Job`s, one per output tensor, in output order. Three
 stages overlap: a reader thread loads the inputs of the next jobs, the calling thread does the
 arithmetic on the chosen device, and a writer thread hashes and writes finished tensors. Queues
-are bounded, so at most a few tensors are alive at once, whatever the model size.
+are bounded and so are the bytes in flight, so peak memory follows the largest tensor, not the
+model; read buffers come from a pool so each tensor does not pay for fresh pages.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tensors
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -25,11 +26,6 @@ _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(_BITS[t.element_size()])
-
-
-def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    ckpt = open_checkpoint(folder)
-    return {name: ckpt.read(name) for name in ckpt.names()}
 
 
 def assert_bit_exact(a: dict, b: dict) -> None:

@@ -7,18 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_bin_shards
+from conftest import save_bin_shards, tensors
 from safetensors.torch import load_file
 
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import open_checkpoint
 from weightkit.ops.diff import diff
 from weightkit.ops.recover import recover
-
-
-def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    ckpt = open_checkpoint(folder)
-    return {name: ckpt.read(name) for name in ckpt.names()}
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
