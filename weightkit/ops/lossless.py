@@ -33,14 +33,21 @@ import zstandard
 
 from weightkit.dtypes import short_name
 from weightkit.errors import ChecksumError, InputError
-from weightkit.io.buffers import empty_bytes
+from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
 from weightkit.io.output import OutputFolder, copy_side_files
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops.pairing import Pair, Pairing, pair_checkpoints
-from weightkit.pipeline import Job, WriteResult, output_error, preflight, write_checkpoint
+from weightkit.pipeline import (
+    Job,
+    WriteResult,
+    identity,
+    output_error,
+    preflight,
+    write_checkpoint,
+)
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
 DEFAULT_LEVEL = 1
@@ -271,18 +278,14 @@ def _recover_job(p: Pair, raw: Checkpoint, packed: LosslessDiffReader,
                 f"tensor {p.name!r} in {p.other.file}: the compressed data is damaged ({e})",
                 "Download the diff again (weightkit verify can tell which files are damaged).",
             ) from None
-        # the spent buffers ride along: the pipeline gives them back to its pool after the
-        # write, so the next tensors reuse them instead of faulting in fresh pages
-        return add_back(r, packed_ints, p.other.shape), r, scratch, payload
+        tuned = add_back(r, packed_ints, p.other.shape)  # built in packed_ints' buffer
+        for spent in (r, scratch, payload):  # reused by the next tensors: no fresh pages
+            release(spent)
+        return (tuned,)
 
     out_dtype = dtype if dtype is not None and p.other.dtype.is_floating_point else p.other.dtype
-    # bit-exact copies of the tuned weights: NaN/Inf there were the publisher's, not ours
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, _decoded,
-               check_finite=False)
-
-
-def _decoded(tuned: torch.Tensor, *spent: torch.Tensor) -> torch.Tensor:
-    return tuned
+    # decoded in load(): nothing left to compute (and no NaN/Inf check on the publisher's bits)
+    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, identity)
 
 
 def _check_dtypes(pairing: Pairing, other: str, hint: str) -> None:
