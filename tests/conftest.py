@@ -94,3 +94,28 @@ def model_pair(tmp_path: Path):
         return raw_dir, tuned_dir
 
     return make
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Make the pipeline cut every tensor it can into pieces of at most 700 bytes (real runs
+    cut at 32 MiB); returns the (name, rows) of every piece written."""
+    import weightkit.pipeline as pipeline
+    from weightkit.io.writer import ShardWriter
+
+    monkeypatch.setattr(pipeline, "_PIECE", 700)
+    written: list[tuple[str, tuple[int, int]]] = []
+    original = ShardWriter.write
+
+    def write(self, name, tensor, rows=None):
+        if rows is not None:
+            written.append((name, rows))
+        return original(self, name, tensor, rows)
+
+    monkeypatch.setattr(ShardWriter, "write", write)
+    return written
+
+
+def file_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of an output folder, by name."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import hashlib
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -21,10 +22,12 @@ from pathlib import Path
 import torch
 
 from weightkit.device import resolve_device
+from weightkit.dtypes import safetensors_name
 from weightkit.errors import InputError, OutputError
-from weightkit.io.buffers import BufferPool, use_pool
+from weightkit.io.buffers import BufferPool, empty_tensor, release, use_pool
 from weightkit.io.journal import Journal, run_key
 from weightkit.io.output import OutputFolder, copy_side_files, free_bytes
+from weightkit.io.tensor_info import tensor_bytes
 from weightkit.io.writer import (
     FORMATS,
     PlannedTensor,
@@ -41,32 +44,96 @@ _WRITE_BEHIND = 2
 # Output bytes that may be in flight (loaded, not yet written) at once: the queues alone would
 # let several large tensors pile up, so peak memory would grow with the tensors' size.
 _IN_FLIGHT = 256 * 2**20
+# Largest piece of a tensor that can be computed row by row: small next to the budget, large
+# enough that per-piece costs (a read call, a queue hop) do not show.
+_PIECE = 32 * 2**20
 _DONE = object()
 
 
 @dataclass
 class Job:
-    """One output tensor: how to load its inputs (on the CPU) and how to compute it."""
+    """One output tensor: how to load its inputs (on the CPU) and how to compute it.
+
+    With `load_rows`, compute works row by row: `load_rows(start, stop)` gives the inputs of the
+    output's rows [start, stop), and a large tensor streams in pieces of bounded size, so memory
+    does not follow the model's largest tensor. Pieces start at multiples of `row_multiple`.
+    """
 
     out: PlannedTensor
     load: Callable[[], tuple[torch.Tensor, ...]]
     compute: Callable[..., torch.Tensor]  # inputs already on the device -> result there
     check_finite: bool = True  # False for pure data movement, which cannot create NaN/Inf
+    load_rows: Callable[[int, int], tuple[torch.Tensor, ...]] | None = None
+    row_multiple: int = 1
+
+    def pieces(self, max_bytes: int) -> list[Piece]:
+        """The job cut into pieces of at most `max_bytes` of output where it can be."""
+        shape = self.out.shape
+        if self.load_rows is None or not shape or self.out.nbytes <= max_bytes:
+            return [Piece(self, None)]
+        row = self.out.nbytes // shape[0]
+        step = max(self.row_multiple, max_bytes // row // self.row_multiple * self.row_multiple)
+        return [Piece(self, (a, min(a + step, shape[0]))) for a in range(0, shape[0], step)]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows [start, stop) of a job's output, or all of it (`rows` None)."""
+
+    job: Job
+    rows: tuple[int, int] | None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        out = self.job.out.shape
+        return out if self.rows is None else (self.rows[1] - self.rows[0], *out[1:])
+
+    @property
+    def nbytes(self) -> int:
+        n = self.job.out.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def first(self) -> bool:
+        return self.rows is None or self.rows[0] == 0
+
+    @property
+    def last(self) -> bool:
+        return self.rows is None or self.rows[1] == self.job.out.shape[0]
+
+    def load(self) -> tuple[torch.Tensor, ...]:
+        return self.job.load() if self.rows is None else self.job.load_rows(*self.rows)
 
     def run(self, inputs: tuple[torch.Tensor, ...], device: torch.device,
             pool: BufferPool) -> torch.Tensor:
-        """Compute on `device`; the result comes back to the CPU (into a pooled buffer)."""
+        """Compute on `device`; the result, rounded to the output dtype, comes back to the CPU
+        in a pooled buffer (a fresh one per tensor would cost a page fault per 4 KiB)."""
+        job = self.job
         moved = tuple(x.to(device, non_blocking=True) for x in inputs)
-        result = self.compute(*moved).to(self.out.dtype)
-        if tuple(result.shape) != self.out.shape:
-            raise RuntimeError(f"{self.out.name}: computed {tuple(result.shape)}, "
-                               f"planned {self.out.shape}")
-        if self.check_finite and self.compute is not identity and result.is_floating_point():
-            _refuse_new_non_finite(self.out.name, result, moved)
-        if result.device.type == "cpu":
-            return result
-        host = pool.take(self.out.nbytes).view(self.out.dtype).reshape(self.out.shape)
-        return host.copy_(result)  # synchronous: the writer may read it at once
+        computed = job.compute(*moved)
+        if computed.device.type != "cpu":
+            computed = computed.to(job.out.dtype)  # round there: fewer bytes come back
+        if tuple(computed.shape) != self.shape:
+            raise RuntimeError(f"{job.out.name}: computed {tuple(computed.shape)}, "
+                               f"planned {self.shape}")
+        result = computed
+        if computed.dtype != job.out.dtype or computed.device.type != "cpu":
+            result = pool.take(self.nbytes).view(job.out.dtype).view(self.shape)
+            result.copy_(computed)  # synchronous: the writer may read it at once
+        if job.check_finite and job.compute is not identity and result.is_floating_point():
+            _refuse_new_non_finite(job.out.name, result, moved)
+        if result is not computed and not _shares_storage(computed, inputs):
+            # a pooled scratch buffer of compute's, if it was one (inputs go back once written:
+            # a buffer given back twice could be lent out twice)
+            pool.give([computed])
+        return result
+
+
+def _shares_storage(t: torch.Tensor, others: tuple[torch.Tensor, ...]) -> bool:
+    ptr = t.untyped_storage().data_ptr()
+    return any(o.untyped_storage().data_ptr() == ptr for o in others)
 
 
 def _refuse_new_non_finite(name: str, result: torch.Tensor,
@@ -95,7 +162,13 @@ def _all_finite_fast(x: torch.Tensor) -> bool:
     mask = _HALF_EXPONENTS.get(x.dtype)
     if x.numel() == 0:
         return True
-    if mask is not None:  # integer ops on the bits run at memory speed
+    if mask is not None and x.device.type == "cpu":  # integer ops on the bits: memory speed
+        bits = empty_tensor(x.shape, torch.int16)  # pooled: a fresh one costs 5x the check
+        torch.bitwise_and(x.view(torch.int16), mask, out=bits)
+        finite = int(bits.max()) != mask
+        release(bits)
+        return finite
+    if mask is not None:
         return int((x.view(torch.int16) & mask).max()) != mask
     return bool(torch.isfinite(x.sum()))  # a finite sum has no NaN/Inf terms
 
@@ -164,8 +237,8 @@ def run_jobs(
     the first mismatch stops the run (ChecksumError naming the tensor).
     """
     _return_big_buffers_to_the_os()
-    jobs = list(jobs)
-    largest = max((j.out.nbytes for j in jobs), default=0)
+    pieces = [p for job in jobs for p in job.pieces(_PIECE)]
+    largest = max((p.nbytes for p in pieces), default=0)
     budget = InFlight(max(largest, _IN_FLIGHT))
     # free buffers kept for reuse: about what the jobs in flight hold, not a copy of the model
     pool = BufferPool(keep_bytes=budget.limit // 2, pinned=device.type == "cuda")
@@ -178,10 +251,10 @@ def run_jobs(
     def read_stage() -> None:
         use_pool(pool)
         try:
-            for job in jobs:
-                if not budget.acquire(job.out.nbytes, stop):
+            for piece in pieces:
+                if not budget.acquire(piece.nbytes, stop):
                     return
-                if not _put(loaded, (job, job.load()), stop):
+                if not _put(loaded, (piece, piece.load()), stop):
                     return
             _put(loaded, _DONE, stop)
         except BaseException as e:  # handed to the main thread, raised there
@@ -191,24 +264,31 @@ def run_jobs(
             use_pool(None)
 
     def write_stage() -> None:
+        hasher = hashlib.sha256()
         try:
             while True:
                 item = _get(computed, stop)
                 if item is _DONE or item is None:
                     return
-                job, inputs, tensor = item
-                entry = ManifestEntry.of(tensor)
-                if _checkable(expected, job.out.name, entry):
-                    stats.checked += 1
-                    if not expected.check(job.out.name, entry, where):
-                        stats.within_rounding.append(job.out.name)
-                writer.write(job.out.name, tensor)
-                stats.manifest.add(job.out.name, entry)
+                piece, inputs, tensor = item
+                out = piece.job.out
+                if piece.first:
+                    hasher = hashlib.sha256()
+                hasher.update(tensor_bytes(tensor))
+                writer.write(out.name, tensor, piece.rows)
+                if piece.last:
+                    entry = ManifestEntry(safetensors_name(out.dtype), out.shape,
+                                          hasher.hexdigest())
+                    if _checkable(expected, out.name, entry):
+                        stats.checked += 1
+                        if not expected.check(out.name, entry, where):
+                            stats.within_rounding.append(out.name)
+                    stats.manifest.add(out.name, entry)
                 pool.give([*inputs, tensor])
                 del inputs, tensor, item
-                budget.release(job.out.nbytes)
+                budget.release(piece.nbytes)
                 if progress is not None:
-                    progress.advance(job.out.nbytes)
+                    progress.advance(piece.nbytes, int(piece.last))
         except BaseException as e:
             errors.append(e)
             stop.set()
@@ -217,20 +297,22 @@ def run_jobs(
                threading.Thread(target=write_stage, daemon=True, name="weightkit-write")]
     for t in threads:
         t.start()
+    use_pool(pool)  # compute's scratch buffers come from the pool too
     try:
         while True:
             item = _get(loaded, stop)
             if item is _DONE or item is None:
                 break
-            job, inputs = item
-            result = job.run(inputs, device, pool)
-            if not _put(computed, (job, inputs, result), stop):
+            piece, inputs = item
+            result = piece.run(inputs, device, pool)
+            if not _put(computed, (piece, inputs, result), stop):
                 break
         _put(computed, _DONE, stop)
     except BaseException:
         stop.set()
         raise
     finally:
+        use_pool(None)
         for t in threads:
             t.join()
     if errors:
@@ -313,7 +395,8 @@ def write_checkpoint(
     needed = sum(t.nbytes for t in plan)
     folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite, needed_bytes=needed)
     if dry_run:
-        say(preflight(title, folder.out, plan, dev), quiet)
+        pieces = max(p.nbytes for j in jobs for p in j.pieces(_PIECE))
+        say(preflight(title, folder.out, plan, dev, pieces), quiet)
         return WriteResult(folder.out, [], len(plan), needed, 0.0, Manifest(), notes=list(notes))
     try:
         with folder as tmp:
@@ -362,18 +445,21 @@ def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: st
                        stats.manifest, stats.checked, stats.within_rounding, notes)
 
 
-def preflight(title: str, out: Path, plan: list[PlannedTensor], dev: torch.device) -> str:
-    """What a run will need, from headers alone (for --dry-run)."""
+def preflight(title: str, out: Path, plan: list[PlannedTensor], dev: torch.device,
+              largest_piece: int | None = None) -> str:
+    """What a run will need, from headers alone (for --dry-run). `largest_piece`: the largest
+    part of a tensor held at once, when tensors stream in pieces."""
     largest = max(plan, key=lambda t: t.nbytes)
+    held = largest.nbytes if largest_piece is None else largest_piece
     total = sum(t.nbytes for t in plan)
-    ram = 3 * min(max(largest.nbytes, _IN_FLIGHT), total)  # in flight, their inputs, the pool
+    ram = 3 * min(max(held, _IN_FLIGHT), total)  # in flight, their inputs, the pool
     text = (f"{title} (dry run): inputs check out; {len(plan)} tensors, "
             f"{human_bytes(total)} to write to {out} "
             f"(disk free: {human_bytes(free_bytes(out.parent))}). Largest tensor: {largest.name} "
             f"({human_bytes(largest.nbytes)}); memory needed beyond the program itself: "
             f"at most {human_bytes(ram)}")
     if dev.type == "cuda":
-        text += f"; GPU memory: at most {human_bytes(4 * largest.nbytes)}"
+        text += f"; GPU memory: at most {human_bytes(4 * held)}"
     return text + ". Nothing was written."
 
 

@@ -43,6 +43,18 @@ def test_bin_views_and_shared_storage_are_read_correctly(tmp_path):
     assert torch.equal(ckpt.read("t"), base.t())
 
 
+def test_read_rows_reads_only_those_rows(tmp_path):
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    torch.save({"full": base, "row": base[2], "t": base.t()}, tmp_path / "x.bin")
+    save_file({"full": base, "v": base[0].clone()}, tmp_path / "x.safetensors")
+    for ckpt in (open_checkpoint(tmp_path / "x.bin"), open_checkpoint(tmp_path / "x.safetensors")):
+        assert torch.equal(ckpt.read_rows("full", 1, 3), base[1:3])
+        assert ckpt.read_rows("full", 4, 4).shape == (0, 6)
+    bin_file = open_checkpoint(tmp_path / "x.bin")
+    assert torch.equal(bin_file.read_rows("row", 2, 5), base[2, 2:5])  # a view into a storage
+    assert torch.equal(bin_file.read_rows("t", 1, 4), base.t()[1:4])  # not row-major: cut
+
+
 def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
 

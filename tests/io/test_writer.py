@@ -67,6 +67,35 @@ def test_sharded_bin_with_index(tmp_path):
     assert b.dtype == torch.float16 and torch.equal(b, STATE["b"])
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_a_tensor_written_in_row_pieces_gives_the_same_file(tmp_path, fmt):
+    w = ShardWriter(tmp_path / "pieces", plan_of(STATE), fmt=fmt)
+    (tmp_path / "pieces").mkdir()
+    b = STATE["b"]
+    w.write("b", b[:1], (0, 1))
+    w.write("b", b[1:], (1, 2))
+    w.write("a", STATE["a"])
+    w.close()
+    (tmp_path / "whole").mkdir()
+    w = ShardWriter(tmp_path / "whole", plan_of(STATE), fmt=fmt)
+    for n, t in STATE.items():
+        w.write(n, t)
+    w.close()
+    (name,) = [p.name for p in (tmp_path / "whole").iterdir()]
+    assert (tmp_path / "pieces" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_pieces_out_of_order_are_refused(tmp_path):
+    w = ShardWriter(tmp_path, plan_of(STATE))
+    w.write("b", STATE["b"][:1], (0, 1))
+    with pytest.raises(RuntimeError, match=r"writer got a \(2,\) torch.float32, planned b "
+                                           r"\(2, 3\) torch.float16 from row 1"):
+        w.write("a", STATE["a"])
+    with pytest.raises(RuntimeError, match=r"writer got b rows 0..1 \(1, 3\) torch.float16, "
+                                           r"planned b \(2, 3\) torch.float16 from row 1"):
+        w.write("b", STATE["b"][1:], (0, 1))
+
+
 def test_output_folder_appears_only_on_success(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError), OutputFolder(out) as tmp:

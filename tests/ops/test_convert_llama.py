@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import file_bytes
 from meta_checkpoints import SENTENCE, build_raw, tiktoken_encoding
 from safetensors.torch import load_file
 
+from weightkit import pipeline
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import Checkpoint
 from weightkit.ops.convert_llama import convert_llama, from_hf_rotary, hf_name, to_hf_rotary
@@ -211,6 +213,24 @@ def test_each_piece_is_read_once(raw, tmp_path, monkeypatch):
     assert len(norms) == 5
     shard1 = {name for f, name in reads if f == "consolidated.01.pth"}
     assert len(shard1) == 2 + 7 * 2  # embeddings, output, 7 matrices per layer
+
+
+@pytest.mark.parametrize("case", ["llama1", "llama3", "llama3.2"])
+def test_tensors_streamed_in_pieces_give_the_same_bytes(raw, tmp_path, small_pieces, monkeypatch,
+                                                        case):
+    """Row pieces across column-split (LLaMA 1) and row-split (LLaMA 3) embeddings, the tied
+    check (3.2) and the q/k permutation, which keeps each piece to whole heads."""
+    rc = raw(case)
+    convert(rc, tmp_path / "pieces")
+    q = [rows for name, rows in small_pieces if name == "model.layers.0.self_attn.q_proj.weight"]
+    assert q == [(0, 16), (16, 32), (32, 48), (48, 64)]  # 4 heads of 16 rows
+    embed = [rows for name, rows in small_pieces if name == "model.embed_tokens.weight"]
+    vocab = EXPECTED_CONFIG[case]["vocab_size"]
+    per = 700 // (64 * rc.case.dtype.itemsize)
+    assert embed == [(a, min(a + per, vocab)) for a in range(0, vocab, per)]
+    monkeypatch.setattr(pipeline, "_PIECE", 2**40)
+    convert(rc, tmp_path / "whole")
+    assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")
 
 
 def test_rotary_permutation_round_trips():

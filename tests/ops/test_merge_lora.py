@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import file_bytes
 from lora_models import (
     build_base,
     compare,
@@ -19,6 +20,7 @@ from lora_models import (
 )
 from safetensors.torch import load_file, save_file
 
+from weightkit import pipeline
 from weightkit.errors import InputError
 from weightkit.io.reader import Checkpoint
 from weightkit.ops.merge_lora import merge_lora
@@ -108,6 +110,18 @@ def test_embedding_difference_is_peft_rounding_the_delta(built, dtype):
     delta = (b @ a).T * (8 / 4)
     assert torch.equal(tensors(root / "ref")[name], w + delta.to(w.dtype))  # two roundings
     assert torch.equal(tensors(root / "ours")[name], (w.float() + delta).to(w.dtype))  # one
+
+
+def test_untouched_tensors_stream_in_pieces_with_the_same_bytes(built, tmp_path, small_pieces,
+                                                                monkeypatch):
+    """Tensors no adapter touches are copied in row pieces; merged ones stay whole (a product
+    taken in pieces could sum in another order than peft's)."""
+    root = built("plain", "fp16")
+    merge_lora(root / "base", root / "adapter", tmp_path / "pieces", quiet=True)
+    assert {name for name, _ in small_pieces} == {"model.embed_tokens.weight", "lm_head.weight"}
+    monkeypatch.setattr(pipeline, "_PIECE", 2**40)
+    merge_lora(root / "base", root / "adapter", tmp_path / "whole", quiet=True)
+    assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")
 
 
 def test_upcast_output_equals_peft_in_fp32(built, tmp_path):

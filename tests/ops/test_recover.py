@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_bin_shards, tensors
+from conftest import file_bytes, save_bin_shards, tensors
 from safetensors.torch import load_file
 
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import open_checkpoint
 from weightkit.ops.diff import diff
+from weightkit import pipeline
 from weightkit.ops.recover import recover
 
 
@@ -181,3 +182,24 @@ def test_wrong_base_model_fails_the_manifest_check(model_pair, tmp_path):
         recover(tmp_path / "other-raw", tmp_path / "diff", tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.glob(".out*")) == []
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_tensors_streamed_in_pieces_give_the_same_bytes(model_pair, tmp_path, small_pieces,
+                                                        monkeypatch, fmt):
+    """Row pieces (here of 700 bytes) read .bin and safetensors inputs and write either format
+    byte for byte as whole tensors do, also across the rows a vocabulary extension added."""
+    raw, tuned = model_pair("llama", torch.float16, extra_vocab=1)
+    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    raw_bin = tmp_path / "raw-bin"
+    save_bin_shards(tensors(raw), raw_bin, 2)
+    small_pieces.clear()
+    recover(raw_bin, tmp_path / "diff", tmp_path / "pieces", fmt=fmt, quiet=True)
+    embed = [rows for name, rows in small_pieces if name == "model.embed_tokens.weight"]
+    # fp16 rows of 128 bytes: 5 to a piece; the last piece holds raw's last 3 rows and the new one
+    assert embed == [(a, min(a + 5, 129)) for a in range(0, 129, 5)]
+    # 2 layers x 7 matrices, the embeddings and lm_head; the norms fit in one piece
+    assert len({name for name, _ in small_pieces}) == 16
+    monkeypatch.setattr(pipeline, "_PIECE", 2**40)
+    recover(raw_bin, tmp_path / "diff", tmp_path / "whole", fmt=fmt, quiet=True)
+    assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")

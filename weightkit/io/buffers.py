@@ -56,6 +56,14 @@ def empty_bytes(nbytes: int) -> torch.Tensor:
     return pool.take(nbytes) if pool is not None else torch.empty(nbytes, dtype=torch.uint8)
 
 
+def empty_tensor(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor, pooled as empty_bytes is (give it back with `release`)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    return empty_bytes(numel * dtype.itemsize).view(dtype).view(tuple(shape))
+
+
 def use_pool(pool: BufferPool | None) -> None:
     """Make reads on this thread take their buffers from `pool` (None: allocate)."""
     _local.pool = pool

@@ -61,6 +61,10 @@ class Checkpoint:
         """The tensor's values in a fresh CPU buffer, in its stored dtype."""
         return self._backends[self._where[name]].read(name)
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the tensor's first dimension, in a fresh CPU buffer."""
+        return self._backends[self._where[name]].read_rows(name, start, stop)
+
     @property
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self.infos.values())

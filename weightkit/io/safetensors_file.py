@@ -35,6 +35,15 @@ class SafetensorsFile:
             raw = read_exact(f, self._data_start + begin, end - begin, self.path, name)
         return raw.view(info.dtype).reshape(info.shape)
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the tensor's first dimension: one positioned read."""
+        info = self.infos[name]
+        row = info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0
+        begin = self._entries[name]["data_offsets"][0] + start * row
+        with open(self.path, "rb", buffering=0) as f:
+            raw = read_exact(f, self._data_start + begin, (stop - start) * row, self.path, name)
+        return raw.view(info.dtype).reshape(stop - start, *info.shape[1:])
+
 
 def _parse_header(path: Path) -> tuple[dict[str, dict], int]:
     size = path.stat().st_size

@@ -67,6 +67,21 @@ class TorchFile:
             return flat.reshape(info.shape)
         return flat.as_strided(info.shape, loc.stride).contiguous()
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the tensor's first dimension (a view of another layout than
+        row-major is read whole and cut, which only old hand-made files need)."""
+        info, loc = self.infos[name], self._locations[name]
+        if not _is_contiguous(info.shape, loc.stride):
+            return self.read(name)[start:stop].clone()
+        row = info.nbytes // info.shape[0] if info.shape[0] else 0
+        record, size = self._record_offsets[loc.record]
+        if loc.offset + info.nbytes > size:
+            raise InputError(f"{self.path}: tensor {name!r} lies outside its storage record")
+        with open(self.path, "rb", buffering=0) as f:
+            raw = read_exact(f, record + loc.offset + start * row, (stop - start) * row,
+                             self.path, name)
+        return raw.view(info.dtype).reshape(stop - start, *info.shape[1:])
+
     def _load_index(self) -> None:
         try:
             zf = zipfile.ZipFile(self.path)
@@ -214,12 +229,16 @@ class TorchZipWriter:
         self._record("byteorder", b"little")
 
     def add(self, name: str, data: memoryview) -> None:
+        with self.open_tensor(name, len(data)) as out:
+            write_chunked(out, data)
+
+    def open_tensor(self, name: str, nbytes: int):
+        """The zip record of the next planned tensor, to write its `nbytes` into and close."""
         if self._names[self._next] != name:
             raise RuntimeError(f"tensor {name!r} written out of plan order")
-        info = self._info(f"data/{self._next}", len(data))
-        with self._zip.open(info, "w", force_zip64=len(data) > 0x7FFF0000) as out:
-            write_chunked(out, data)
+        info = self._info(f"data/{self._next}", nbytes)
         self._next += 1
+        return self._zip.open(info, "w", force_zip64=nbytes > 0x7FFF0000)
 
     def close(self) -> None:
         self._record("version", b"3\n")

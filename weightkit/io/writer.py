@@ -107,6 +107,8 @@ class ShardWriter:
         self._shard = -1  # index into self.shards of the shard being written
         self._pos = 0  # index of the next tensor inside that shard
         self._file = None
+        self._stream = None  # .bin: the zip record of the tensor being written
+        self._row = 0  # next row of the tensor being written in pieces (0: none begun)
 
     @property
     def total_size(self) -> int:
@@ -116,22 +118,34 @@ class ShardWriter:
         """Tensor name -> index of the shard it goes into."""
         return {t.name: i for i, shard in enumerate(self.shards) for t in shard}
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        if self._file is None or self._pos == len(self.shards[self._shard]):
-            self._next_shard()
-        expected = self.shards[self._shard][self._pos]
-        if expected.name != name or tuple(tensor.shape) != expected.shape \
-                or tensor.dtype != expected.dtype:
+    def write(self, name: str, tensor: torch.Tensor,
+              rows: tuple[int, int] | None = None) -> None:
+        """Append a planned tensor, or with `rows` = (start, stop) its rows [start, stop): the
+        pieces of a tensor come in order, and the next tensor starts once its last row is in."""
+        if self._row == 0:
+            if self._file is None or self._pos == len(self.shards[self._shard]):
+                self._next_shard()
+        planned = self.shards[self._shard][self._pos]
+        start, stop = rows if rows is not None else (0, planned.shape[0] if planned.shape else 0)
+        shape = (stop - start, *planned.shape[1:]) if rows is not None else planned.shape
+        if planned.name != name or tuple(tensor.shape) != shape \
+                or tensor.dtype != planned.dtype or start != self._row:
+            got = f" rows {start}..{stop}" if rows is not None else ""
             raise RuntimeError(
-                f"writer got {name} {tuple(tensor.shape)} {tensor.dtype}, planned "
-                f"{expected.name} {expected.shape} {expected.dtype}"
+                f"writer got {name}{got} {tuple(tensor.shape)} {tensor.dtype}, planned "
+                f"{planned.name} {planned.shape} {planned.dtype} from row {self._row}"
             )
+        if self._row == 0 and self.fmt == "bin":
+            self._stream = self._file.open_tensor(name, planned.nbytes)
         data = tensor_bytes(tensor)
-        if self.fmt == "safetensors":
-            write_chunked(self._file, data)
-        else:
-            self._file.add(name, data)
-        self._pos += 1
+        write_chunked(self._file if self.fmt == "safetensors" else self._stream, data)
+        self._row = stop
+        if rows is None or stop == planned.shape[0]:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+            self._row = 0
+            self._pos += 1
 
     def close(self) -> list[Path]:
         """Finish the last shard and write the index; returns the files written."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from weightkit.dtypes import parse_dtype, short_name
 from weightkit.errors import ChecksumError, InputError
-from weightkit.io.buffers import empty_bytes, release
+from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.output import OutputFolder
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.writer import FORMATS, PlannedTensor
@@ -139,11 +140,8 @@ def convert_llama(
     jobs = [_job(p, shards, shapes[p.name], forced, tied) for p in parts]
     out_dtype = jobs[0].out.dtype  # the embeddings'
     config = llama_params.hf_config(params, version, vocab_size, instruct)
-    config_files = llama_params.hf_config_files(config, str(out_dtype).removeprefix("torch."))
-
-    tokenizer = None
     if tok_path is not None:
-        tokenizer = _tokenizer(tok_path, tok_kind, version, instruct, vocab_size, notes)
+        check_tokenizer_size(tok_path, tok_kind, vocab_size)
     else:
         notes.append("No tokenizer.model next to the weights or in the folder above: wrote the "
                      "model without a tokenizer.")
@@ -155,24 +153,36 @@ def convert_llama(
         raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
     if verify:
         notes += verify_checklists(folder, tok_path, quiet)
-
-    def finish(tmp: Path) -> list[str]:
-        for f in config_files:
-            f.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-            if tok_kind == llama_tokenizer.SENTENCEPIECE:
-                # sentencepiece users (slow tokenizer, llama.cpp) read the original model
-                shutil.copyfile(tok_path, tmp / llama_tokenizer.TOKENIZER_NAME)
-        return []
-
     if forced is not None:
         notes.append(f"Cast to {short_name(forced)} as asked.")
-    return write_checkpoint(
-        out, jobs, title="convert", inputs=inputs, finish=finish, fmt=fmt,
-        max_shard_size=max_shard_size, overwrite=overwrite, device="cpu", quiet=quiet, notes=notes,
-        dry_run=dry_run,
-    )
+
+    def side_files() -> tuple[list, object, list[str]]:
+        # transformers takes seconds to import and the tokenizer to convert: done in a thread
+        # while the weights stream (the work there is I/O and torch, which free the GIL)
+        config_files = llama_params.hf_config_files(config, str(out_dtype).removeprefix("torch."))
+        if tok_path is None:
+            return config_files, None, []
+        return config_files, *_tokenizer(tok_path, tok_kind, version, instruct, vocab_size)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="weightkit-side-files") as background:
+        prepared = None if dry_run else background.submit(side_files)
+
+        def finish(tmp: Path) -> list[str]:
+            config_files, tokenizer, tok_notes = prepared.result()
+            for f in config_files:
+                f.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+                if tok_kind == llama_tokenizer.SENTENCEPIECE:
+                    # sentencepiece users (slow tokenizer, llama.cpp) read the original model
+                    shutil.copyfile(tok_path, tmp / llama_tokenizer.TOKENIZER_NAME)
+            return tok_notes
+
+        return write_checkpoint(
+            out, jobs, title="convert", inputs=inputs, finish=finish, fmt=fmt,
+            max_shard_size=max_shard_size, overwrite=overwrite, device="cpu", quiet=quiet,
+            notes=notes, dry_run=dry_run,
+        )
 
 
 def _version(asked: str, params: LlamaParams, tok_kind: str | None, notes: list[str]) -> str:
@@ -368,22 +378,29 @@ def verify_checklists(folder: Path, tok_path: Path | None, quiet: bool) -> list[
     return notes
 
 
-def _tokenizer(path: Path, kind: str, version: str, instruct: bool, vocab_size: int,
-               notes: list[str]):
-    if kind == llama_tokenizer.TIKTOKEN:
-        ranks = llama_tokenizer.tiktoken_size(path)
-        if ranks + llama_params.LLAMA3_SPECIAL_TOKENS != vocab_size:
-            raise InputError(
-                f"{path}: {ranks} tokens + {llama_params.LLAMA3_SPECIAL_TOKENS} special tokens "
-                f"do not match the {vocab_size} rows of tok_embeddings.weight",
-                "tokenizer.model belongs to another model.",
-            )
+def check_tokenizer_size(path: Path, kind: str, vocab_size: int) -> None:
+    """A LLaMA 3 tokenizer must have the embeddings' rows (sentencepiece ones may differ)."""
+    if kind != llama_tokenizer.TIKTOKEN:
+        return
+    ranks = llama_tokenizer.tiktoken_size(path)
+    if ranks + llama_params.LLAMA3_SPECIAL_TOKENS != vocab_size:
+        raise InputError(
+            f"{path}: {ranks} tokens + {llama_params.LLAMA3_SPECIAL_TOKENS} special tokens "
+            f"do not match the {vocab_size} rows of tok_embeddings.weight",
+            "tokenizer.model belongs to another model.",
+        )
+
+
+def _tokenizer(path: Path, kind: str, version: str, instruct: bool, vocab_size: int
+               ) -> tuple[object, list[str]]:
+    """The converted tokenizer and the notes about it."""
     tokenizer = llama_tokenizer.convert_tokenizer(path, kind, version, instruct)
+    notes = []
     if len(tokenizer) != vocab_size:
         notes.append(f"The tokenizer has {len(tokenizer)} tokens, the embeddings {vocab_size} "
                      "rows; config.json follows the embeddings.")
     notes.append(f"Converted the {kind} tokenizer.")
-    return tokenizer
+    return tokenizer, notes
 
 
 # ------------------------------------------------------------------ the jobs
@@ -394,53 +411,52 @@ def _job(p: Part, shards: list[Checkpoint], shape: tuple[int, ...], forced: torc
     raw_dtype = shards[0].info(p.raw).dtype
     out_dtype = forced if forced is not None and raw_dtype.is_floating_point else raw_dtype
     check_tied = tied and p.name == "model.embed_tokens.weight" and "output.weight" in shards[0]
+    head_rows = shape[0] // p.rotary_heads if p.rotary_heads else 1  # pieces keep heads whole
 
-    def load() -> tuple[torch.Tensor]:
+    def load(rows: tuple[int, int] | None = None) -> tuple[torch.Tensor]:
         # all the work is data movement, done here in the reader thread into pooled buffers
-        joined = read_joined(shards, p.raw, p.join)
-        if check_tied and not torch.equal(joined, read_joined(shards, "output.weight", ROWS)):
+        joined = read_joined(shards, p.raw, p.join, rows)
+        if check_tied and not torch.equal(joined, read_joined(shards, "output.weight", ROWS, rows)):
             raise InputError("output.weight differs from tok_embeddings.weight, so this is not a "
                              "model with tied embeddings (LLaMA 3.2 1B/3B)",
                              "Pass the right --llama-version (3.1?).")
         if p.rotary_heads:
-            permuted = to_hf_rotary(joined, p.rotary_heads, out=_pooled_like(joined))
+            permuted = to_hf_rotary(joined, joined.shape[0] // head_rows,
+                                    out=empty_tensor(joined.shape, joined.dtype))
             release(joined)
             joined = permuted
         return (joined,)
 
-    return Job(PlannedTensor(p.name, out_dtype, shape), load, identity)
+    return Job(PlannedTensor(p.name, out_dtype, shape), load, identity,
+               load_rows=lambda start, stop: load((start, stop)), row_multiple=head_rows)
 
 
-def read_joined(shards: list[Checkpoint], raw: str, join: str) -> torch.Tensor:
-    """One tensor from every shard, concatenated; replicated tensors from shard 0 only.
+def read_joined(shards: list[Checkpoint], raw: str, join: str,
+                rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """One tensor from every shard, concatenated (with `rows`, only its rows [start, stop));
+    replicated tensors from shard 0 only.
 
     Each piece is copied into place as soon as it is read, so at most one piece is alive
     besides the result (torch.cat would hold all of them and the result).
     """
     if join == FIRST or len(shards) == 1:
-        return shards[0].read(raw)
-    dim = 0 if join == ROWS else 1
-    piece = shards[0].read(raw)
-    size = piece.shape[dim]
-    shape = list(piece.shape)
-    shape[dim] *= len(shards)
-    joined = _pooled(shape, piece.dtype)
-    joined.narrow(dim, 0, size).copy_(piece)
-    release(piece)
-    for i, shard in enumerate(shards[1:], start=1):
-        piece = shard.read(raw)
-        joined.narrow(dim, i * size, size).copy_(piece)
+        return shards[0].read(raw) if rows is None else shards[0].read_rows(raw, *rows)
+    info = shards[0].info(raw)
+    size = info.shape[0] if join == ROWS else info.shape[1]  # of each shard, along the join
+    total = size * len(shards) if join == ROWS else info.shape[0]
+    start, stop = rows if rows is not None else (0, total)
+    shape = ((stop - start, *info.shape[1:]) if join == ROWS
+             else (stop - start, size * len(shards), *info.shape[2:]))
+    joined = empty_tensor(shape, info.dtype)
+    for i, shard in enumerate(shards):
+        a, b = (max(start, i * size), min(stop, (i + 1) * size)) if join == ROWS else (start, stop)
+        if a >= b:
+            continue
+        offset = i * size if join == ROWS else 0
+        piece = shard.read(raw) if rows is None else shard.read_rows(raw, a - offset, b - offset)
+        if join == ROWS:
+            joined[a - start:b - start].copy_(piece)
+        else:
+            joined.narrow(1, i * size, size).copy_(piece)
         release(piece)
     return joined
-
-
-def _pooled(shape: list[int] | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    numel = 1
-    for d in shape:
-        numel *= d
-    return empty_bytes(numel * dtype.itemsize).view(dtype).view(tuple(shape))
-
-
-def _pooled_like(t: torch.Tensor) -> torch.Tensor:
-    return _pooled(tuple(t.shape), t.dtype)
-

@@ -17,6 +17,7 @@ import torch
 
 from weightkit.dtypes import parse_dtype
 from weightkit.errors import InputError
+from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.writer import PlannedTensor
 from weightkit.ops import lora_adapter
@@ -279,7 +280,8 @@ def _job(name: str, base: Checkpoint, adapter: Checkpoint, steps: list[Step],
     out_dtype = forced if forced is not None and info.dtype.is_floating_point else info.dtype
     out = PlannedTensor(name, out_dtype, info.shape)
     if not steps:
-        return Job(out, lambda: (base.read(name),), identity)
+        return Job(out, lambda: (base.read(name),), identity,
+                   load_rows=lambda start, stop: (base.read_rows(name, start, stop),))
     keys = [k for s in steps for k in s.tensors]
 
     def load() -> tuple[torch.Tensor, ...]:
@@ -315,8 +317,18 @@ def apply_steps(w: torch.Tensor, tensors: tuple[torch.Tensor, ...],
             # delta + W in the delta's buffer: IEEE addition commutes, so this is peft's
             # `W += delta` bit for bit, rounded once by the caller. W is widened first: a
             # mixed-dtype add runs a slow per-element path (1.7x slower measured on fp16)
-            w = delta.add_(w.to(acc))
+            wide = _scratch(w.shape, acc, w.device).copy_(w)
+            w = delta.add_(wide)
+            release(wide)
     return w
+
+
+def _scratch(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor-sized temporary: from the run's buffer pool on the CPU (a fresh one per tensor
+    costs a page fault per 4 KiB, about as much as the arithmetic), plain on a GPU."""
+    if device.type == "cpu":
+        return empty_tensor(shape, dtype)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, transposed: bool) -> torch.Tensor:
@@ -327,7 +339,12 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, transposed: boo
     bytes must not depend on --device (nor differ from peft). It is a rank-r product, cheap next
     to the reads and writes; the elementwise rest runs on the device, where IEEE rounding agrees.
     """
-    product = (b.cpu() @ a.cpu()).to(b.device)
+    product = _scratch((b.shape[0], a.shape[1]), b.dtype, torch.device("cpu"))
+    torch.mm(b.cpu(), a.cpu(), out=product)
+    if b.device.type != "cpu":
+        on_device = product.to(b.device)
+        release(product)
+        product = on_device
     return (product.T if transposed else product).mul_(scaling)
 
 

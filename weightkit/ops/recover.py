@@ -69,7 +69,14 @@ def _job(p: Pair, raw: Checkpoint, diff: Checkpoint, out_dtype: torch.dtype) -> 
     def load() -> tuple[torch.Tensor, torch.Tensor]:
         return raw.read(p.name), diff.read(p.name)
 
+    def load_rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # raw may have fewer rows (vocabulary extension): its part is a prefix of the diff's
+        shared = p.raw.shape[0]
+        return (raw.read_rows(p.name, min(start, shared), min(stop, shared)),
+                diff.read_rows(p.name, start, stop))
+
     def compute(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return delta.add(r, d, out_dtype, reuse_diff=True)
 
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, compute)
+    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, compute,
+               load_rows=load_rows)

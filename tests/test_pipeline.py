@@ -1,0 +1,34 @@
+"""How the pipeline cuts a job into row pieces."""
+
+from __future__ import annotations
+
+import torch
+
+from weightkit.io.writer import PlannedTensor
+from weightkit.pipeline import Job, identity
+
+
+def job(shape: tuple[int, ...], rows: bool = True, multiple: int = 1) -> Job:
+    t = torch.zeros(shape)
+    return Job(PlannedTensor("w", torch.float32, shape), lambda: (t,), identity,
+               load_rows=(lambda a, b: (t[a:b],)) if rows else None, row_multiple=multiple)
+
+
+def test_pieces_hold_at_most_the_limit_and_cover_every_row():
+    pieces = job((10, 4)).pieces(48)  # rows of 16 bytes: 3 to a piece
+    assert [p.rows for p in pieces] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert [p.nbytes for p in pieces] == [48, 48, 48, 16]
+    assert [p.shape for p in pieces] == [(3, 4), (3, 4), (3, 4), (1, 4)]
+    assert [(p.first, p.last) for p in pieces] == [(True, False), (False, False),
+                                                  (False, False), (False, True)]
+
+
+def test_pieces_keep_row_multiples_whole_even_beyond_the_limit():
+    assert [p.rows for p in job((10, 4), multiple=4).pieces(48)] == [(0, 4), (4, 8), (8, 10)]
+    assert [p.rows for p in job((12, 4), multiple=2).pieces(100)] == [(0, 6), (6, 12)]
+
+
+def test_small_scalar_and_whole_only_jobs_are_one_piece():
+    for j, limit in ((job((10, 4)), 160), (job(()), 1), (job((10, 4), rows=False), 16)):
+        (piece,) = j.pieces(limit)
+        assert piece.rows is None and piece.shape == j.out.shape and piece.first and piece.last
