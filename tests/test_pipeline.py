@@ -32,3 +32,16 @@ def test_small_scalar_and_whole_only_jobs_are_one_piece():
     for j, limit in ((job((10, 4)), 160), (job(()), 1), (job((10, 4), rows=False), 16)):
         (piece,) = j.pieces(limit)
         assert piece.rows is None and piece.shape == j.out.shape and piece.first and piece.last
+
+
+def test_the_finite_check_finds_inf_and_nan_in_any_block(monkeypatch):
+    from weightkit import pipeline
+
+    monkeypatch.setattr(pipeline, "_CHECK_BLOCK", 100)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        x = torch.linspace(-3e4, 3e4, 1000).to(dtype).reshape(10, 100)
+        assert pipeline._all_finite_fast(x)
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            y = x.clone()
+            y[2, 50] = bad  # the third block
+            assert not pipeline._all_finite_fast(y), (dtype, bad)

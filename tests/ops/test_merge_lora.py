@@ -112,6 +112,20 @@ def test_embedding_difference_is_peft_rounding_the_delta(built, dtype):
     assert torch.equal(tensors(root / "ours")[name], (w.float() + delta).to(w.dtype))  # one
 
 
+@pytest.mark.parametrize("case", ["plain", "dora", "fan_in_fan_out", "lora_bias"])
+def test_arithmetic_in_small_blocks_still_equals_peft(built, tmp_path, monkeypatch, case):
+    """The widening add and the NaN/Inf check run a block of rows at a time; blocks of 3 rows
+    and 100 values give the same bits as one block."""
+    from weightkit.ops import merge_lora as module
+
+    monkeypatch.setattr(module, "_BLOCK_BYTES", 3 * 64 * 4)
+    monkeypatch.setattr(pipeline, "_CHECK_BLOCK", 100)
+    root = built(case, "fp16")
+    merge_lora(root / "base", root / "adapter", tmp_path / "ours", quiet=True)
+    got = compare(tensors(tmp_path / "ours"), tensors(root / "ref"))
+    assert got.problems == [] and got.differ == {}
+
+
 def test_untouched_tensors_stream_in_pieces_with_the_same_bytes(built, tmp_path, small_pieces,
                                                                 monkeypatch):
     """Tensors no adapter touches are copied in row pieces; merged ones stay whole (a product

@@ -203,3 +203,16 @@ def test_tensors_streamed_in_pieces_give_the_same_bytes(model_pair, tmp_path, sm
     monkeypatch.setattr(pipeline, "_PIECE", 2**40)
     recover(raw_bin, tmp_path / "diff", tmp_path / "whole", fmt=fmt, quiet=True)
     assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")
+
+
+def test_diff_in_pieces_gives_the_same_diff_and_target_manifest(model_pair, tmp_path,
+                                                                small_pieces, monkeypatch):
+    raw, tuned = model_pair("llama", torch.float16, extra_vocab=1, tuned_dtype=torch.float32)
+    diff(raw, tuned, tmp_path / "pieces", dtype="fp16", quiet=True)
+    assert ("lm_head.weight", (125, 129)) in small_pieces  # fp16 rows: 5 to a piece
+    monkeypatch.setattr(pipeline, "_PIECE", 2**40)
+    diff(raw, tuned, tmp_path / "whole", dtype="fp16", quiet=True)
+    pieces = file_bytes(tmp_path / "pieces")
+    assert pieces == file_bytes(tmp_path / "whole")
+    # an fp16 diff of an fp32 model: entries say what recovery will give instead
+    assert b'"recovers_to"' in pieces["weightkit.target-manifest.json"]

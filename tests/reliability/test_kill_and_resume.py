@@ -118,6 +118,16 @@ def test_recover_killed_at_random_points_resumes_to_identical_bytes(tmp_path, fm
                     f"recover-{fmt}")
 
 
+def test_diff_killed_at_random_points_resumes_to_identical_bytes(tmp_path):
+    """Also the target manifest: entries of tensors written before the kill come back from the
+    journal, not from a rerun that skipped them."""
+    raw, tuned = make_pair(tmp_path)  # an fp32 "tuned" model against an fp16 raw
+    kill_and_resume(tmp_path, ["--quiet", "diff", "--raw", str(raw), "--tuned", str(tuned),
+                               "--max-shard-size", "3MB", "--device", "cpu"], "diff")
+    target = json.loads((tmp_path / "out" / "weightkit.target-manifest.json").read_text())
+    assert len(target["tensors"]) == LAYERS
+
+
 def test_convert_killed_at_random_points_resumes_to_identical_bytes(tmp_path):
     meta = make_meta(tmp_path)
     kill_and_resume(tmp_path, ["--quiet", "convert", "--input-dir", str(meta),

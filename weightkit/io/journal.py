@@ -36,6 +36,8 @@ class Journal:
         self.path = folder / JOURNAL_NAME
         self.key = key
         self.shards: dict[str, dict[str, ManifestEntry]] = {}
+        # per shard, entries of a second manifest the command builds as it goes (diff's target)
+        self.side: dict[str, dict[str, ManifestEntry]] = {}
 
     @classmethod
     def open(cls, folder: Path, key: str) -> Journal:
@@ -46,6 +48,8 @@ class Journal:
             if doc["key"] == key:
                 journal.shards = {f: Manifest.from_dict(t).entries
                                   for f, t in doc["shards"].items()}
+                journal.side = {f: Manifest.from_dict(t).entries
+                                for f, t in doc.get("side", {}).items()}
                 return journal
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -72,10 +76,14 @@ class Journal:
                 continue
         return done
 
-    def record(self, file_name: str, entries: dict[str, ManifestEntry]) -> None:
+    def record(self, file_name: str, entries: dict[str, ManifestEntry],
+               side: dict[str, ManifestEntry] | None = None) -> None:
         self.shards[file_name] = dict(entries)
+        if side:
+            self.side[file_name] = dict(side)
         doc = {"key": self.key,
-               "shards": {f: Manifest(e).to_dict() for f, e in sorted(self.shards.items())}}
+               "shards": {f: Manifest(e).to_dict() for f, e in sorted(self.shards.items())},
+               "side": {f: Manifest(e).to_dict() for f, e in sorted(self.side.items())}}
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(doc, f)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 
 from weightkit.dtypes import parse_dtype, safetensors_name
-from weightkit.io.reader import open_checkpoint
+from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import tensor_bytes
 from weightkit.io.writer import PlannedTensor
-from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry, sha256_bytes
+from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
 from weightkit.ops.pairing import Pair, pair_checkpoints
@@ -64,26 +65,35 @@ def diff(
         out, jobs, title="diff", inputs=[raw_ckpt.path, tuned_ckpt.path],
         side_files_from=[tuned_ckpt.folder], fmt=fmt, max_shard_size=max_shard_size,
         overwrite=overwrite, device=device, quiet=quiet, dry_run=dry_run, notes=pairing.notes(),
-        finish=finish,
+        finish=finish, side_manifest=target,
     )
 
 
-def _job(p: Pair, raw, tuned, diff_dtype: torch.dtype, target: Manifest) -> Job:
+def _job(p: Pair, raw: Checkpoint, tuned: Checkpoint, diff_dtype: torch.dtype,
+         target: Manifest) -> Job:
     out_dtype = diff_dtype if p.other.dtype.is_floating_point else p.other.dtype
+    shape = p.other.shape
+    rows = shape[0] if shape else 1
+    # the target entry hashes the whole tuned tensor and its recovery; pieces come in row order
+    state = {"want": hashlib.sha256(), "got": hashlib.sha256(), "rows": 0}
 
     def load() -> tuple[torch.Tensor, torch.Tensor]:
         return raw.read(p.name), tuned.read(p.name)
 
+    def load_rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shared = p.raw.shape[0]  # raw may have fewer rows (vocabulary extension)
+        return (raw.read_rows(p.name, min(start, shared), min(stop, shared)),
+                tuned.read_rows(p.name, start, stop))
+
     def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         d = delta.subtract(r, t, out_dtype)
-        target.add(p.name, _target_entry(r, t, d))
+        state["want"].update(tensor_bytes(t))
+        state["got"].update(tensor_bytes(delta.add(r, d, t.dtype)))
+        state["rows"] += t.shape[0] if shape else 1
+        if state["rows"] == rows:
+            want, got = state["want"].hexdigest(), state["got"].hexdigest()
+            target.add(p.name, ManifestEntry(safetensors_name(t.dtype), shape, want,
+                                             None if got == want else got))
         return d
 
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, compute)
-
-
-def _target_entry(r: torch.Tensor, t: torch.Tensor, d: torch.Tensor) -> ManifestEntry:
-    want = sha256_bytes(tensor_bytes(t))
-    got = sha256_bytes(tensor_bytes(delta.add(r, d, t.dtype)))
-    return ManifestEntry(safetensors_name(t.dtype), tuple(t.shape), want,
-                         None if got == want else got)
+    return Job(PlannedTensor(p.name, out_dtype, shape), load, compute, load_rows=load_rows)
