@@ -56,3 +56,21 @@ def test_recover_peak_rss_is_flat_in_model_size(tmp_path):
     assert growth_mb < 24, (small, large)
     # largest tensor is 4 MiB in fp32: the working set stays under 16 tensors' worth
     assert job_mb < 64, (small, large)
+
+
+def test_a_tensor_larger_than_the_budget_streams_in_pieces(tmp_path):
+    """One 16384x4096 tensor: 128 MiB in fp16, 256 MiB as the fp32 diff and the output. Held
+    whole, the job would need at least 384 MiB; in row pieces it needs the in-flight budget."""
+    gen = torch.Generator().manual_seed(0)
+    big = torch.randn(16384, 4096, generator=gen)
+    raw, diff, out = tmp_path / "raw", tmp_path / "diff", tmp_path / "out"
+    raw.mkdir()
+    diff.mkdir()
+    save_file({"lm_head.weight": big.half()}, raw / "model.safetensors")
+    save_file({"lm_head.weight": big.mul_(1e-3)}, diff / "model.safetensors")
+    del big
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(raw), str(diff), str(out)],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    job_mb = (result["peak_kb"] - result["base_kb"]) / 1024
+    assert job_mb < 256, result  # less than the output tensor alone (measured: 231)

@@ -77,5 +77,5 @@ def test_dry_run_checks_and_reports_but_writes_nothing(model_pair, tmp_path):
     assert text.startswith(f"diff (dry run): inputs check out; 21 tensors, 361.73 kB to write to "
                            f"{tmp_path / 'd'} (disk free: ")
     assert text.endswith("Largest tensor: lm_head.weight (32.77 kB); memory needed "
-                         "beyond the program itself: at most 1.09 MB. Nothing was written.")
+                         "beyond the program itself: at most 1.63 MB. Nothing was written.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama-raw", "llama-tuned"]
