@@ -55,6 +55,19 @@ def test_read_rows_reads_only_those_rows(tmp_path):
     assert torch.equal(bin_file.read_rows("t", 1, 4), base.t()[1:4])  # not row-major: cut
 
 
+def test_manifest_entry_hashed_in_pieces_equals_the_whole_tensors(tmp_path):
+    from weightkit.manifest import ManifestEntry
+
+    save_file(STATE, tmp_path / "model.safetensors")
+    save_bin_shards(STATE, tmp_path / "bin", 2)
+    for ckpt in (open_checkpoint(tmp_path / "model.safetensors"),
+                 open_checkpoint(tmp_path / "bin")):
+        for name, t in STATE.items():
+            whole = ManifestEntry.of(t)
+            assert ckpt.manifest_entry(name, piece_bytes=10) == whole  # rows of 16, 2, 6 bytes
+            assert ckpt.manifest_entry(name) == whole
+
+
 def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
 

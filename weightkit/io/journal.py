@@ -70,7 +70,7 @@ class Journal:
                 continue
             try:
                 ckpt = open_checkpoint(path)
-                if all(ManifestEntry.of(ckpt.read(n)) == recorded[n] for n in recorded):
+                if all(ckpt.manifest_entry(n) == recorded[n] for n in recorded):
                     done.add(i)
             except Exception:  # noqa: BLE001 - a damaged shard is simply written again
                 continue

@@ -7,16 +7,19 @@ Listing names, shapes and dtypes reads headers only; `read(name)` reads one tens
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from weightkit.dtypes import safetensors_name
 from weightkit.errors import InputError
 from weightkit.io.safetensors_file import SafetensorsFile
-from weightkit.io.tensor_info import TensorInfo
+from weightkit.io.tensor_info import TensorInfo, tensor_bytes
 from weightkit.io.torch_file import TorchFile
+from weightkit.manifest import ManifestEntry
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
@@ -64,6 +67,19 @@ class Checkpoint:
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the tensor's first dimension, in a fresh CPU buffer."""
         return self._backends[self._where[name]].read_rows(name, start, stop)
+
+    def manifest_entry(self, name: str, piece_bytes: int = 32 * 2**20) -> ManifestEntry:
+        """The tensor's manifest entry, its bytes hashed a piece of rows at a time: memory stays
+        at one piece however large the tensor is."""
+        info = self.infos[name]
+        if len(info.shape) == 0 or info.nbytes <= piece_bytes:
+            return ManifestEntry.of(self.read(name))
+        digest = hashlib.sha256()
+        step = max(1, piece_bytes // (info.nbytes // info.shape[0] or 1))
+        for start in range(0, info.shape[0], step):
+            digest.update(tensor_bytes(self.read_rows(name, start, min(start + step,
+                                                                       info.shape[0]))))
+        return ManifestEntry(safetensors_name(info.dtype), info.shape, digest.hexdigest())
 
     @property
     def total_bytes(self) -> int:

@@ -377,7 +377,7 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
 
 
 def _tensor_entry(ckpt: Checkpoint, name: str) -> ManifestEntry:
-    return ManifestEntry.of(ckpt.read(name))
+    return ckpt.manifest_entry(name)
 
 
 def _tensor_row(name: str, want: ManifestEntry, got: ManifestEntry | None) -> Row:
