@@ -2,7 +2,7 @@
 whole-model baseline, in subprocesses with a cold page cache.
 
     python benchmarks/run.py [--sizes 0.3B,1.1B,3B] [--jobs recover,merge-lora,convert,verify]
-                             [--dir DIR] [--baseline-max 1.1B]
+                             [--dir DIR] [--keep] [--baseline-max 1.1B]
 
 For each size, with a fixed seed (synthetic.py): raw fp16 + fp32 diff, a LoRA adapter r=16 on
 q/k/v/o/gate/up/down, and a raw Meta checkpoint in 2 model-parallel shards. Then, each in its own
@@ -68,7 +68,8 @@ def bench_recover(work: Path, size: str, baseline: bool) -> list[str]:
 
 def bench_merge_lora_job(work: Path, size: str, baseline: bool) -> list[str]:
     base, adapter, out = work / "raw", work / "adapter", work / "out"
-    bench_merge_lora.write_adapter(adapter, size, rank=16, seed=2)
+    if not adapter.is_dir():
+        bench_merge_lora.write_adapter(adapter, size, rank=16, seed=2)
     rows = []
     limit = copy_limit([base, adapter], folder_bytes(base), work)
     drop_caches()
@@ -98,8 +99,9 @@ bench_convert.naive_convert(Path(sys.argv[2]), Path(sys.argv[3]))
 def bench_convert_job(work: Path, size: str, baseline: bool) -> list[str]:
     hidden, _, layers, heads, _, vocab = SHAPES[size]
     meta, out = work / "meta", work / "out"
-    meta.mkdir()
-    bench_convert.make_raw(meta, hidden, layers, heads, 2, vocab, "fp16")
+    if not meta.is_dir():
+        meta.mkdir()
+        bench_convert.make_raw(meta, hidden, layers, heads, 2, vocab, "fp16")
     rows = []
     limit = copy_limit([meta], folder_bytes(meta), work)
     drop_caches()
@@ -113,7 +115,6 @@ def bench_convert_job(work: Path, size: str, baseline: bool) -> list[str]:
         rows.append(row("convert raw → HF", "naive (all shards loaded, as transformers does)",
                         size, m, limit))
         shutil.rmtree(out)
-    shutil.rmtree(meta)
     return rows
 
 
@@ -137,6 +138,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="0.3B,1.1B", help=f"from {', '.join(SHAPES)}")
     ap.add_argument("--jobs", default="recover,merge-lora,convert,verify")
     ap.add_argument("--dir", type=Path, default=None, help="where the families are made")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the families in DIR/SIZE and reuse them on the next run (they "
+                         "take minutes to make; same seeds, same bytes)")
     ap.add_argument("--baseline-max", default="1.1B",
                     help="largest size to run the whole-model baseline on (it needs the RAM)")
     args = ap.parse_args()
@@ -147,11 +151,16 @@ def main() -> None:
           f"page cache dropped: {'yes' if drop_caches() else 'no (not permitted)'}\n")
     print("| job | size | tool | wall s | peak RSS GiB | copy limit s | × copy limit |")
     print("|---|---|---|---|---|---|---|")
+    if args.keep and args.dir is None:
+        ap.error("--keep needs --dir")
     for size in sizes:
-        work = Path(tempfile.mkdtemp(prefix=f"wk-bench-{size}-", dir=args.dir))
+        work = (args.dir / size if args.keep
+                else Path(tempfile.mkdtemp(prefix=f"wk-bench-{size}-", dir=args.dir)))
         try:
-            write_model(work / "raw", size, torch.float16, seed=0)
-            write_model(work / "diff", size, torch.float32, seed=1, scale=1e-4)
+            if not (work / ".complete").is_file():
+                write_model(work / "raw", size, torch.float16, seed=0)
+                write_model(work / "diff", size, torch.float32, seed=1, scale=1e-4)
+                (work / ".complete").write_text("raw and diff written\n")
             baseline = list(SHAPES).index(size) <= list(SHAPES).index(args.baseline_max)
             if "recover" in jobs:
                 print("\n".join(bench_recover(work, size, baseline)), flush=True)
@@ -162,7 +171,8 @@ def main() -> None:
             if "verify" in jobs:
                 print("\n".join(bench_verify(work, size)), flush=True)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
