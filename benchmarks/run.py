@@ -2,7 +2,7 @@
 whole-model baseline, in subprocesses with a cold page cache.
 
     python benchmarks/run.py [--sizes 0.3B,1.1B,3B] [--jobs recover,merge-lora,convert,verify]
-                             [--dir DIR] [--keep] [--baseline-max 1.1B]
+                             [--repeat N] [--dir DIR] [--keep] [--baseline-max 1.1B]
 
 For each size, with a fixed seed (synthetic.py): raw fp16 + fp32 diff, a LoRA adapter r=16 on
 q/k/v/o/gate/up/down, and a raw Meta checkpoint in 2 model-parallel shards. Then, each in its own
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,22 +43,41 @@ raw.save_pretrained(sys.argv[3])
 WK = [sys.executable, "-m", "weightkit", "--quiet"]
 
 
-def row(job: str, tool: str, size: str, m: dict, limit: float | None) -> str:
-    ratio = f"{m['seconds'] / limit:.2f}×" if limit else "—"
+def row(job: str, tool: str, size: str, m: dict, limit: float | None,
+        ratios: list[float] | None = None) -> str:
+    if not limit:
+        return f"| {job} | {size} | {tool} | {m['seconds']:.1f} | {m['rss_gb']:.2f} | — | — |"
+    ratio = f"{m['seconds'] / limit:.2f}×"
+    if ratios and len(ratios) > 1:
+        ratio = f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
     return (f"| {job} | {size} | {tool} | {m['seconds']:.1f} | {m['rss_gb']:.2f} | "
-            f"{limit:.1f} | {ratio} |" if limit else
-            f"| {job} | {size} | {tool} | {m['seconds']:.1f} | {m['rss_gb']:.2f} | — | — |")
+            f"{limit:.1f} | {ratio} |")
 
 
-def bench_recover(work: Path, size: str, baseline: bool) -> list[str]:
+def against_copy_limit(cmd: list[str], inputs: list[Path], out_bytes: int, work: Path,
+                       out: Path, repeat: int) -> tuple[dict, float, list[float]]:
+    """Run `cmd` `repeat` times, each right after timing the copy limit (the disk's speed
+    drifts, so each run is paired with a limit measured next to it). Returns the median run
+    (with the largest peak RSS of all), the median limit and each pair's ratio."""
+    runs, limits = [], []
+    for _ in range(repeat):
+        limits.append(copy_limit(inputs, out_bytes, work))
+        drop_caches()
+        runs.append(measure(cmd))
+        shutil.rmtree(out)
+    median = sorted(runs, key=lambda m: m["seconds"])[len(runs) // 2]
+    median = {**median, "rss_gb": max(m["rss_gb"] for m in runs)}
+    return (median, statistics.median(limits),
+            [m["seconds"] / limit for m, limit in zip(runs, limits, strict=True)])
+
+
+def bench_recover(work: Path, size: str, baseline: bool, repeat: int) -> list[str]:
     raw, diff, out = work / "raw", work / "diff", work / "out"
-    rows = []
-    limit = copy_limit([raw, diff], folder_bytes(diff), work)
-    drop_caches()
-    m = measure([*WK, "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(out),
-                 "--device", "cpu"])
-    rows.append(row("recover fp32 diff", "weightkit", size, m, limit))
-    shutil.rmtree(out)
+    cmd = [*WK, "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(out),
+           "--device", "cpu"]
+    m, limit, ratios = against_copy_limit(cmd, [raw, diff], folder_bytes(diff), work, out,
+                                          repeat)
+    rows = [row("recover fp32 diff", "weightkit", size, m, limit, ratios)]
     if baseline:
         drop_caches()
         m = measure([sys.executable, "-c", NAIVE_RECOVER, str(raw), str(diff), str(out)])
@@ -66,17 +86,15 @@ def bench_recover(work: Path, size: str, baseline: bool) -> list[str]:
     return rows
 
 
-def bench_merge_lora_job(work: Path, size: str, baseline: bool) -> list[str]:
+def bench_merge_lora_job(work: Path, size: str, baseline: bool, repeat: int) -> list[str]:
     base, adapter, out = work / "raw", work / "adapter", work / "out"
     if not adapter.is_dir():
         bench_merge_lora.write_adapter(adapter, size, rank=16, seed=2)
-    rows = []
-    limit = copy_limit([base, adapter], folder_bytes(base), work)
-    drop_caches()
-    m = measure([*WK, "merge-lora", "--base", str(base), "--lora", str(adapter), "--out",
-                 str(out), "--device", "cpu"])
-    rows.append(row("merge-lora r=16, 7 modules", "weightkit", size, m, limit))
-    shutil.rmtree(out)
+    cmd = [*WK, "merge-lora", "--base", str(base), "--lora", str(adapter), "--out", str(out),
+           "--device", "cpu"]
+    m, limit, ratios = against_copy_limit(cmd, [base, adapter], folder_bytes(base), work, out,
+                                          repeat)
+    rows = [row("merge-lora r=16, 7 modules", "weightkit", size, m, limit, ratios)]
     if baseline:
         drop_caches()
         m = measure([sys.executable, "-c", bench_merge_lora._PEFT_MERGE, str(base), str(adapter),
@@ -96,18 +114,15 @@ bench_convert.naive_convert(Path(sys.argv[2]), Path(sys.argv[3]))
 """
 
 
-def bench_convert_job(work: Path, size: str, baseline: bool) -> list[str]:
+def bench_convert_job(work: Path, size: str, baseline: bool, repeat: int) -> list[str]:
     hidden, _, layers, heads, _, vocab = SHAPES[size]
     meta, out = work / "meta", work / "out"
     if not meta.is_dir():
         meta.mkdir()
         bench_convert.make_raw(meta, hidden, layers, heads, 2, vocab, "fp16")
-    rows = []
-    limit = copy_limit([meta], folder_bytes(meta), work)
-    drop_caches()
-    m = measure([*WK, "convert", "--input-dir", str(meta), "--out", str(out)])
-    rows.append(row("convert raw → HF", "weightkit", size, m, limit))
-    shutil.rmtree(out)
+    cmd = [*WK, "convert", "--input-dir", str(meta), "--out", str(out)]
+    m, limit, ratios = against_copy_limit(cmd, [meta], folder_bytes(meta), work, out, repeat)
+    rows = [row("convert raw → HF", "weightkit", size, m, limit, ratios)]
     if baseline:
         drop_caches()
         m = measure([sys.executable, "-c", NAIVE_CONVERT, str(Path(__file__).parent), str(meta),
@@ -138,6 +153,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="0.3B,1.1B", help=f"from {', '.join(SHAPES)}")
     ap.add_argument("--jobs", default="recover,merge-lora,convert,verify")
     ap.add_argument("--dir", type=Path, default=None, help="where the families are made")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each weightkit job, each paired with its own copy-limit "
+                         "timing; the table shows the median and the range of the ratios")
     ap.add_argument("--keep", action="store_true",
                     help="keep the families in DIR/SIZE and reuse them on the next run (they "
                          "take minutes to make; same seeds, same bytes)")
@@ -163,11 +181,13 @@ def main() -> None:
                 (work / ".complete").write_text("raw and diff written\n")
             baseline = list(SHAPES).index(size) <= list(SHAPES).index(args.baseline_max)
             if "recover" in jobs:
-                print("\n".join(bench_recover(work, size, baseline)), flush=True)
+                print("\n".join(bench_recover(work, size, baseline, args.repeat)), flush=True)
             if "merge-lora" in jobs:
-                print("\n".join(bench_merge_lora_job(work, size, baseline)), flush=True)
+                print("\n".join(bench_merge_lora_job(work, size, baseline, args.repeat)),
+                      flush=True)
             if "convert" in jobs:
-                print("\n".join(bench_convert_job(work, size, baseline)), flush=True)
+                print("\n".join(bench_convert_job(work, size, baseline, args.repeat)),
+                      flush=True)
             if "verify" in jobs:
                 print("\n".join(bench_verify(work, size)), flush=True)
         finally:

@@ -1,10 +1,11 @@
 """The streaming engine every command runs on: read ahead, compute, write behind.
 
-A command turns its work into a list of `Job`s, one per output tensor, in output order. Three
-stages overlap: a reader thread loads the inputs of the next jobs, the calling thread does the
-arithmetic on the chosen device, and a writer thread hashes and writes finished tensors. Queues
-are bounded and so are the bytes in flight, so peak memory follows the largest tensor, not the
-model; read buffers come from a pool so each tensor does not pay for fresh pages.
+A command turns its work into a list of `Job`s, one per output tensor, in output order; a job
+whose arithmetic works row by row is cut into `Piece`s of at most 32 MiB. Three stages overlap:
+a reader thread loads the inputs of the next pieces, the calling thread does the arithmetic on
+the chosen device, and a writer thread hashes and writes finished pieces. Queues are bounded and
+so are the bytes in flight, so peak memory follows the largest piece, not the model; buffers
+come from a pool so each piece does not pay for fresh pages.
 """
 
 from __future__ import annotations

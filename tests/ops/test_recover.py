@@ -10,10 +10,10 @@ import torch
 from conftest import file_bytes, save_bin_shards, tensors
 from safetensors.torch import load_file
 
+from weightkit import pipeline
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import open_checkpoint
 from weightkit.ops.diff import diff
-from weightkit import pipeline
 from weightkit.ops.recover import recover
 
 
