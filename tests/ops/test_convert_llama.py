@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,7 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("case", ["llama1", "llama2", "llama3", "llama3.1", "llama3.2"])
 def test_reproduces_the_hf_model_bit_for_bit(raw, tmp_path, case):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     rc = raw(case)
     result = convert(rc, tmp_path / "out")
@@ -100,9 +102,15 @@ def test_reproduces_the_hf_model_bit_for_bit(raw, tmp_path, case):
         assert torch.equal(got[name], want[name]), name
     assert result.tensors == len(want)
 
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    config.pop("transformers_version")
-    assert config == EXPECTED_CONFIG[case]
+    # weightkit writes config.json itself, in the rope_theta/rope_scaling layout; the installed
+    # transformers reads it into exactly the config its own converter would have saved
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "transformers_version" not in written and "rope_parameters" not in written
+    LlamaConfig.from_pretrained(tmp_path / "out").save_pretrained(tmp_path / "resaved")
+    resaved = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    resaved.pop("transformers_version")
+    assert resaved == EXPECTED_CONFIG[case]
+    config = written
     generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
     assert {k: generation[k] for k in ("do_sample", "temperature", "top_p", "bos_token_id",
                                        "eos_token_id")} == {
@@ -180,7 +188,7 @@ def test_bf16_is_the_original_cast_to_bf16(raw, tmp_path):
         assert w.dtype == torch.float16
         assert got[name].dtype == torch.bfloat16
         assert torch.equal(got[name], w.to(torch.bfloat16)), name
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == "bfloat16"
 
 
 def test_bin_output_in_several_shards_loads(raw, tmp_path):
@@ -389,6 +397,12 @@ def test_without_a_tokenizer_the_weights_still_convert(raw, tmp_path):
     assert any("without a tokenizer" in n for n in result.notes)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 576
     assert not (tmp_path / "out" / "tokenizer.json").exists()
+    # transformers is imported for the tokenizer only: config.json is weightkit's own
+    code = ("import sys; from weightkit.ops.convert_llama import convert_llama; "
+            f"convert_llama({str(input_dir)!r}, {str(tmp_path / 'again')!r}, quiet=True); "
+            "print('transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_cli(raw, tmp_path, capsys):

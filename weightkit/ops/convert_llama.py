@@ -156,21 +156,19 @@ def convert_llama(
     if forced is not None:
         notes.append(f"Cast to {short_name(forced)} as asked.")
 
-    def side_files() -> tuple[list, object, list[str]]:
-        # transformers takes seconds to import and the tokenizer to convert: done in a thread
+    def side_files() -> tuple[object, list[str]]:
+        # importing transformers and converting the tokenizer take seconds: done in a thread
         # while the weights stream (the work there is I/O and torch, which free the GIL)
-        config_files = llama_params.hf_config_files(config, str(out_dtype).removeprefix("torch."))
         if tok_path is None:
-            return config_files, None, []
-        return config_files, *_tokenizer(tok_path, tok_kind, version, instruct, vocab_size)
+            return None, []
+        return _tokenizer(tok_path, tok_kind, version, instruct, vocab_size)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="weightkit-side-files") as background:
+    with ThreadPoolExecutor(1, thread_name_prefix="weightkit-tokenizer") as background:
         prepared = None if dry_run else background.submit(side_files)
 
         def finish(tmp: Path) -> list[str]:
-            config_files, tokenizer, tok_notes = prepared.result()
-            for f in config_files:
-                f.save_pretrained(tmp)
+            llama_params.write_config_files(tmp, config, str(out_dtype).removeprefix("torch."))
+            tokenizer, tok_notes = prepared.result()
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
                 if tok_kind == llama_tokenizer.SENTENCEPIECE:

@@ -193,12 +193,24 @@ def generation_config(config: dict[str, Any]) -> dict[str, Any]:
             "bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
 
 
-def hf_config_files(config: dict[str, Any], dtype_name: str) -> list[Any]:
-    """The LlamaConfig and GenerationConfig to save_pretrained (config.json and
-    generation_config.json), built by the installed transformers so it can load them."""
-    from transformers import GenerationConfig, LlamaConfig
+def config_json(config: dict[str, Any], dtype_name: str) -> dict[str, Any]:
+    """config.json for `hf_config`'s arguments: LlamaConfig's fields in the layout every
+    transformers since 4.43 reads (rope_theta + rope_scaling; newer versions turn them into
+    rope_parameters on load). Written without transformers: importing it for LlamaConfig took
+    2-8 s, longer than converting a small model's weights, and its output names its version."""
+    return dict(sorted({
+        "attention_bias": False, "attention_dropout": 0.0, "hidden_act": "silu",
+        "initializer_range": 0.02, "mlp_bias": False, "model_type": "llama",
+        "pretraining_tp": 1, "use_cache": True,
+        "head_dim": config["hidden_size"] // config["num_attention_heads"],
+        **config,
+        # the converter writes float16 here whatever it saved; this is the weights' dtype
+        "torch_dtype": dtype_name,
+    }.items()))
 
-    hf = LlamaConfig(**config)
-    # the converter writes float16 here whatever it saved; this is the dtype of the weights
-    hf.dtype = dtype_name
-    return [hf, GenerationConfig(**generation_config(config))]
+
+def write_config_files(folder: Path, config: dict[str, Any], dtype_name: str) -> None:
+    """config.json and generation_config.json, the same bytes on every install."""
+    for name, doc in (("config.json", config_json(config, dtype_name)),
+                      ("generation_config.json", generation_config(config))):
+        (folder / name).write_text(json.dumps(doc, indent=2) + "\n")
