@@ -99,7 +99,7 @@ def model_pair(tmp_path: Path):
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Make the pipeline cut every tensor it can into pieces of at most 700 bytes (real runs
-    cut at 32 MiB); returns the (name, rows) of every piece written."""
+    cut at 16 MiB); returns the (name, rows) of every piece written."""
     import weightkit.pipeline as pipeline
     from weightkit.io.writer import ShardWriter
 

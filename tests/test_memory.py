@@ -73,4 +73,4 @@ def test_a_tensor_larger_than_the_budget_streams_in_pieces(tmp_path):
                           capture_output=True, text=True, check=True)
     result = json.loads(done.stdout)
     job_mb = (result["peak_kb"] - result["base_kb"]) / 1024
-    assert job_mb < 256, result  # less than the output tensor alone (measured: 231)
+    assert job_mb < 256, result  # less than the output tensor alone (measured: 167-191)
