@@ -71,19 +71,28 @@ def against_copy_limit(cmd: list[str], inputs: list[Path], out_bytes: int, work:
             [m["seconds"] / limit for m, limit in zip(runs, limits, strict=True)])
 
 
+def bench_job(job: str, size: str, cmd: list[str], inputs: list[Path], out_bytes: int,
+              work: Path, out: Path, repeat: int,
+              baseline: tuple[str, list[str]] | None) -> list[str]:
+    """weightkit's rows against the copy limit, then the baseline's (tool, command) once."""
+    m, limit, ratios = against_copy_limit(cmd, inputs, out_bytes, work, out, repeat)
+    rows = [row(job, "weightkit", size, m, limit, ratios)]
+    if baseline is not None:
+        tool, baseline_cmd = baseline
+        drop_caches()
+        rows.append(row(job, tool, size, measure(baseline_cmd), limit))
+        shutil.rmtree(out)
+    return rows
+
+
 def bench_recover(work: Path, size: str, baseline: bool, repeat: int) -> list[str]:
     raw, diff, out = work / "raw", work / "diff", work / "out"
     cmd = [*WK, "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(out),
            "--device", "cpu"]
-    m, limit, ratios = against_copy_limit(cmd, [raw, diff], folder_bytes(diff), work, out,
-                                          repeat)
-    rows = [row("recover fp32 diff", "weightkit", size, m, limit, ratios)]
-    if baseline:
-        drop_caches()
-        m = measure([sys.executable, "-c", NAIVE_RECOVER, str(raw), str(diff), str(out)])
-        rows.append(row("recover fp32 diff", "naive (transformers, whole models)", size, m, limit))
-        shutil.rmtree(out)
-    return rows
+    naive = ("naive (transformers, whole models)",
+             [sys.executable, "-c", NAIVE_RECOVER, str(raw), str(diff), str(out)])
+    return bench_job("recover fp32 diff", size, cmd, [raw, diff], folder_bytes(diff), work, out,
+                     repeat, naive if baseline else None)
 
 
 def bench_merge_lora_job(work: Path, size: str, baseline: bool, repeat: int) -> list[str]:
@@ -92,17 +101,11 @@ def bench_merge_lora_job(work: Path, size: str, baseline: bool, repeat: int) -> 
         bench_merge_lora.write_adapter(adapter, size, rank=16, seed=2)
     cmd = [*WK, "merge-lora", "--base", str(base), "--lora", str(adapter), "--out", str(out),
            "--device", "cpu"]
-    m, limit, ratios = against_copy_limit(cmd, [base, adapter], folder_bytes(base), work, out,
-                                          repeat)
-    rows = [row("merge-lora r=16, 7 modules", "weightkit", size, m, limit, ratios)]
-    if baseline:
-        drop_caches()
-        m = measure([sys.executable, "-c", bench_merge_lora._PEFT_MERGE, str(base), str(adapter),
-                     str(out)])
-        rows.append(row("merge-lora r=16, 7 modules", "peft merge_and_unload + save", size, m,
-                        limit))
-        shutil.rmtree(out)
-    return rows
+    peft = ("peft merge_and_unload + save",
+            [sys.executable, "-c", bench_merge_lora._PEFT_MERGE, str(base), str(adapter),
+             str(out)])
+    return bench_job("merge-lora r=16, 7 modules", size, cmd, [base, adapter],
+                     folder_bytes(base), work, out, repeat, peft if baseline else None)
 
 
 NAIVE_CONVERT = """
@@ -121,16 +124,11 @@ def bench_convert_job(work: Path, size: str, baseline: bool, repeat: int) -> lis
         meta.mkdir()
         bench_convert.make_raw(meta, hidden, layers, heads, 2, vocab, "fp16")
     cmd = [*WK, "convert", "--input-dir", str(meta), "--out", str(out)]
-    m, limit, ratios = against_copy_limit(cmd, [meta], folder_bytes(meta), work, out, repeat)
-    rows = [row("convert raw → HF", "weightkit", size, m, limit, ratios)]
-    if baseline:
-        drop_caches()
-        m = measure([sys.executable, "-c", NAIVE_CONVERT, str(Path(__file__).parent), str(meta),
-                     str(out)])
-        rows.append(row("convert raw → HF", "naive (all shards loaded, as transformers does)",
-                        size, m, limit))
-        shutil.rmtree(out)
-    return rows
+    naive = ("naive (all shards loaded, as transformers does)",
+             [sys.executable, "-c", NAIVE_CONVERT, str(Path(__file__).parent), str(meta),
+              str(out)])
+    return bench_job("convert raw → HF", size, cmd, [meta], folder_bytes(meta), work, out,
+                     repeat, naive if baseline else None)
 
 
 def bench_verify(work: Path, size: str) -> list[str]:

@@ -14,6 +14,7 @@ import ctypes
 import errno
 import functools
 import hashlib
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -28,11 +29,11 @@ from weightkit.errors import InputError, OutputError
 from weightkit.io.buffers import BufferPool, empty_tensor, release, use_pool
 from weightkit.io.journal import Journal, run_key
 from weightkit.io.output import OutputFolder, copy_side_files, free_bytes
-from weightkit.io.tensor_info import tensor_bytes
+from weightkit.io.tensor_info import PIECE_BYTES, row_ranges, tensor_bytes
 from weightkit.io.writer import (
-    FORMATS,
     PlannedTensor,
     ShardWriter,
+    check_format,
     parse_size,
     plan_shards,
     shard_file_names,
@@ -46,11 +47,7 @@ _WRITE_BEHIND = 2
 # let several large tensors pile up, so peak memory would grow with the tensors' size. Four
 # pieces: one being read, one computed, one written, one spare (more gained nothing measured).
 _IN_FLIGHT = 128 * 2**20
-# Largest piece of a tensor that can be computed row by row: small enough that the queues, not
-# the budget, bound what is in flight (so peak memory is the same at 0.3B and 3B: 32 MiB pieces
-# gave 0.45 / 0.58 / 0.60 GiB, 16 MiB 0.45 / 0.45 / 0.45), large enough that per-piece costs (a
-# read call, a queue hop) do not show.
-_PIECE = 16 * 2**20
+_PIECE = PIECE_BYTES
 _DONE = object()
 
 
@@ -75,9 +72,8 @@ class Job:
         shape = self.out.shape
         if self.load_rows is None or not shape or self.out.nbytes <= max_bytes:
             return [Piece(self, None)]
-        row = self.out.nbytes // shape[0]
-        step = max(self.row_multiple, max_bytes // row // self.row_multiple * self.row_multiple)
-        return [Piece(self, (a, min(a + step, shape[0]))) for a in range(0, shape[0], step)]
+        return [Piece(self, rows) for rows in row_ranges(
+            shape[0], self.out.nbytes // shape[0], max_bytes, self.row_multiple)]
 
 
 @dataclass(frozen=True)
@@ -94,10 +90,7 @@ class Piece:
 
     @property
     def nbytes(self) -> int:
-        n = self.job.out.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape) * self.job.out.dtype.itemsize
 
     @property
     def first(self) -> bool:
@@ -406,8 +399,7 @@ def write_checkpoint(
     plan = [j.out for j in jobs]
     if not plan:
         raise InputError(f"{title}: nothing to write (the inputs hold no tensors)")
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
+    check_format(fmt)
     dev = resolve_device(device)
     needed = sum(t.nbytes for t in plan)
     folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite, needed_bytes=needed)

@@ -8,6 +8,7 @@ once the tensor that used them is written. Outside a run, reads allocate as usua
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable
 
@@ -58,10 +59,7 @@ def empty_bytes(nbytes: int) -> torch.Tensor:
 
 def empty_tensor(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor, pooled as empty_bytes is (give it back with `release`)."""
-    numel = 1
-    for d in shape:
-        numel *= d
-    return empty_bytes(numel * dtype.itemsize).view(dtype).view(tuple(shape))
+    return empty_bytes(math.prod(shape) * dtype.itemsize).view(dtype).view(tuple(shape))
 
 
 def use_pool(pool: BufferPool | None) -> None:

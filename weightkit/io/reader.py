@@ -17,7 +17,7 @@ import torch
 from weightkit.dtypes import safetensors_name
 from weightkit.errors import InputError
 from weightkit.io.safetensors_file import SafetensorsFile
-from weightkit.io.tensor_info import TensorInfo, tensor_bytes
+from weightkit.io.tensor_info import PIECE_BYTES, TensorInfo, row_ranges, tensor_bytes
 from weightkit.io.torch_file import TorchFile
 from weightkit.manifest import ManifestEntry
 
@@ -68,17 +68,15 @@ class Checkpoint:
         """Rows [start, stop) of the tensor's first dimension, in a fresh CPU buffer."""
         return self._backends[self._where[name]].read_rows(name, start, stop)
 
-    def manifest_entry(self, name: str, piece_bytes: int = 32 * 2**20) -> ManifestEntry:
+    def manifest_entry(self, name: str, piece_bytes: int = PIECE_BYTES) -> ManifestEntry:
         """The tensor's manifest entry, its bytes hashed a piece of rows at a time: memory stays
         at one piece however large the tensor is."""
         info = self.infos[name]
         if len(info.shape) == 0 or info.nbytes <= piece_bytes:
             return ManifestEntry.of(self.read(name))
         digest = hashlib.sha256()
-        step = max(1, piece_bytes // (info.nbytes // info.shape[0] or 1))
-        for start in range(0, info.shape[0], step):
-            digest.update(tensor_bytes(self.read_rows(name, start, min(start + step,
-                                                                       info.shape[0]))))
+        for start, stop in row_ranges(info.shape[0], info.nbytes // info.shape[0], piece_bytes):
+            digest.update(tensor_bytes(self.read_rows(name, start, stop)))
         return ManifestEntry(safetensors_name(info.dtype), info.shape, digest.hexdigest())
 
     @property

@@ -42,6 +42,11 @@ class PlannedTensor:
         return n
 
 
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
+
+
 def parse_size(text: str | int) -> int:
     """'5GB' -> 5_000_000_000, '2GiB' -> 2**31, as huggingface does."""
     if isinstance(text, int):
@@ -93,8 +98,7 @@ class ShardWriter:
         done: set[int] = frozenset(),
         on_shard_done: Callable[[int], None] | None = None,
     ) -> None:
-        if fmt not in FORMATS:
-            raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
+        check_format(fmt)
         self.folder = folder
         self.fmt = fmt
         self.shards = plan_shards(plan, parse_size(max_shard_size))

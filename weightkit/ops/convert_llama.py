@@ -22,7 +22,7 @@ from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.output import OutputFolder
 from weightkit.io.reader import Checkpoint, open_checkpoint
-from weightkit.io.writer import FORMATS, PlannedTensor
+from weightkit.io.writer import PlannedTensor, check_format
 from weightkit.ops import llama_params, llama_tokenizer
 from weightkit.ops.llama_params import LlamaParams
 from weightkit.pipeline import Job, WriteResult, identity, write_checkpoint
@@ -149,26 +149,21 @@ def convert_llama(
     # a wrong --out or --format fails now, not after minutes of hashing
     OutputFolder(out, inputs=inputs, overwrite=overwrite,
                  needed_bytes=sum(j.out.nbytes for j in jobs))
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
+    check_format(fmt)
     if verify:
         notes += verify_checklists(folder, tok_path, quiet)
     if forced is not None:
         notes.append(f"Cast to {short_name(forced)} as asked.")
 
-    def side_files() -> tuple[object, list[str]]:
+    with ThreadPoolExecutor(1, thread_name_prefix="weightkit-tokenizer") as background:
         # importing transformers and converting the tokenizer take seconds: done in a thread
         # while the weights stream (the work there is I/O and torch, which free the GIL)
-        if tok_path is None:
-            return None, []
-        return _tokenizer(tok_path, tok_kind, version, instruct, vocab_size)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="weightkit-tokenizer") as background:
-        prepared = None if dry_run else background.submit(side_files)
+        prepared = (background.submit(_tokenizer, tok_path, tok_kind, version, instruct,
+                                      vocab_size) if tok_path is not None and not dry_run else None)
 
         def finish(tmp: Path) -> list[str]:
             llama_params.write_config_files(tmp, config, str(out_dtype).removeprefix("torch."))
-            tokenizer, tok_notes = prepared.result()
+            tokenizer, tok_notes = prepared.result() if prepared is not None else (None, [])
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
                 if tok_kind == llama_tokenizer.SENTENCEPIECE:

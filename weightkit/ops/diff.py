@@ -72,28 +72,35 @@ def diff(
 def _job(p: Pair, raw: Checkpoint, tuned: Checkpoint, diff_dtype: torch.dtype,
          target: Manifest) -> Job:
     out_dtype = diff_dtype if p.other.dtype.is_floating_point else p.other.dtype
-    shape = p.other.shape
-    rows = shape[0] if shape else 1
-    # the target entry hashes the whole tuned tensor and its recovery; pieces come in row order
-    state = {"want": hashlib.sha256(), "got": hashlib.sha256(), "rows": 0}
-
-    def load() -> tuple[torch.Tensor, torch.Tensor]:
-        return raw.read(p.name), tuned.read(p.name)
-
-    def load_rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = p.raw.shape[0]  # raw may have fewer rows (vocabulary extension)
-        return (raw.read_rows(p.name, min(start, shared), min(stop, shared)),
-                tuned.read_rows(p.name, start, stop))
+    entry = _TargetEntry(p.other.shape)
 
     def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         d = delta.subtract(r, t, out_dtype)
-        state["want"].update(tensor_bytes(t))
-        state["got"].update(tensor_bytes(delta.add(r, d, t.dtype)))
-        state["rows"] += t.shape[0] if shape else 1
-        if state["rows"] == rows:
-            want, got = state["want"].hexdigest(), state["got"].hexdigest()
-            target.add(p.name, ManifestEntry(safetensors_name(t.dtype), shape, want,
-                                             None if got == want else got))
+        if entry.add(t, delta.add(r, d, t.dtype)):
+            target.add(p.name, entry.result(t.dtype))
         return d
 
-    return Job(PlannedTensor(p.name, out_dtype, shape), load, compute, load_rows=load_rows)
+    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), lambda: p.read(raw, tuned),
+               compute, load_rows=lambda start, stop: p.read_rows(raw, tuned, start, stop))
+
+
+class _TargetEntry:
+    """One tensor's target-manifest entry, hashed as its pieces arrive (in row order): the
+    tuned bytes, and the bytes recovery from the stored diff will give."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.rows_left = shape[0] if shape else 1
+        self.want, self.got = hashlib.sha256(), hashlib.sha256()
+
+    def add(self, tuned: torch.Tensor, recovered: torch.Tensor) -> bool:
+        """Hash one piece; True once the last one is in."""
+        self.want.update(tensor_bytes(tuned))
+        self.got.update(tensor_bytes(recovered))
+        self.rows_left -= tuned.shape[0] if self.shape else 1
+        return self.rows_left == 0
+
+    def result(self, dtype: torch.dtype) -> ManifestEntry:
+        want, got = self.want.hexdigest(), self.got.hexdigest()
+        return ManifestEntry(safetensors_name(dtype), self.shape, want,
+                             None if got == want else got)

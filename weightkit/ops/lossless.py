@@ -209,7 +209,7 @@ def _write_diff(tmp: Path, pairing: Pairing, raw: Checkpoint, tuned: Checkpoint,
     with ByteProgress("diff --lossless", sum(t.nbytes for t in plan), len(plan),
                       quiet) as progress:
         for p in pairing.pairs:
-            r, t = raw.read(p.name), tuned.read(p.name)
+            r, t = p.read(raw, tuned)
             target.add(p.name, ManifestEntry.of(t))
             writer.write(p.name, encode(r, t, level))
             progress.advance(t.nbytes)

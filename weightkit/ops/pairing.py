@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from weightkit.dtypes import short_name
 from weightkit.errors import InputError
 from weightkit.io.reader import Checkpoint
@@ -30,6 +32,17 @@ class Pair:
     def extra_rows(self) -> int:
         """Rows the other side has beyond raw's (vocabulary extension); 0 when shapes agree."""
         return self.other.shape[0] - self.raw.shape[0] if self.raw.shape else 0
+
+    def read(self, raw: Checkpoint, other: Checkpoint) -> tuple[torch.Tensor, torch.Tensor]:
+        return raw.read(self.name), other.read(self.name)
+
+    def read_rows(self, raw: Checkpoint, other: Checkpoint, start: int, stop: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [start, stop) of both; raw's part is a prefix of the other's when the vocabulary
+        was extended (possibly empty)."""
+        shared = self.raw.shape[0]
+        return (raw.read_rows(self.name, min(start, shared), min(stop, shared)),
+                other.read_rows(self.name, start, stop))
 
 
 @dataclass

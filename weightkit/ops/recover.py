@@ -66,17 +66,8 @@ def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None) -> 
 
 
 def _job(p: Pair, raw: Checkpoint, diff: Checkpoint, out_dtype: torch.dtype) -> Job:
-    def load() -> tuple[torch.Tensor, torch.Tensor]:
-        return raw.read(p.name), diff.read(p.name)
-
-    def load_rows(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # raw may have fewer rows (vocabulary extension): its part is a prefix of the diff's
-        shared = p.raw.shape[0]
-        return (raw.read_rows(p.name, min(start, shared), min(stop, shared)),
-                diff.read_rows(p.name, start, stop))
-
     def compute(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return delta.add(r, d, out_dtype, reuse_diff=True)
 
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, compute,
-               load_rows=load_rows)
+    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), lambda: p.read(raw, diff),
+               compute, load_rows=lambda start, stop: p.read_rows(raw, diff, start, stop))
