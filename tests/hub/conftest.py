@@ -55,6 +55,16 @@ class Stored:
                 "lfs": {"sha256": self.oid, "size": len(self.data), "pointerSize": len(pointer)}}
 
 
+    def tree_entry(self, path: str) -> dict:
+        """The file as the Hub's /tree listing gives it (sibling names, oid for blobId)."""
+        s = self.sibling(path)
+        entry = {"type": "file", "path": path, "size": s["size"], "oid": s["blobId"]}
+        if "lfs" in s:
+            entry["lfs"] = {"oid": s["lfs"]["sha256"], "size": s["lfs"]["size"],
+                            "pointerSize": s["lfs"]["pointerSize"]}
+        return entry
+
+
 @dataclass
 class Repo:
     branches: dict[str, str] = field(default_factory=dict)  # branch -> commit sha
@@ -203,6 +213,8 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         seg = self._start()
+        if seg[:2] == ["api", "models"] and len(seg) > 5 and seg[4] == "tree":
+            return self._tree(f"{seg[2]}/{seg[3]}", seg[5])
         if seg[:2] == ["api", "models"]:
             rev = seg[5] if len(seg) > 5 and seg[4] == "revision" else "main"
             return self._model_info(f"{seg[2]}/{seg[3]}", rev)
@@ -249,6 +261,14 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
                     "gated": "auto" if repo.gated else False,
                     "siblings": [s.sibling(p) for p, s in sorted(files.items())]})
+
+    def _tree(self, repo_id: str, rev: str) -> None:
+        """The recursive file listing snapshot_download asks for (files only, one page)."""
+        repo = self._repo(repo_id)
+        at = repo and self._files_at(repo, rev)
+        if not at:
+            return
+        self._json([s.tree_entry(p) for p, s in sorted(at[1].items())])
 
     def _resolve(self, repo_id: str, rev: str, path: str) -> None:
         repo = self._repo(repo_id)
