@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +36,19 @@ def git_sha1(data: bytes) -> str:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def kill_once_grown(cmd: list[str], env: dict[str, str], part: Path,
+                    at_least: int = 32 * 1024) -> int:
+    """Run `cmd`, SIGKILL it once `part` holds `at_least` bytes; returns the bytes kept."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not (part.is_file() and part.stat().st_size >= at_least):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return part.stat().st_size
 
 
 @dataclass(frozen=True)

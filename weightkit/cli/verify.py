@@ -59,7 +59,7 @@ def command(path: Path, manifest: Path | None, known: str | None, algo: str | No
 
 def print_table(report: VerifyReport) -> None:
     table = Table(box=None, pad_edge=False)
-    table.add_column("file" if report.kind == "files" else "tensor", overflow="fold")
+    table.add_column("tensor" if report.kind == "tensors" else "file", overflow="fold")
     table.add_column("expected", overflow="fold")
     table.add_column("actual", overflow="fold")
     table.add_column("verdict", no_wrap=True)

@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import get_cached_repo_tree
 from huggingface_hub.errors import CachedRepoTreeNotFoundError
-from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from weightkit.catalog import Release, find_release
@@ -126,7 +126,7 @@ class RepoCache:
 
     def commit_of(self, revision: str) -> str | None:
         """The commit `revision` is in the cache (a commit with a snapshot, or a ref's)."""
-        if hf_constants.REGEX_COMMIT_HASH.fullmatch(revision):
+        if REGEX_COMMIT_HASH.fullmatch(revision):
             return revision if self.snapshot(revision).is_dir() else None
         ref = self.path / "refs" / revision
         commit = ref.read_text().strip() if ref.is_file() else None

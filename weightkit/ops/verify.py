@@ -433,12 +433,12 @@ def _check_cache(snapshot: Snapshot, jobs: int | None, quiet: bool, fix: bool) -
     seconds = time.perf_counter() - start
     sizes = snapshot.listed_sizes()
     rows = [_cache_row(f, digests.get(f.blob_name or ""), sizes.get(f.path)) for f in files]
+    nbytes = sum(path.stat().st_size for path, _ in blobs.values())
     removed = []
     if fix:
         damaged = {r.expected for r in rows if r.verdict in (MISMATCH, MISSING) and r.expected}
         removed = [p.relative_to(snapshot.store.path).as_posix()
                    for name in sorted(damaged) for p in snapshot.store.remove_blob(name)]
-    nbytes = sum(path.stat().st_size for path, _ in blobs.values())
     return VerifyReport(snapshot.folder, snapshot.store.path / "blobs", CACHE,
                         f"sha256/{GIT_SHA1}", rows, nbytes, seconds, sorted(removed))
 
