@@ -315,6 +315,8 @@ def resolve_model(spec: str, *, role: str = "model", endpoint: str | None = None
     commit = store.commit_of(target.revision)
     lacking = lacks(store, commit, role) if commit else []
     if commit and not lacking:
+        say(f"{target.name}: complete in the Hugging Face cache, read from "
+            f"{store.snapshot(commit)}", quiet)
         return CachedModel(target.repo, target.revision, commit, store.snapshot(commit),
                            release=target.release, manifest=target.manifest)
     if offline():
