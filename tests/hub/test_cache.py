@@ -157,12 +157,13 @@ def test_repo_missing_from_the_cache_is_fetched_as_huggingface_hub_lays_it_out(
     commit = hub.add_repo("org/toy", MODEL)
     got = resolve_model("org/toy", endpoint=hub.url)
 
-    assert got.downloaded == sorted(MODEL) and got.nbytes == sum(map(len, MODEL.values()))
-    assert sorted(fetched(hub)) == sorted(MODEL)
-    assert [(f.path, f.size) for f in got.missing] == sorted((n, len(d)) for n, d in MODEL.items())
-    # the same blobs, links and refs as huggingface_hub's own download of the repo
+    read = sorted(set(MODEL) - {"README.md"})  # docs are not fetched
+    assert got.downloaded == read and got.nbytes == sum(len(MODEL[n]) for n in read)
+    assert sorted(fetched(hub)) == read
+    assert [(f.path, f.size) for f in got.missing] == [(n, len(MODEL[n])) for n in read]
+    # the same blobs, links and refs as huggingface_hub's own download of those files
     theirs = tmp_path / "theirs"
-    snapshot_download("org/toy", cache_dir=theirs, endpoint=hub.url)
+    snapshot_download("org/toy", cache_dir=theirs, endpoint=hub.url, allow_patterns=read)
     assert layout(cache) == layout(theirs)
     repo = cache / "models--org--toy"
     assert os.readlink(repo / "snapshots" / commit / "model.safetensors") == \
@@ -171,7 +172,7 @@ def test_repo_missing_from_the_cache_is_fetched_as_huggingface_hub_lays_it_out(
         f"../../blobs/{git_sha1(MODEL['config.json'])}"
     assert (repo / "refs" / "main").read_text() == commit
     assert sorted(p.name for p in (repo / "blobs").iterdir()) == sorted(
-        sha256(d) if n.endswith(".safetensors") else git_sha1(d) for n, d in MODEL.items())
+        sha256(MODEL[n]) if n.endswith(".safetensors") else git_sha1(MODEL[n]) for n in read)
 
     # found where huggingface_hub looks, with no request
     hub.log.clear()
@@ -207,8 +208,8 @@ def test_partly_cached_repo_fetches_only_what_it_lacks(hub: FakeHub, cache: Path
 
     got = resolve_model("org/toy", endpoint=hub.url)
 
-    assert sorted(fetched(hub)) == ["README.md", "model.safetensors", "tokenizer.json"]
-    assert got.downloaded == ["README.md", "model.safetensors", "tokenizer.json"]
+    assert sorted(fetched(hub)) == ["model.safetensors", "tokenizer.json"]
+    assert got.downloaded == ["model.safetensors", "tokenizer.json"]
     hub.log.clear()
     assert resolve_model("org/toy", endpoint=hub.url).downloaded == []  # complete: no request
     assert hub.log == []
@@ -218,11 +219,11 @@ def test_a_listing_huggingface_hub_cached_tells_what_is_missing(hub: FakeHub,
                                                                cache: Path) -> None:
     hub.add_repo("org/toy", MODEL)
     snapshot_download("org/toy", cache_dir=cache, endpoint=hub.url,
-                      allow_patterns=["*.json", "*.safetensors"])  # its listing names README.md
+                      allow_patterns=["config.json", "*.safetensors"])  # it lists tokenizer.json
     hub.log.clear()
 
-    assert resolve_model("org/toy", endpoint=hub.url).downloaded == ["README.md"]
-    assert fetched(hub) == ["README.md"]
+    assert resolve_model("org/toy", endpoint=hub.url).downloaded == ["tokenizer.json"]
+    assert fetched(hub) == ["tokenizer.json"]
 
 
 def test_new_commit_reuses_the_blobs_it_shares(hub: FakeHub, cache: Path) -> None:
@@ -237,8 +238,22 @@ def test_new_commit_reuses_the_blobs_it_shares(hub: FakeHub, cache: Path) -> Non
 
     assert (got.commit, got.downloaded, fetched(hub)) == (second, ["config.json"],
                                                           ["config.json"])
-    assert sorted(p.name for p in got.folder.iterdir()) == sorted(MODEL)
+    assert sorted(p.name for p in got.folder.iterdir()) == ["config.json", "model.safetensors",
+                                                            "tokenizer.json"]
     assert (cache / "models--org--toy" / "refs" / "main").read_text() == second
+
+
+def test_a_pinned_commit_is_fetched_without_a_ref(hub: FakeHub, cache: Path) -> None:
+    first = hub.add_repo("org/toy", MODEL)
+    hub.add_repo("org/toy", {**MODEL, "config.json": b'{"model_type": "llama2"}'})
+
+    got = resolve_model(f"org/toy@{first}", endpoint=hub.url)
+
+    assert (got.commit, got.revision) == (first, first)
+    assert (got.folder / "config.json").read_bytes() == MODEL["config.json"]
+    assert not (cache / "models--org--toy" / "refs").exists()
+    hub.log.clear()
+    assert resolve_model(f"org/toy@{first}").downloaded == [] and hub.log == []
 
 
 def test_same_content_at_two_paths_is_one_blob_fetched_once(hub: FakeHub, cache: Path) -> None:
@@ -253,11 +268,12 @@ def test_dry_run_lists_what_is_missing_and_writes_nothing(hub: FakeHub, cache: P
                                                           capsys: pytest.CaptureFixture) -> None:
     commit = hub.add_repo("org/toy", MODEL)
     got = resolve_model("org/toy", endpoint=hub.url, dry_run=True, quiet=False)
-    assert [(f.path, f.size) for f in got.missing] == sorted((n, len(d)) for n, d in MODEL.items())
+    assert [(f.path, f.size) for f in got.missing] == [
+        ("config.json", 23), ("model.safetensors", 3072), ("tokenizer.json", 18)]
     assert got.downloaded == [] and got.commit == commit
     assert not cache.exists() and fetched(hub) == []
     err = " ".join(capsys.readouterr().err.split())
-    assert (f"org/toy@{commit[:8]} (dry run): 4 of 4 files to fetch, 3.12 kB to download into "
+    assert (f"org/toy@{commit[:8]} (dry run): 3 of 3 files to fetch, 3.11 kB to download into "
             f"{cache / 'models--org--toy'}") in err
 
 
@@ -354,6 +370,8 @@ def test_one_weight_layout_is_fetched_and_the_adapter_only_as_lora() -> None:
                  "original/params.json")
     assert [f.path for f in select_files(repo, "base")] == [
         "config.json", "model.safetensors", "tokenizer.json", "original/params.json"]
+    docs = files(".gitattributes", "README.md", "LICENSE.txt", "assets/logo.png")
+    assert select_files(docs + repo, "base") == select_files(repo, "base")
     assert [f.path for f in select_files(repo, "lora")] == ["adapter_config.json",
                                                             "adapter_model.safetensors"]
     sharded = files("config.json", "pytorch_model.bin.index.json",

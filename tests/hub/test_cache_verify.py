@@ -18,6 +18,7 @@ from weightkit.ops.verify import verify
 from .conftest import FakeHub, git_sha1, sha256
 from .test_cache import MODEL, fetched, state
 
+FILES = {n: d for n, d in MODEL.items() if n != "README.md"}  # what weightkit fetches of it
 WEIGHTS = sha256(MODEL["model.safetensors"])
 CONFIG = git_sha1(MODEL["config.json"])
 
@@ -55,13 +56,13 @@ def test_intact_cache_passes_without_a_request_or_a_write(hub: FakeHub, cached: 
     assert [(r.name, r.expected, r.actual, r.verdict) for r in report.rows] == [
         (n, sha256(d) if n.endswith(".safetensors") else git_sha1(d),
          sha256(d) if n.endswith(".safetensors") else git_sha1(d), "ok")
-        for n, d in sorted(MODEL.items())]
-    assert report.bytes_hashed == sum(map(len, MODEL.values()))
+        for n, d in sorted(FILES.items())]
+    assert report.bytes_hashed == sum(map(len, FILES.values()))
     assert state(cached) == before and hub.log == []
 
     rc, out, err = cli(capsys, "verify", "org/toy")
     assert rc == 0
-    assert "4 ok, 0 MISMATCH, 0 missing, 0 extra: the blobs of " in err
+    assert "3 ok, 0 MISMATCH, 0 missing, 0 extra: the blobs of " in err
     assert f"checked against their names in {cached / 'blobs'} (sha256/git-sha1)" in err
 
 
@@ -75,7 +76,7 @@ def test_a_changed_blob_is_named_and_fix_makes_the_next_run_fetch_it(
     assert out.split()[:5] == ["file", "expected", "actual", "verdict", "note"]
     assert f"model.safetensors {WEIGHTS} {got} MISMATCH 3072 bytes, not the ones its name is " \
            "the hash of" in " ".join(out.split())
-    assert "1 ok" not in err and "3 ok, 1 MISMATCH, 0 missing, 0 extra" in err
+    assert "1 ok" not in err and "2 ok, 1 MISMATCH, 0 missing, 0 extra" in err
     assert "run the same command with --fix to remove them" in err
     assert (cached / "blobs" / WEIGHTS).exists()  # nothing removed without --fix
 
@@ -138,17 +139,17 @@ def test_json_report_lists_what_was_removed(hub: FakeHub, cached: Path,
     doc = json.loads(out)
     commit = hub.repos["org/toy"].branches["main"]
     assert (rc, doc["kind"], doc["ok"], doc["counts"]) == (
-        1, "cache", False, {"ok": 3, "MISMATCH": 1, "missing": 0, "extra": 0})
+        1, "cache", False, {"ok": 2, "MISMATCH": 1, "missing": 0, "extra": 0})
     assert doc["removed"] == [f"blobs/{WEIGHTS}", f"snapshots/{commit}/model.safetensors"]
 
 
 def test_a_cached_snapshot_checks_against_a_manifest_too(hub: FakeHub, cached: Path,
                                                          tmp_path: Path) -> None:
     sums = tmp_path / "toy.md5"
-    sums.write_text("".join(f"{hashlib.md5(d).hexdigest()}  {n}\n" for n, d in MODEL.items()))
+    sums.write_text("".join(f"{hashlib.md5(d).hexdigest()}  {n}\n" for n, d in FILES.items()))
     report = verify("org/toy@main", manifest=sums, quiet=True)
     assert report.kind == "files" and report.ok
-    assert [r.name for r in report.rows] == list(MODEL)
+    assert [r.name for r in report.rows] == list(FILES)
 
 
 def test_a_repo_not_in_the_cache_is_not_downloaded(hub: FakeHub, tmp_path: Path,

@@ -20,8 +20,8 @@ write, when (decided from the cache alone):
   `-0000K-of-0000N` series;
 - where huggingface_hub cached the repo's file listing for that commit (trees/<commit>.json),
   every file weightkit would fetch from that listing.
-Otherwise the repo is listed on the Hub (one request) and what the cache lacks is fetched into
-it with weightkit's download (weightkit/hub/download.py): each blob grows in blobs/<name>.part
+Otherwise the repo is listed on the Hub (one request) and what the cache lacks of what the role
+reads (`select_files`: one weight layout, no docs) is fetched into it with weightkit's download (weightkit/hub/download.py): each blob grows in blobs/<name>.part
 (an interrupted run resumes it with a Range request), its size and hash are checked, then it is
 moved to blobs/<name> and linked; the ref is written last. With HF_HUB_OFFLINE set, a repo or
 file the cache lacks is one error naming it, and nothing is requested.
@@ -81,6 +81,9 @@ CONFIG_NAMES = ("config.json", "params.json")  # an HF model's, a raw Meta folde
 # weights of any framework: of these, only the chosen layout's files are fetched
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".onnx",
                    ".onnx_data", ".gguf", ".ot", ".tflite", ".npz")
+# what no run reads, fetched for no role (matched on the file name)
+NOT_READ = (".gitattributes", "*.md", "LICENSE*", "NOTICE*", "USE_POLICY*", "*.png", "*.jpg",
+            "*.jpeg", "*.gif", "*.svg", "*.pdf")
 _SERIES = re.compile(r"(.*-)(\d+)-of-(\d+)(\..+)")  # model-00001-of-00003.safetensors
 _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git sha1, a sha256
 _OFFLINE_HINT = ("Unset HF_HUB_OFFLINE to fetch it into the cache, or pass a local folder "
@@ -402,11 +405,12 @@ def _check_selection(target: _Target, commit: str, files: list[RemoteFile],
 
 def select_files(files: list[RemoteFile], role: str) -> list[RemoteFile]:
     """What weightkit fetches of a repo to read it in `role`: for "lora" its adapter files; for
-    the others every file but the adapter's and the weights of other layouts than the first the
-    repo has (see WEIGHT_LAYOUTS)."""
+    the others every file but the adapter's, the docs (NOT_READ) and the weights of other
+    layouts than the first the repo has (see WEIGHT_LAYOUTS)."""
     if role == "lora":
         return select(files, "lora")
-    files = select(files, "base")
+    files = [f for f in select(files, "base")
+             if not any(fnmatch(PurePosixPath(f.path).name, p) for p in NOT_READ)]
     layout = _weight_layout({f.path for f in files})
     index, pattern = layout or (None, "")
 
