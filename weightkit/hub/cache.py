@@ -21,9 +21,10 @@ write, when (decided from the cache alone):
 - where huggingface_hub cached the repo's file listing for that commit (trees/<commit>.json),
   every file weightkit would fetch from that listing.
 Otherwise the repo is listed on the Hub (one request) and what the cache lacks of what the role
-reads (`select_files`: one weight layout, no docs) is fetched into it with weightkit's download (weightkit/hub/download.py): each blob grows in blobs/<name>.part
-(an interrupted run resumes it with a Range request), its size and hash are checked, then it is
-moved to blobs/<name> and linked; the ref is written last. With HF_HUB_OFFLINE set, a repo or
+reads (`select_files`: one weight layout, no docs) is fetched into it with weightkit's download
+(weightkit/hub/download.py): each blob grows in blobs/<name>.part (an interrupted run resumes it
+with a Range request), its size and hash are checked, then it is moved to blobs/<name> and
+linked; the ref is written last. With HF_HUB_OFFLINE set, a repo or
 file the cache lacks is one error naming it, and nothing is requested.
 """
 
@@ -56,6 +57,7 @@ from weightkit.hub.download import (
     refuse_escaping_names,
     select,
 )
+from weightkit.ops.verify import GIT_SHA1
 from weightkit.progress import human_bytes, human_time, say
 
 ROLES = ("model", "base", "raw", "tuned", "diff", "lora")
@@ -536,7 +538,7 @@ class CachedFile:
         """How the cache named the blob: sha256 (LFS files) or git-sha1 (small files)."""
         name = self.blob_name or ""
         return None if not _BLOB_NAME.fullmatch(name) else "sha256" if len(name) == 64 \
-            else "git-sha1"
+            else GIT_SHA1
 
 
 @dataclass(frozen=True)
