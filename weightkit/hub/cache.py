@@ -24,8 +24,8 @@ Otherwise the repo is listed on the Hub (one request) and what the cache lacks o
 reads (`select_files`: one weight layout, no docs) is fetched into it with weightkit's download
 (weightkit/hub/download.py): each blob grows in blobs/<name>.part (an interrupted run resumes it
 with a Range request), its size and hash are checked, then it is moved to blobs/<name> and
-linked; the ref is written last. With HF_HUB_OFFLINE set, a repo or
-file the cache lacks is one error naming it, and nothing is requested.
+linked; the ref is written last. With HF_HUB_OFFLINE set, a repo or file the cache lacks is one
+error naming it, and nothing is requested.
 """
 
 from __future__ import annotations
