@@ -6,10 +6,8 @@ import errno
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from weightkit.errors import ChecksumError, InputError, OutputError
 from weightkit.hub.client import PARTIAL_DIR, HubError, RemoteFile
 from weightkit.hub.download import download
 
-from .conftest import TOKEN, FakeHub
+from .conftest import TOKEN, FakeHub, kill_once_grown
 
 # one LoRA repo layout: two adapter files, three base files; *.safetensors are LFS (>= 1 KiB)
 FILES = {
@@ -164,14 +162,7 @@ def test_killed_process_resumes_with_a_range_request(hub: FakeHub, tmp_path: Pat
            "--endpoint", hub.url, "--quiet"]
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1"}
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not (part.is_file() and part.stat().st_size >= 32 * 1024):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    kept = part.stat().st_size
+    kept = kill_once_grown(cmd, env, part)
     assert 32 * 1024 <= kept < len(data)
 
     hub.slow = None
