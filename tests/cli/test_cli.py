@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from weightkit.ops.diff import diff
@@ -22,6 +24,20 @@ def test_help_lists_every_command_and_does_not_import_torch():
     assert out.stdout.strip().endswith("False")
     for name in ("diff", "recover"):
         assert f"  {name} " in out.stdout
+
+
+def test_help_runs_in_a_bare_interpreter():
+    """As the console script of a plain `pip install .` runs it: no site hook (the editable
+    install's imports importlib.util) has loaded anything first."""
+    code = ("import sys\nprint('importlib.util' in sys.modules)\nfrom weightkit.cli import main\n"
+            "main(['--help'])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         env=env)
+    if out.stdout.startswith("True"):
+        pytest.skip("this Python loads importlib.util at start; .ci/run's installed run checks")
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.startswith("False\nUsage: weightkit [OPTIONS] COMMAND [ARGS]...")
 
 
 def test_missing_input_is_a_usage_error():
