@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from weightkit.cli.options import is_quiet, quiet_option
+from weightkit.cli.options import is_quiet, quiet_option, refuses_conflicts
 from weightkit.ops.verify import ALGOS, EXTRA, MISMATCH, MISSING, OK, VerifyReport, verify
 from weightkit.progress import say
 
@@ -30,6 +30,7 @@ _STYLES = {OK: "green", MISMATCH: "bold red", MISSING: "bold red", EXTRA: "yello
               help="Files hashed at once. Default: one per CPU core.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @quiet_option
+@refuses_conflicts
 def command(path: Path, manifest: Path | None, known: str | None, algo: str | None,
             jobs: int | None, as_json: bool, quiet: bool) -> None:
     """Check PATH (a folder, or one file in it) against checksums.

@@ -25,7 +25,7 @@ from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import filter_repo_objects, get_session, hf_raise_for_status
 
 from weightkit.catalog import find_release, load_catalog
-from weightkit.errors import ChecksumError, InputError, OutputError
+from weightkit.errors import ChecksumError, InputError, OptionConflict, OutputError
 from weightkit.hub.client import (
     PARTIAL_DIR,
     Hub,
@@ -122,10 +122,10 @@ def _resolve(name: str, only_lora: bool, only_base: bool,
              fp16: bool) -> tuple[str, str | None, Path | None]:
     """(repo, adapter filter "lora"/"base"/None, catalog manifest) for a repo id or release."""
     if only_lora and only_base:
-        raise InputError("--only-lora and --only-base exclude each other")
+        raise OptionConflict("--only-lora and --only-base exclude each other")
     if "/" in name:
         if fp16:
-            raise InputError(f"--fp16 picks the fp16 diff of a release; {name} is a repo",
+            raise OptionConflict(f"--fp16 picks the fp16 diff of a release; {name} is a repo",
                              "Give a release name from the catalog, or the fp16 repo itself.")
         adapter = "lora" if only_lora else "base" if only_base else None
         return name, adapter, _manifest_of_repo(name)
@@ -135,7 +135,7 @@ def _resolve(name: str, only_lora: bool, only_base: bool,
         raise InputError(f"{name!r} is neither a Hub repo id (org/name) nor a release in the "
                          "catalog", f"Known releases: {known}.")
     if only_lora and fp16:
-        raise InputError(f"release {name} has no fp16 LoRA; use --only-lora or --fp16")
+        raise OptionConflict(f"release {name} has no fp16 LoRA; use --only-lora or --fp16")
     part = release.part("lora" if only_lora else "diff-fp16" if fp16 else "diff")
     if not part.repo:
         raise InputError(f"part {part.name!r} of release {name} is not on the Hub")

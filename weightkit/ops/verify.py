@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from weightkit.catalog import known_manifests
-from weightkit.errors import InputError, OutputError
+from weightkit.errors import InputError, OptionConflict, OutputError
 from weightkit.manifest import MANIFEST_NAME, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time
 
@@ -207,7 +207,7 @@ def _scope(path: Path) -> tuple[Path, str | None]:
 
 def _source(folder: Path, manifest: str | Path | None, known: str | None) -> Path:
     if manifest is not None and known is not None:
-        raise InputError("give --manifest or --known, not both")
+        raise OptionConflict("give --manifest or --known, not both")
     if manifest is not None:
         if not Path(manifest).is_file():
             raise InputError(f"{manifest}: no such checksum file")
