@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +35,7 @@ from weightkit.hub.client import (
     list_files,
     update_from_file,
 )
+from weightkit.io.disk import free_bytes, writable_folder
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ def download(
                          f"It has: {', '.join(f.path for f in listed) or 'no files'}.")
     out = Path(out)
     _refuse_escaping_names(files, out, repo)
+    writable_folder(out)  # not a file, nor inside one: a dry run refuses it as the real run does
     if dry_run:
         return _dry_run(repo, commit, files, out, quiet)
     out.mkdir(parents=True, exist_ok=True)
@@ -378,14 +379,8 @@ def _dry_run(repo: str, commit: str, files: list[RemoteFile], out: Path,
     return DownloadResult(repo, commit, out)
 
 
-def free_bytes(out: Path) -> int:
-    while not out.exists():  # a dry run's --out may not exist yet
-        out = out.parent
-    return shutil.disk_usage(out).free
-
-
 def _check_space(out: Path, needed: int) -> None:
-    free = free_bytes(out)
+    free = free_bytes(out)  # a dry run's --out may not exist yet
     if needed > free:
         raise OutputError(f"{out} has {human_bytes(free)} free, the download needs "
                           f"{human_bytes(needed)} more",

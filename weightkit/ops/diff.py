@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from weightkit.dtypes import parse_dtype, safetensors_name
-from weightkit.errors import OptionConflict
+from weightkit.errors import InputError, OptionConflict
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import tensor_bytes
-from weightkit.io.writer import PlannedTensor
+from weightkit.io.writer import PlannedTensor, parse_size
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
@@ -22,6 +22,7 @@ from weightkit.pipeline import Job, WriteResult, write_checkpoint
 # with their default value)
 LOSSLESS_OWN_FORMAT = "--lossless stores its own format: drop --dtype and --format."
 LEVEL_OF_LOSSLESS = "--level applies to --lossless diffs only."
+LEVELS = range(1, 20)  # zstd's, as the command line's --level takes them
 
 
 def diff(
@@ -55,6 +56,10 @@ def diff(
     if not lossless and level != DEFAULT_LEVEL:
         raise OptionConflict(LEVEL_OF_LOSSLESS)
     if lossless:  # a container of its own, not a checkpoint
+        if level not in LEVELS:
+            raise InputError(f"zstd level {level} is out of range",
+                             f"Use --level {LEVELS[0]}..{LEVELS[-1]}.")
+        parse_size(max_shard_size)  # refused by a dry run too, as the real run refuses it
         return diff_lossless(raw, tuned, out, level=level, max_shard_size=max_shard_size,
                              overwrite=overwrite, quiet=quiet, dry_run=dry_run)
     raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)
