@@ -9,12 +9,16 @@ import sys
 import pytest
 import torch
 
+from weightkit.cli import _run
 from weightkit.ops.diff import diff
 
+# what torch sees on a machine without a GPU, wherever the tests run
+NO_GPU = {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
 
-def run(*args: str) -> subprocess.CompletedProcess:
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "weightkit", *args], capture_output=True,
-                          text=True)
+                          text=True, env={**os.environ, **(env or {})})
 
 
 def test_help_lists_every_command_and_does_not_import_torch():
@@ -76,7 +80,7 @@ def test_recover_quiet_prints_nothing_and_summary_otherwise(model_pair, tmp_path
 def test_cuda_without_a_gpu_is_a_clear_error(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
     r = run("diff", "--raw", str(raw), "--tuned", str(tuned), "--out", str(tmp_path / "d"),
-            "--device", "cuda")
+            "--device", "cuda", env=NO_GPU)
     assert r.returncode == 1
     assert r.stderr.startswith(
         "Error: --device cuda was asked for, but no CUDA device is available\n"
@@ -87,11 +91,21 @@ def test_cuda_without_a_gpu_is_a_clear_error(model_pair, tmp_path):
 def test_dry_run_checks_and_reports_but_writes_nothing(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
     r = run("diff", "--raw", str(raw), "--tuned", str(tuned), "--out", str(tmp_path / "d"),
-            "--dry-run")
+            "--dry-run", env=NO_GPU)
     assert r.returncode == 0
     text = " ".join(r.stderr.split())
     assert text.startswith(f"diff (dry run): inputs check out; 21 tensors, 361.73 kB to write to "
                            f"{tmp_path / 'd'} (disk free: ")
     assert text.endswith("Largest tensor: lm_head.weight (32.77 kB); memory needed "
                          "beyond the program itself: at most 1.63 MB. Nothing was written.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama-raw", "llama-tuned"]
+
+
+def test_dry_run_on_a_gpu_reports_its_memory_too(model_pair, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU is touched
+    raw, tuned = model_pair("llama", torch.float16)
+    assert _run(["diff", "--raw", str(raw), "--tuned", str(tuned), "--out",
+                 str(tmp_path / "d"), "--dry-run"], debug=False) == 0
+    assert " ".join(capsys.readouterr().err.split()).endswith(
+        "at most 1.63 MB; GPU memory: at most 131.07 kB. Nothing was written.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama-raw", "llama-tuned"]
