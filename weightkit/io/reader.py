@@ -61,11 +61,16 @@ class Checkpoint:
         return self.infos[name]
 
     def read(self, name: str) -> torch.Tensor:
-        """The tensor's values in a fresh CPU buffer, in its stored dtype."""
+        """The tensor's values on the CPU, in its stored dtype, in a buffer of their own (no
+        view of the file or of another tensor: it may be changed in place). Outside a pipeline
+        run the buffer is newly allocated; inside one it comes from the run's pool
+        (weightkit.io.buffers) and is reused once the pipeline has written the result: clone
+        what must outlive that."""
         return self._backends[self._where[name]].read(name)
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of the tensor's first dimension, in a fresh CPU buffer."""
+        """Rows [start, stop) of the tensor's first dimension, in a buffer of their own as
+        `read` gives it (pooled inside a pipeline run)."""
         return self._backends[self._where[name]].read_rows(name, start, stop)
 
     def manifest_entry(self, name: str, piece_bytes: int = PIECE_BYTES) -> ManifestEntry:
