@@ -17,15 +17,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from weightkit.catalog import known_manifests
 from weightkit.errors import InputError, OptionConflict, OutputError
 from weightkit.manifest import MANIFEST_NAME, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time
-
-if TYPE_CHECKING:
-    from weightkit.io.reader import Checkpoint
 
 OK, MISMATCH, MISSING, EXTRA = "ok", "MISMATCH", "missing", "extra"
 ALGOS = {"md5": 32, "sha256": 64}  # algorithm -> hex digits of its hash
@@ -365,7 +362,7 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     start = time.perf_counter()
     with ByteProgress("verify", nbytes, len(present), quiet, unit="tensors") as progress:
         def one(name: str, stop: threading.Event) -> ManifestEntry:
-            entry = _tensor_entry(ckpt, name)
+            entry = ckpt.manifest_entry(name)
             progress.advance(ckpt.info(name).nbytes, 1)
             return entry
 
@@ -374,10 +371,6 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     rows = [_tensor_row(n, expected.entries[n], actual.get(n)) for n in listed]
     rows += [Row(n, None, None, EXTRA) for n in ckpt.names() if n not in expected]
     return VerifyReport(path, source, "tensors", "sha256", rows, nbytes, seconds)
-
-
-def _tensor_entry(ckpt: Checkpoint, name: str) -> ManifestEntry:
-    return ckpt.manifest_entry(name)
 
 
 def _tensor_row(name: str, want: ManifestEntry, got: ManifestEntry | None) -> Row:
