@@ -400,6 +400,7 @@ def write_checkpoint(
     if not plan:
         raise InputError(f"{title}: nothing to write (the inputs hold no tensors)")
     check_format(fmt)
+    max_shard_size = parse_size(max_shard_size)  # here: a dry run refuses what the run would
     dev = resolve_device(device)
     needed = sum(t.nbytes for t in plan)
     folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite, needed_bytes=needed)

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from weightkit.cli.options import is_quiet, quiet_option
+from weightkit.cli.options import is_quiet, quiet_option, refuses_conflicts
 from weightkit.ops.verify import ALGOS, EXTRA, MISMATCH, MISSING, OK, VerifyReport, verify
 from weightkit.progress import say
 
@@ -33,6 +33,7 @@ _STYLES = {OK: "green", MISMATCH: "bold red", MISSING: "bold red", EXTRA: "yello
               help="Hub repo: remove its damaged blobs (and their links) from the Hugging Face "
                    "cache, so that the next run that reads it downloads them again.")
 @quiet_option
+@refuses_conflicts
 def command(path: Path, manifest: Path | None, known: str | None, algo: str | None,
             jobs: int | None, as_json: bool, fix: bool, quiet: bool) -> None:
     """Check PATH (a folder, or one file in it) against checksums.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +27,7 @@ from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import filter_repo_objects, get_session, hf_raise_for_status
 
 from weightkit.catalog import find_release, load_catalog
-from weightkit.errors import ChecksumError, InputError, OutputError
+from weightkit.errors import ChecksumError, InputError, OptionConflict, OutputError
 from weightkit.hub.client import (
     PARTIAL_DIR,
     Hub,
@@ -39,6 +38,7 @@ from weightkit.hub.client import (
     list_files,
     update_from_file,
 )
+from weightkit.io.disk import free_bytes, writable_folder
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ def download(
                          f"It has: {', '.join(f.path for f in listed) or 'no files'}.")
     out = Path(out)
     refuse_escaping_names(files, out, repo)
+    writable_folder(out)  # not a file, nor inside one: a dry run refuses it as the real run does
     layout = FolderLayout(out)
     if dry_run:
         return _dry_run(repo, commit, files, layout, quiet)
@@ -126,10 +127,10 @@ def _resolve(name: str, only_lora: bool, only_base: bool,
              fp16: bool) -> tuple[str, str | None, Path | None]:
     """(repo, adapter filter "lora"/"base"/None, catalog manifest) for a repo id or release."""
     if only_lora and only_base:
-        raise InputError("--only-lora and --only-base exclude each other")
+        raise OptionConflict("--only-lora and --only-base exclude each other")
     if "/" in name:
         if fp16:
-            raise InputError(f"--fp16 picks the fp16 diff of a release; {name} is a repo",
+            raise OptionConflict(f"--fp16 picks the fp16 diff of a release; {name} is a repo",
                              "Give a release name from the catalog, or the fp16 repo itself.")
         adapter = "lora" if only_lora else "base" if only_base else None
         return name, adapter, manifest_of_repo(name)
@@ -139,7 +140,7 @@ def _resolve(name: str, only_lora: bool, only_base: bool,
         raise InputError(f"{name!r} is neither a Hub repo id (org/name) nor a release in the "
                          "catalog", f"Known releases: {known}.")
     if only_lora and fp16:
-        raise InputError(f"release {name} has no fp16 LoRA; use --only-lora or --fp16")
+        raise OptionConflict(f"release {name} has no fp16 LoRA; use --only-lora or --fp16")
     part = release.hub_part("lora" if only_lora else "diff-fp16" if fp16 else "diff")
     return part.repo, None, part.manifest
 
@@ -434,14 +435,8 @@ def _dry_run(repo: str, commit: str, files: list[RemoteFile], layout: Layout,
     return DownloadResult(repo, commit, layout.root)
 
 
-def free_bytes(out: Path) -> int:
-    while not out.exists():  # a dry run's --out may not exist yet
-        out = out.parent
-    return shutil.disk_usage(out).free
-
-
 def _check_space(layout: Layout, needed: int) -> None:
-    free = free_bytes(layout.root)
+    free = free_bytes(layout.root)  # a dry run's --out may not exist yet
     if needed > free:
         raise OutputError(f"{layout.root} has {human_bytes(free)} free, the download needs "
                           f"{human_bytes(needed)} more", layout.space_hint)

@@ -118,10 +118,6 @@ class ShardWriter:
     def total_size(self) -> int:
         return sum(t.nbytes for shard in self.shards for t in shard)
 
-    def shard_of(self) -> dict[str, int]:
-        """Tensor name -> index of the shard it goes into."""
-        return {t.name: i for i, shard in enumerate(self.shards) for t in shard}
-
     def write(self, name: str, tensor: torch.Tensor,
               rows: tuple[int, int] | None = None) -> None:
         """Append a planned tensor, or with `rows` = (start, stop) its rows [start, stop): the

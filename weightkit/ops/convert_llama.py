@@ -22,7 +22,7 @@ from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.output import OutputFolder
 from weightkit.io.reader import Checkpoint, open_checkpoint
-from weightkit.io.writer import PlannedTensor, check_format
+from weightkit.io.writer import PlannedTensor, check_format, parse_size
 from weightkit.ops import llama_params, llama_tokenizer
 from weightkit.ops.llama_params import LlamaParams
 from weightkit.pipeline import Job, WriteResult, identity, write_checkpoint
@@ -146,10 +146,11 @@ def convert_llama(
         notes.append("No tokenizer.model next to the weights or in the folder above: wrote the "
                      "model without a tokenizer.")
     inputs = [folder, *([tok_path] if tok_path else [])]
-    # a wrong --out or --format fails now, not after minutes of hashing
+    # a wrong --out, --format or --max-shard-size fails now, not after minutes of hashing
     OutputFolder(out, inputs=inputs, overwrite=overwrite,
                  needed_bytes=sum(j.out.nbytes for j in jobs))
     check_format(fmt)
+    parse_size(max_shard_size)
     if verify:
         notes += verify_checklists(folder, tok_path, quiet)
     if forced is not None:

@@ -8,14 +8,21 @@ from pathlib import Path
 import torch
 
 from weightkit.dtypes import parse_dtype, safetensors_name
+from weightkit.errors import InputError, OptionConflict
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import tensor_bytes
-from weightkit.io.writer import PlannedTensor
+from weightkit.io.writer import PlannedTensor, parse_size
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
 from weightkit.ops.pairing import Pair, pair_checkpoints
 from weightkit.pipeline import Job, WriteResult, write_checkpoint
+
+# options that describe the other kind of diff (the command line also refuses them when given
+# with their default value)
+LOSSLESS_OWN_FORMAT = "--lossless stores its own format: drop --dtype and --format."
+LEVEL_OF_LOSSLESS = "--level applies to --lossless diffs only."
+LEVELS = range(1, 20)  # zstd's, as the command line's --level takes them
 
 
 def diff(
@@ -41,9 +48,18 @@ def diff(
     records the hash recovery will produce, so the check stays exact about what it accepts.
 
     `lossless=True` writes a lossless diff instead (weightkit.ops.lossless: compressed bit
-    patterns at zstd `level`; `dtype`, `fmt` and `device` do not apply).
+    patterns at zstd `level`; `device` does not apply, and another `dtype` or `fmt` than the
+    default is refused, as is a `level` for a plain diff: OptionConflict).
     """
+    if lossless and (dtype != "fp32" or fmt != "safetensors"):
+        raise OptionConflict(LOSSLESS_OWN_FORMAT)
+    if not lossless and level != DEFAULT_LEVEL:
+        raise OptionConflict(LEVEL_OF_LOSSLESS)
     if lossless:  # a container of its own, not a checkpoint
+        if level not in LEVELS:
+            raise InputError(f"zstd level {level} is out of range",
+                             f"Use --level {LEVELS[0]}..{LEVELS[-1]}.")
+        parse_size(max_shard_size)  # refused by a dry run too, as the real run refuses it
         return diff_lossless(raw, tuned, out, level=level, max_shard_size=max_shard_size,
                              overwrite=overwrite, quiet=quiet, dry_run=dry_run)
     raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from weightkit.dtypes import SAFETENSORS_DTYPES, parse_dtype, wider
+from weightkit.errors import OptionConflict
 from weightkit.io.lossless_diff import is_lossless_diff
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.writer import PlannedTensor
@@ -35,8 +36,11 @@ def recover(
 
     dtype "auto" writes what the diff's target manifest says the tuned model was, or else the
     wider of the raw and diff dtypes, so no precision is lost. `fp16=True` is KnowLM's spelling
-    of "the diff is fp16" and writes fp16.
+    of "the diff is fp16" and writes fp16; with another `dtype` it is refused (OptionConflict).
     """
+    if fp16 and dtype not in ("auto", "fp16"):
+        raise OptionConflict(f"--fp16 writes fp16 and --dtype {dtype} asks for {dtype}: "
+                             "give one of them")
     forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
     if is_lossless_diff(diff):  # compressed bit patterns, see weightkit.ops.lossless
         return recover_lossless(raw, diff, out, dtype=forced, fmt=fmt,

@@ -25,13 +25,12 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from weightkit.catalog import known_manifests
-from weightkit.errors import InputError, OutputError
+from weightkit.errors import InputError, OptionConflict, OutputError
 from weightkit.manifest import MANIFEST_NAME, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time
 
 if TYPE_CHECKING:
     from weightkit.hub.cache import CachedFile, Snapshot
-    from weightkit.io.reader import Checkpoint
 
 OK, MISMATCH, MISSING, EXTRA = "ok", "MISMATCH", "missing", "extra"
 ALGOS = {"md5": 32, "sha256": 64}  # algorithm -> hex digits of its hash
@@ -249,7 +248,7 @@ def _scope(path: Path) -> tuple[Path, str | None]:
 
 def _source(folder: Path, manifest: str | Path | None, known: str | None) -> Path:
     if manifest is not None and known is not None:
-        raise InputError("give --manifest or --known, not both")
+        raise OptionConflict("give --manifest or --known, not both")
     if manifest is not None:
         if not Path(manifest).is_file():
             raise InputError(f"{manifest}: no such checksum file")
@@ -481,7 +480,7 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     start = time.perf_counter()
     with ByteProgress("verify", nbytes, len(present), quiet, unit="tensors") as progress:
         def one(name: str, stop: threading.Event) -> ManifestEntry:
-            entry = _tensor_entry(ckpt, name)
+            entry = ckpt.manifest_entry(name)
             progress.advance(ckpt.info(name).nbytes, 1)
             return entry
 
@@ -490,10 +489,6 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     rows = [_tensor_row(n, expected.entries[n], actual.get(n)) for n in listed]
     rows += [Row(n, None, None, EXTRA) for n in ckpt.names() if n not in expected]
     return VerifyReport(path, source, "tensors", "sha256", rows, nbytes, seconds)
-
-
-def _tensor_entry(ckpt: Checkpoint, name: str) -> ManifestEntry:
-    return ckpt.manifest_entry(name)
 
 
 def _tensor_row(name: str, want: ManifestEntry, got: ManifestEntry | None) -> Row:
