@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from weightkit.device import resolve_device
-from weightkit.dtypes import safetensors_name
+from weightkit.dtypes import NON_FINITE_BITS, count_non_finite, safetensors_name
 from weightkit.errors import InputError, OutputError
 from weightkit.io.buffers import BufferPool, empty_tensor, release, use_pool
 from weightkit.io.journal import Journal, run_key
@@ -33,6 +33,7 @@ from weightkit.io.tensor_info import PIECE_BYTES, row_ranges, tensor_bytes
 from weightkit.io.writer import (
     PlannedTensor,
     ShardWriter,
+    check_dtypes,
     check_format,
     parse_size,
     plan_shards,
@@ -138,9 +139,8 @@ def _refuse_new_non_finite(name: str, result: torch.Tensor,
     """NaN/Inf that the inputs already had pass through; new ones mean the arithmetic broke."""
     if _all_finite_fast(result):
         return
-    bad = int((~torch.isfinite(result)).sum())
-    if bad == 0 or any(x.is_floating_point() and not bool(torch.isfinite(x).all())
-                       for x in inputs):
+    bad = count_non_finite(result)
+    if bad == 0 or any(count_non_finite(x) for x in inputs):
         return
     raise InputError(
         f"tensor {name!r}: the result has {bad} NaN/Inf value(s) although its inputs are finite "
@@ -160,6 +160,8 @@ def _all_finite_fast(x: torch.Tensor) -> bool:
     mask = _HALF_EXPONENTS.get(x.dtype)
     if x.numel() == 0:
         return True
+    if x.dtype in NON_FINITE_BITS:  # 8- and 4-bit floats: torch has no sum or isfinite for most
+        return count_non_finite(x) == 0
     if mask is not None and x.device.type == "cpu" and x.is_contiguous():
         # integer ops on the bits run at memory speed; a block at a time, so the scratch is
         # cache-sized (a fresh tensor-sized one costs 5x the check in page faults)
@@ -400,6 +402,7 @@ def write_checkpoint(
     if not plan:
         raise InputError(f"{title}: nothing to write (the inputs hold no tensors)")
     check_format(fmt)
+    check_dtypes(plan)
     dev = resolve_device(device)
     needed = sum(t.nbytes for t in plan)
     folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite, needed_bytes=needed)

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from weightkit.dtypes import SAFETENSORS_DTYPES, safetensors_name
+from weightkit.dtypes import from_header, to_header
 from weightkit.errors import InputError
 from weightkit.io.safetensors_file import SafetensorsFile
 from weightkit.io.tensor_info import TensorInfo
@@ -120,8 +120,11 @@ class LosslessDiffWriter:
     def _header(self, sizes: list[int], room: int = 0) -> bytes:
         """The current file's header for frames of `sizes`, padded to `room` bytes if given."""
         shard = self.shards[self._shard]
-        tensors = {t.name: {"dtype": safetensors_name(t.dtype), "shape": list(t.shape),
-                            "raw_shape": list(self.raw_shapes[t.name])} for t in shard}
+        tensors = {}
+        for t in shard:
+            dtype, shape = to_header(t.dtype, t.shape)
+            tensors[t.name] = {"dtype": dtype, "shape": shape,
+                               "raw_shape": to_header(t.dtype, self.raw_shapes[t.name])[1]}
         header: dict[str, object] = {"__metadata__": {
             "format": FORMAT, "version": VERSION, "encoding": ENCODING,
             "tensors": json.dumps(tensors, separators=(",", ":"))}}
@@ -170,9 +173,12 @@ class LosslessDiffReader:
             if name not in frames.infos:
                 raise InputError(f"{path}: tensor {name!r} is listed but has no data")
             try:
-                info = TensorInfo(name, SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"]), path)
-                self.raw_shapes[name] = tuple(e["raw_shape"])
-            except (KeyError, TypeError) as err:
+                where = f"{path}: tensor {name!r}"
+                dtype, shape = from_header(e["dtype"], [int(d) for d in e["shape"]], where)
+                info = TensorInfo(name, dtype, shape, path)
+                self.raw_shapes[name] = from_header(
+                    e["dtype"], [int(d) for d in e["raw_shape"]], where)[1]
+            except (KeyError, TypeError, ValueError) as err:
                 raise InputError(f"{path}: garbled entry for tensor {name!r} ({err})") from None
             self.infos[name] = info
             self._where[name] = frames

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import safetensors_name
+from weightkit.dtypes import TORCH_TO_SAFETENSORS, to_header
 from weightkit.errors import InputError
 from weightkit.io.tensor_info import tensor_bytes, write_chunked
 from weightkit.io.torch_file import TorchZipWriter
@@ -45,6 +45,17 @@ class PlannedTensor:
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
+
+
+def check_dtypes(plan: list[PlannedTensor]) -> None:
+    """Refuse up front a tensor no output can hold: both formats, and the tensor manifests, take
+    the dtypes safetensors defines (a `.bin` input may hold others)."""
+    for t in plan:
+        if t.dtype not in TORCH_TO_SAFETENSORS:
+            raise InputError(
+                f"tensor {t.name!r} is {t.dtype}, which weightkit cannot write: it is not a "
+                "safetensors dtype, and weightkit's outputs and tensor manifests are named in "
+                "those", "Convert that tensor to another dtype with torch first.")
 
 
 def parse_size(text: str | int) -> int:
@@ -203,7 +214,8 @@ def _safetensors_header(shard: list[PlannedTensor]) -> bytes:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for t in shard:
-        header[t.name] = {"dtype": safetensors_name(t.dtype), "shape": list(t.shape),
+        dtype, shape = to_header(t.dtype, t.shape)
+        header[t.name] = {"dtype": dtype, "shape": shape,
                           "data_offsets": [offset, offset + t.nbytes]}
         offset += t.nbytes
     body = json.dumps(header, separators=(",", ":")).encode()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import zstandard
 
-from weightkit.dtypes import short_name
+from weightkit.dtypes import SAME_WIDTH, SIGNED, UNSIGNED, bit_patterns, output_dtype, short_name
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
@@ -51,18 +51,15 @@ from weightkit.pipeline import (
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
 DEFAULT_LEVEL = 1
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-_INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
-_TORCH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def encode(raw: torch.Tensor, tuned: torch.Tensor, level: int = DEFAULT_LEVEL) -> bytes:
     """The payload that gives `tuned` back from `raw`; both must have the same dtype."""
     if raw.dtype != tuned.dtype:
         raise ValueError(f"raw is {raw.dtype}, tuned is {tuned.dtype}")
-    d = _bits(tuned).copy()
+    d = bit_patterns(tuned).copy()
     shared = d[: raw.numel()]  # the flat prefix: extra vocabulary rows come last
-    np.subtract(shared, _bits(raw), out=shared)
+    np.subtract(shared, bit_patterns(raw), out=shared)
     # threads >= 1 always (never 0): zstd's multi-threaded output is the same for any number
     # of workers, so the diff's bytes do not depend on the machine that made it
     zstd = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
@@ -89,8 +86,8 @@ def unpack(payload: bytes | memoryview | np.ndarray, dtype: torch.dtype, numel: 
         raise zstandard.ZstdError(f"frame holds {size} bytes, the tensor needs {want}")
     planes = (empty_bytes(want) if scratch is None else scratch).numpy()
     _decompress_into(payload, planes)
-    out = empty_bytes(want).view(_TORCH_INT[width])  # pooled buffer inside a pipeline run
-    z = out.numpy().view(_UINT[width])
+    out = empty_bytes(want).view(SAME_WIDTH[width])  # pooled buffer inside a pipeline run
+    z = out.numpy().view(UNSIGNED[width])
     planes = planes.reshape(width, numel)
     # shift-or, plane by plane: 8x faster than a transposed copy
     np.copyto(z, planes[width - 1])
@@ -117,26 +114,19 @@ def _decompress_into(payload: bytes | memoryview | np.ndarray, out: np.ndarray) 
 
 def add_back(raw: torch.Tensor, packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """tuned = raw + unzigzag(packed), built in packed's buffer (the cheap half of decode)."""
-    z = packed.numpy().view(_UINT[raw.dtype.itemsize])
+    z = packed.numpy().view(UNSIGNED[raw.dtype.itemsize])
     sign = np.bitwise_and(z, 1)
     np.negative(sign, out=sign)  # 0 or all ones (unsigned negation wraps)
     np.right_shift(z, 1, out=z)
     np.bitwise_xor(z, sign, out=z)
     shared = z[: raw.numel()]
-    np.add(shared, _bits(raw), out=shared)
+    np.add(shared, bit_patterns(raw), out=shared)
     return packed.view(raw.dtype).reshape(shape)
-
-
-def _bits(t: torch.Tensor) -> np.ndarray:
-    """The tensor's bit patterns as flat unsigned integers of its width (a view when possible)."""
-    width = t.dtype.itemsize
-    flat = t.detach().cpu().contiguous().reshape(-1)
-    return flat.view(_TORCH_INT[width]).numpy().view(_UINT[width])
 
 
 def _zigzag(d: np.ndarray) -> np.ndarray:
     """Small signed differences to small unsigned numbers, in place."""
-    sign = d.view(_INT[d.itemsize]) >> (8 * d.itemsize - 1)  # arithmetic: 0 or -1
+    sign = d.view(SIGNED[d.itemsize]) >> (8 * d.itemsize - 1)  # arithmetic: 0 or -1
     np.left_shift(d, 1, out=d)
     np.bitwise_xor(d, sign.view(d.dtype), out=d)
     return d
@@ -283,7 +273,7 @@ def _recover_job(p: Pair, raw: Checkpoint, packed: LosslessDiffReader,
             release(spent)
         return (tuned,)
 
-    out_dtype = dtype if dtype is not None and p.other.dtype.is_floating_point else p.other.dtype
+    out_dtype = output_dtype(p.other.dtype, dtype)
     # decoded in load(): nothing left to compute (and no NaN/Inf check on the publisher's bits)
     return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, identity)
 
