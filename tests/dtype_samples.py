@@ -15,20 +15,24 @@ OTHER_DTYPES = {
 }
 INTEGER_DTYPES = {n: OTHER_DTYPES[n] for n in ("U8", "U16", "U32", "U64", "I8", "I16", "I32",
                                                "I64", "BOOL")}
+# the ones diff and recover combine bit for bit (no value arithmetic)
+BITWISE_DTYPES = {**INTEGER_DTYPES, "F4": torch.float4_e2m1fn_x2, "C64": torch.complex64}
 
 
 def sample(dtype: torch.dtype, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Random bits over the dtype's whole width (bool: 0 or 1; floats: no NaN or Inf unless the
-    bits happen to spell one, which only small floats can)."""
+    """Random bits over the dtype's whole width for integers and packed fp4 (bool: 0 or 1),
+    random finite values for the floats and complex."""
     gen = torch.Generator().manual_seed(seed)
     n = 1
     for d in shape:
         n *= d
     if dtype == torch.bool:
         return torch.randint(0, 2, shape, generator=gen).bool()
-    raw = torch.randint(0, 256, (n * dtype.itemsize,), generator=gen, dtype=torch.uint8)
-    if dtype.is_floating_point and dtype.itemsize > 1 or dtype == torch.complex64:
+    if dtype == torch.float8_e8m0fnu:  # exponents alone, 2**-10..2**10 (as scales are)
+        return torch.randint(117, 138, shape, generator=gen, dtype=torch.uint8).view(dtype)
+    if dtype.is_floating_point and dtype != torch.float4_e2m1fn_x2 or dtype.is_complex:
         return (torch.randn(shape, generator=gen) * 3).to(dtype)
+    raw = torch.randint(0, 256, (n * dtype.itemsize,), generator=gen, dtype=torch.uint8)
     return raw.view(dtype).reshape(shape)
 
 
