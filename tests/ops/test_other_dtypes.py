@@ -307,3 +307,39 @@ def test_a_dtype_no_output_can_hold_is_refused_before_anything_is_written(tmp_pa
         "safetensors dtype, and weightkit's outputs and tensor manifests are named in those\n"
         "Convert that tensor to another dtype with torch first.")
     assert sorted(tmp_path.iterdir()) == [adapter, base]  # no output, no partial folder
+
+
+def meta_folder(folder: Path, to: torch.dtype | None) -> Path:
+    """A one-shard raw Meta LLaMA-2 checkpoint, its matrices converted `to` (None: bf16)."""
+    from weightkit.ops.llama_params import parse_params
+
+    params = {"dim": 64, "n_layers": 1, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-5,
+              "vocab_size": 128}
+    dim, inter = 64, parse_params(params).intermediate_size
+    gen = torch.Generator().manual_seed(5)
+    shapes = {"tok_embeddings.weight": (128, dim), "norm.weight": (dim,),
+              "output.weight": (128, dim), "layers.0.attention_norm.weight": (dim,),
+              "layers.0.ffn_norm.weight": (dim,), "layers.0.feed_forward.w1.weight": (inter, dim),
+              "layers.0.feed_forward.w2.weight": (dim, inter),
+              "layers.0.feed_forward.w3.weight": (inter, dim),
+              **{f"layers.0.attention.{w}.weight": (dim, dim) for w in ("wq", "wk", "wv", "wo")}}
+    state = {n: torch.randn(s, generator=gen).bfloat16() for n, s in shapes.items()}
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps(params))
+    torch.save({n: t.to(to) if to is not None and t.dim() == 2 else t for n, t in state.items()},
+               folder / "consolidated.00.pth")
+    return folder
+
+
+def test_convert_carries_fp8_shards_byte_for_byte_and_dtype_leaves_them(tmp_path):
+    from weightkit.ops.convert_llama import convert_llama
+
+    for name, to in (("bf16", None), ("fp8", E4M3)):
+        convert_llama(meta_folder(tmp_path / name, to), tmp_path / f"out-{name}", dtype="fp32",
+                      quiet=True)
+    got = load_file(tmp_path / "out-fp8" / "model.safetensors")
+    ref = load_file(tmp_path / "out-bf16" / "model.safetensors")  # fp32 (--dtype)
+    assert sorted(got) == sorted(ref)
+    for name, want in ref.items():
+        want = want.to(E4M3) if want.dim() == 2 else want  # --dtype: plain floats only
+        assert got[name].dtype == want.dtype and byte_values(got[name]) == byte_values(want), name
