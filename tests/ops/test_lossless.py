@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tensors
+from conftest import file_bytes, tensors
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from weightkit.cli import _run
 from weightkit.errors import ChecksumError, InputError
-from weightkit.io.lossless_diff import LosslessDiffReader
+from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
 from weightkit.io.reader import open_checkpoint
 from weightkit.ops.diff import diff
 from weightkit.ops.lossless import decode, encode
@@ -293,3 +293,35 @@ def test_every_dtype_that_is_not_a_plain_float_round_trips(tmp_path):
     assert all(got[n].dtype == t.dtype and byte_values(got[n]) == byte_values(t)
                for n, t in tuned.items())
     assert r.checked == len(tuned) and r.within_rounding == []
+
+
+def test_an_interrupted_diff_resumes_after_its_finished_files(model_pair, tmp_path, monkeypatch):
+    """Ctrl-C after the second finished file; the second is then damaged: the rerun keeps the
+    first (checked by decoding it), writes the rest again and gives the same bytes."""
+    raw, tuned = model_pair("llama", torch.float16)
+    ref = diff(raw, tuned, tmp_path / "ref", lossless=True, max_shard_size="60kB", quiet=True)
+    finished = []
+    end_shard = LosslessDiffWriter._end_shard
+
+    def interrupted(self):
+        end_shard(self)
+        finished.append(self.file_names[self._shard])
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LosslessDiffWriter, "_end_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        diff(raw, tuned, tmp_path / "out", lossless=True, max_shard_size="60kB", quiet=True)
+    monkeypatch.undo()
+    partial = tmp_path / ".out.weightkit-partial"
+    assert sorted(p.name for p in partial.glob("lossless-diff-*")) == finished
+    name = next(iter(LosslessDiffReader(partial / finished[1]).infos))
+    start, length = frame_span(partial / finished[1], name)
+    data = bytearray((partial / finished[1]).read_bytes())
+    data[start + length // 2] ^= 0x55
+    (partial / finished[1]).write_bytes(bytes(data))
+    d = diff(raw, tuned, tmp_path / "out", lossless=True, max_shard_size="60kB", quiet=True)
+    assert d.notes[-1] == (f"Resumed a killed run: 1 of {len(ref.files)} shard(s) were already "
+                           "written and checked.")
+    assert file_bytes(tmp_path / "out") == file_bytes(tmp_path / "ref")
+    assert d.bytes_written == ref.bytes_written and not partial.exists()

@@ -24,7 +24,7 @@ The second half of this module is the `diff --lossless` and `recover` of such di
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +35,18 @@ from weightkit.dtypes import SAME_WIDTH, SIGNED, UNSIGNED, bit_patterns, output_
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
-from weightkit.io.output import OutputFolder, copy_side_files
+from weightkit.io.lossless_diff import file_names as lossless_file_names
 from weightkit.io.reader import Checkpoint, open_checkpoint
-from weightkit.io.writer import PlannedTensor
+from weightkit.io.writer import CheckpointFiles, PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops.pairing import Pair, Pairing, pair_checkpoints
 from weightkit.pipeline import (
     Job,
     WriteResult,
     identity,
-    output_error,
-    preflight,
     write_checkpoint,
 )
-from weightkit.progress import ByteProgress, human_bytes, human_time, say
+from weightkit.progress import human_bytes, human_time
 
 DEFAULT_LEVEL = 1
 
@@ -161,60 +159,82 @@ def diff_lossless(
 
     Besides the compressed tensors, `out` gets the tuned model's tensor manifest
     (weightkit.target-manifest.json) and its config and tokenizer files. `level` is zstd's.
+    It runs on write_checkpoint's outline: the jobs load the tuned tensors (so the run's
+    manifest is the target manifest) and the writer encodes each against raw's; a killed run
+    resumes after its last finished file.
     """
     raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)
     pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
     _check_dtypes(pairing, "the tuned model",
                   "A lossless diff stores bit patterns, so both models need the same dtype per "
                   "tensor. Use --dtype fp32 instead of --lossless (a plain fp32 diff).")
-    plan = [PlannedTensor(p.name, p.other.dtype, p.other.shape) for p in pairing.pairs]
-    if not plan:
-        raise InputError("diff: nothing to write (the inputs hold no tensors)")
-    total = sum(t.nbytes for t in plan)  # the most it can take: incompressible tensors
-    folder = OutputFolder(out, inputs=[raw_ckpt.path, tuned_ckpt.path], overwrite=overwrite,
-                          needed_bytes=total)
-    if dry_run:
-        say(preflight("diff --lossless", folder.out, plan, torch.device("cpu")), quiet)
-        return WriteResult(folder.out, [], len(plan), total, 0.0, Manifest(),
-                           notes=pairing.notes())
-    try:
-        with folder as tmp:
-            _clear(tmp)  # no resuming here: a killed run's files are not ours to keep
-            result = _write_diff(tmp, pairing, raw_ckpt, tuned_ckpt, plan, level,
-                                 max_shard_size, quiet)
-            copy_side_files([tuned_ckpt.folder], tmp)
-    except OSError as e:
-        raise output_error(e, folder.out, total) from None
-    result.out = folder.out
-    say(_summary(result, total), quiet)
-    return result
+    jobs = [_diff_job(p, tuned_ckpt) for p in pairing.pairs]
+    total = sum(j.out.nbytes for j in jobs)
+    files = _LosslessFiles(raw_ckpt, {p.name: p.raw.shape for p in pairing.pairs}, level)
+    return write_checkpoint(
+        out, jobs, title="diff --lossless", inputs=[raw_ckpt.path, tuned_ckpt.path],
+        side_files_from=[tuned_ckpt.folder], max_shard_size=max_shard_size,
+        overwrite=overwrite, device="cpu", quiet=quiet, dry_run=dry_run, notes=pairing.notes(),
+        files=files, summarize=lambda result: _summary(result, total),
+    )
 
 
-def _write_diff(tmp: Path, pairing: Pairing, raw: Checkpoint, tuned: Checkpoint,
-                plan: list[PlannedTensor], level: int, max_shard_size: int | str,
-                quiet: bool) -> WriteResult:
-    target = Manifest()
-    writer = LosslessDiffWriter(tmp, plan, {p.name: p.raw.shape for p in pairing.pairs},
-                                max_shard_size)
-    with ByteProgress("diff --lossless", sum(t.nbytes for t in plan), len(plan),
-                      quiet) as progress:
-        for p in pairing.pairs:
-            r, t = p.read(raw, tuned)
-            target.add(p.name, ManifestEntry.of(t))
-            writer.write(p.name, encode(r, t, level))
-            progress.advance(t.nbytes)
-        files = [f.name for f in writer.close()]
-    target.write(tmp, TARGET_MANIFEST_NAME)
-    return WriteResult(tmp, files, len(plan), writer.bytes_written, progress.elapsed, target,
-                       notes=pairing.notes())
+def _diff_job(p: Pair, tuned: Checkpoint) -> Job:
+    return Job(PlannedTensor(p.name, p.other.dtype, p.other.shape), lambda: (tuned.read(p.name),),
+               identity)
 
 
-def _clear(folder: Path) -> None:
-    for f in folder.iterdir():
-        if f.is_dir():
-            shutil.rmtree(f)
-        else:
-            f.unlink()
+class _LosslessFiles(CheckpointFiles):
+    """What `diff --lossless` writes, for write_checkpoint: lossless diff files, in which each
+    tuned tensor the jobs give is encoded against raw's as it is written."""
+
+    manifest_name = TARGET_MANIFEST_NAME  # the jobs' tensors are the tuned model's
+
+    def __init__(self, raw: Checkpoint, raw_shapes: dict[str, tuple[int, ...]],
+                 level: int) -> None:
+        self.raw, self.raw_shapes, self.level = raw, raw_shapes, level
+        self.key = f"lossless-diff level {level}"  # another level gives other bytes
+
+    def file_names(self, shards: int) -> list[str]:
+        return lossless_file_names(shards)
+
+    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int | str,
+               done: set[int], on_shard_done: Callable[[int], None]) -> _EncodingWriter:
+        container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size, done,
+                                       on_shard_done)
+        return _EncodingWriter(container, self.raw, self.level)
+
+    def open(self, path: Path) -> _DecodedFile:
+        return _DecodedFile(LosslessDiffReader(path), self.raw)
+
+
+class _EncodingWriter:
+    """The pipeline's writer: each tuned tensor, encoded against raw's, into the container."""
+
+    def __init__(self, container: LosslessDiffWriter, raw: Checkpoint, level: int) -> None:
+        self.container, self.raw, self.level = container, raw, level
+        self.total_size = container.total_size  # of the tuned tensors: what progress counts
+
+    @property
+    def bytes_written(self) -> int:
+        return self.container.bytes_written
+
+    def write(self, name: str, tuned: torch.Tensor, rows: None = None) -> None:
+        self.container.write(name, encode(self.raw.read(name), tuned, self.level))
+
+    def close(self) -> list[Path]:
+        return self.container.close()
+
+
+class _DecodedFile:
+    """A finished file of a killed run, re-checked on resume by what it decodes to."""
+
+    def __init__(self, packed: LosslessDiffReader, raw: Checkpoint) -> None:
+        self.packed, self.raw = packed, raw
+
+    def manifest_entry(self, name: str) -> ManifestEntry:
+        shape = self.packed.info(name).shape
+        return ManifestEntry.of(decode(self.raw.read(name), self.packed.read(name).numpy(), shape))
 
 
 def recover_lossless(
