@@ -35,8 +35,9 @@ def recover(
     """Write tuned = raw + diff (added in fp32) into `out`.
 
     dtype "auto" writes what the diff's target manifest says the tuned model was, or else the
-    wider of the raw and diff dtypes, so no precision is lost. `fp16=True` is KnowLM's spelling
-    of "the diff is fp16" and writes fp16.
+    wider of the raw and diff dtypes, so no precision is lost; another dtype converts the plain
+    float tensors (fp32, fp16, bf16). `fp16=True` is KnowLM's spelling of "the diff is fp16" and
+    writes fp16. Tensors that are not floats are added bit for bit (weightkit.ops.delta).
     """
     forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
     if is_lossless_diff(diff):  # compressed bit patterns, see weightkit.ops.lossless
