@@ -156,3 +156,15 @@ def test_listing_reads_no_tensor_data(tmp_path, monkeypatch):
     ckpt = open_checkpoint(tmp_path)
     assert ckpt.total_bytes == 70 and len(reads) == 1  # the header only
     json.dumps([str(i.shape) for i in ckpt.infos.values()])
+
+
+@pytest.mark.parametrize("dtype", ["F6_E2M3", "F6_E3M2"])
+def test_safetensors_dtype_torch_cannot_hold_is_named(tmp_path, dtype):
+    header = json.dumps({"w": {"dtype": dtype, "shape": [4], "data_offsets": [0, 3]}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 3)
+    with pytest.raises(InputError) as e:
+        open_checkpoint(tmp_path)
+    assert str(e.value).startswith(f"{path}: tensor 'w' is stored as {dtype}, a dtype of the "
+                                   f"safetensors format that torch {torch.__version__} cannot "
+                                   "hold\n")

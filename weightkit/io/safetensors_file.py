@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import SAFETENSORS_DTYPES
+from weightkit.dtypes import from_header
 from weightkit.errors import InputError
 from weightkit.io.tensor_info import TensorInfo, read_exact
 
@@ -24,7 +24,8 @@ class SafetensorsFile:
         self.path = path
         self._entries, self._data_start = _parse_header(path)
         self.infos = {
-            name: TensorInfo(name, SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"]), path)
+            name: TensorInfo(name, *from_header(e["dtype"], [int(d) for d in e["shape"]], name),
+                             path)
             for name, e in self._entries.items()
         }
 
@@ -69,8 +70,8 @@ def _parse_header(path: Path) -> tuple[dict[str, dict], int]:
     for name, e in header.items():
         try:
             begin, end = e["data_offsets"]
-            dtype = SAFETENSORS_DTYPES[e["dtype"]]
-            shape = [int(d) for d in e["shape"]]
+            dtype, shape = from_header(e["dtype"], [int(d) for d in e["shape"]],
+                                       f"{path}: tensor {name!r}")
         except (KeyError, TypeError, ValueError):
             raise InputError(
                 f"{path}: garbled safetensors header entry for tensor {name!r}: {e!r}"
@@ -80,7 +81,7 @@ def _parse_header(path: Path) -> tuple[dict[str, dict], int]:
             numel *= d
         if end - begin != numel * dtype.itemsize or begin < 0:
             raise InputError(
-                f"{path}: tensor {name!r} has {end - begin} bytes for shape {tuple(shape)} "
+                f"{path}: tensor {name!r} has {end - begin} bytes for shape {tuple(e['shape'])} "
                 f"of {e['dtype']}; the header is damaged"
             )
         if end > data_len:

@@ -35,6 +35,7 @@ _STORAGE_TYPES = {
     torch.int8: "CharStorage",
     torch.uint8: "ByteStorage",
     torch.bool: "BoolStorage",
+    torch.complex64: "ComplexFloatStorage",
 }
 _ALIGN = 64
 
@@ -197,12 +198,19 @@ class _Tensor:
             acc *= d
         args = (self.storage, 0, torch.Size(self.shape), tuple(reversed(stride)), False,
                 collections.OrderedDict())
-        return (torch._utils._rebuild_tensor_v2, args)
+        if self.storage.dtype in _STORAGE_TYPES:
+            return (torch._utils._rebuild_tensor_v2, args)
+        # dtypes without a typed storage class (uint16, float8, ...): bytes and the dtype apart,
+        # as torch.save writes them
+        return (torch._utils._rebuild_tensor_v3, (*args, self.storage.dtype))
 
 
 class _Pickler(pickle.Pickler):
     def persistent_id(self, obj: object):
         if isinstance(obj, _Storage):
+            if obj.dtype not in _STORAGE_TYPES:
+                nbytes = obj.numel * obj.dtype.itemsize
+                return ("storage", torch.UntypedStorage, obj.key, "cpu", nbytes)
             storage_type = getattr(torch, _STORAGE_TYPES[obj.dtype])
             return ("storage", storage_type, obj.key, "cpu", obj.numel)
         return None
@@ -212,9 +220,6 @@ class TorchZipWriter:
     """Writes one `.bin` file: `add` each planned tensor in order, then `close`."""
 
     def __init__(self, path: Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> None:
-        for _, dtype, _ in plan:
-            if dtype not in _STORAGE_TYPES:
-                raise InputError(f"dtype {dtype} cannot be written to a .bin file")
         self._archive = path.stem
         self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
         self._names = [name for name, _, _ in plan]

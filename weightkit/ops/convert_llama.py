@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import parse_dtype, short_name
+from weightkit.dtypes import output_dtype, parse_dtype, short_name
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.output import OutputFolder
@@ -403,7 +403,7 @@ def _tokenizer(path: Path, kind: str, version: str, instruct: bool, vocab_size: 
 def _job(p: Part, shards: list[Checkpoint], shape: tuple[int, ...], forced: torch.dtype | None,
          tied: bool) -> Job:
     raw_dtype = shards[0].info(p.raw).dtype
-    out_dtype = forced if forced is not None and raw_dtype.is_floating_point else raw_dtype
+    out_dtype = output_dtype(raw_dtype, forced)
     check_tied = tied and p.name == "model.embed_tokens.weight" and "output.weight" in shards[0]
     head_rows = shape[0] // p.rotary_heads if p.rotary_heads else 1  # pieces keep heads whole
 

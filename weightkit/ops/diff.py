@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import parse_dtype, safetensors_name
+from weightkit.dtypes import is_float, parse_dtype, safetensors_name
 from weightkit.errors import InputError, OptionConflict
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import tensor_bytes
@@ -87,17 +87,20 @@ def diff(
 
 def _job(p: Pair, raw: Checkpoint, tuned: Checkpoint, diff_dtype: torch.dtype,
          target: Manifest) -> Job:
-    out_dtype = diff_dtype if p.other.dtype.is_floating_point else p.other.dtype
+    # a tensor that is not a float is stored as the difference of its bit patterns, in its own
+    # dtype (weightkit.ops.delta); --dtype is the dtype of the float ones
+    out_dtype = diff_dtype if is_float(p.other.dtype) else p.other.dtype
     entry = _TargetEntry(p.other.shape)
 
     def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        d = delta.subtract(r, t, out_dtype)
-        if entry.add(t, delta.add(r, d, t.dtype)):
+        d = delta.subtract_any(r, t, out_dtype, p.name)
+        if entry.add(t, delta.add_any(r, d, t.dtype, p.name)):
             target.add(p.name, entry.result(t.dtype))
         return d
 
     return Job(PlannedTensor(p.name, out_dtype, p.other.shape), lambda: p.read(raw, tuned),
-               compute, load_rows=lambda start, stop: p.read_rows(raw, tuned, start, stop))
+               compute, check_finite=is_float(out_dtype),
+               load_rows=lambda start, stop: p.read_rows(raw, tuned, start, stop))
 
 
 class _TargetEntry:

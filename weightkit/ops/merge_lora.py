@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import parse_dtype
+from weightkit.dtypes import FLOAT_DTYPES, output_dtype, parse_dtype, short_name
 from weightkit.errors import InputError
 from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.reader import Checkpoint, open_checkpoint
@@ -179,11 +179,13 @@ def _base_tensor(base: Checkpoint, adapter: Checkpoint, name: str, key: str) -> 
             f"base model ({base.path}) does not have",
             "Check that --base is the model this adapter was trained on.",
         )
-    if not base.info(name).dtype.is_floating_point:
-        raise InputError(f"base tensor {name!r} ({base.info(name).file}) is "
-                         f"{base.info(name).dtype}; a LoRA "
-                         "adapter can only change floating-point weights",
-                         "Merge into an unquantized base model.")
+    dtype = base.info(name).dtype
+    if dtype not in FLOAT_DTYPES:
+        raise InputError(
+            f"base tensor {name!r} ({base.info(name).file}) is {short_name(dtype)}; a LoRA "
+            "adapter can only change fp32, fp16, bf16 or fp64 weights",
+            "Quantized weights (8-bit floats, integers) come with scales a merge would have to "
+            "apply first: merge into an unquantized (bf16 or fp16) copy of the base model.")
 
 
 def _mismatch(base: Checkpoint, adapter: Checkpoint, name: str, key: str, want: tuple,
@@ -277,7 +279,7 @@ def _check_bias(base: Checkpoint, adapter: Checkpoint, m: LoraModule) -> str:
 def _job(name: str, base: Checkpoint, adapter: Checkpoint, steps: list[Step],
          forced: torch.dtype | None) -> Job:
     info = base.info(name)
-    out_dtype = forced if forced is not None and info.dtype.is_floating_point else info.dtype
+    out_dtype = output_dtype(info.dtype, forced)
     out = PlannedTensor(name, out_dtype, info.shape)
     if not steps:
         return Job(out, lambda: (base.read(name),), identity,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from weightkit.dtypes import short_name
+from weightkit.dtypes import is_float, short_name
 from weightkit.errors import InputError
 from weightkit.io.reader import Checkpoint
 from weightkit.io.tensor_info import TensorInfo
@@ -93,13 +93,19 @@ def pair_checkpoints(raw: Checkpoint, other: Checkpoint, other_role: str) -> Pai
 
 def _check_dtypes(p: Pair, other_role: str) -> None:
     a, b = p.raw.dtype, p.other.dtype
-    if a == b or (a.is_floating_point and b.is_floating_point):
+    if a == b or (is_float(a) and is_float(b)):
         return
+    if a.is_floating_point and b.is_floating_point:  # one of them has no value arithmetic
+        packed = a if not is_float(a) else b
+        hint = (f"weightkit adds and subtracts {short_name(packed)} tensors bit for bit only, "
+                "so both sides need that dtype")
+    else:
+        hint = ("Weight arithmetic needs floating-point tensors on both sides (or the same "
+                "integer dtype)")
     raise InputError(
         f"tensor {p.name!r}: dtype {short_name(b)} in the {other_role} ({p.other.file}) does not "
         f"fit dtype {short_name(a)} in the raw model ({p.raw.file})",
-        "Weight arithmetic needs floating-point tensors on both sides (or the same integer "
-        f"dtype); the {other_role} was not made against this raw model.",
+        f"{hint}; the {other_role} was not made against this raw model.",
     )
 
 
