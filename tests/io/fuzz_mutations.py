@@ -55,7 +55,7 @@ def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return save(state)
 
 
-def _torch_bytes(state: object, **kwargs) -> bytes:
+def torch_bytes(state: object, **kwargs) -> bytes:
     buf = io.BytesIO()
     torch.save(state, buf, **kwargs)
     return buf.getvalue()
@@ -71,7 +71,7 @@ def sample(fmt: str) -> bytes:
         state = sample_state()
         if fmt == TORCH:
             state |= {"t": state["w"].t(), "v": state["w"][2:4]}
-        _SAMPLES[fmt] = (_safetensors_bytes if fmt == SAFETENSORS else _torch_bytes)(state)
+        _SAMPLES[fmt] = (_safetensors_bytes if fmt == SAFETENSORS else torch_bytes)(state)
     return _SAMPLES[fmt]
 
 
@@ -125,21 +125,24 @@ def extend(data: bytes, rng: random.Random) -> bytes:
 
 def replace_whole(data: bytes, rng: random.Random) -> bytes:
     choices = [*NOT_WEIGHTS, sample(SAFETENSORS), sample(TORCH),
-               _torch_bytes(sample_state(), _use_new_zipfile_serialization=False)]
+               torch_bytes(sample_state(), _use_new_zipfile_serialization=False)]
     return rng.choice(choices)
 
 
 # ---------------------------------------------------------------- safetensors
 
 
-def _st_split(data: bytes) -> tuple[dict, bytes]:
+def split_safetensors(data: bytes) -> tuple[dict, bytes]:
+    """(the header's JSON, the data) of a safetensors file."""
     (n,) = struct.unpack("<Q", data[:8])
     return json.loads(data[8:8 + n]), data[8 + n:]
 
 
-def _st_join(header: object, body: bytes, rng: random.Random) -> bytes:
+def join_safetensors(header: object, body: bytes, pad: int | None = None) -> bytes:
+    """A safetensors file of this header and data; the header padded with `pad` spaces (by
+    default to a multiple of 8, as writers do)."""
     text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8 if rng.random() < 0.8 else rng.randrange(8))
+    text += b" " * (-len(text) % 8 if pad is None else pad)
     return struct.pack("<Q", len(text)) + text + body
 
 
@@ -164,7 +167,7 @@ def _wrong_offsets(offsets: object, others: list[object], rng: random.Random) ->
 
 def header_field(data: bytes, rng: random.Random) -> bytes:
     """A header JSON field given a wrong type or value (or removed, or a stray one added)."""
-    header, body = _st_split(data)
+    header, body = split_safetensors(data)
     names = [k for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     r = rng.random()
     if not names:
@@ -193,7 +196,7 @@ def header_field(data: bytes, rng: random.Random) -> bytes:
             entry[field] = _wrong_offsets(entry["data_offsets"], others, rng)
         else:
             entry["extra"] = rng.choice(WRONG_VALUES)
-    return _st_join(header, body, rng)
+    return join_safetensors(header, body, None if rng.random() < 0.8 else rng.randrange(8))
 
 
 def flip_header_byte(data: bytes, rng: random.Random) -> bytes:
@@ -217,12 +220,14 @@ def length_field(data: bytes, rng: random.Random) -> bytes:
 # ---------------------------------------------------------------- torch zip
 
 
-def _entries(data: bytes) -> list[tuple[str, bytes]]:
+def zip_entries(data: bytes) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every record of a zip, in order."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         return [(zi.filename, zf.read(zi)) for zi in zf.infolist()]
 
 
-def _rezip(entries: list[tuple[str, bytes]]) -> bytes:
+def rezip(entries: list[tuple[str, bytes]]) -> bytes:
+    """A zip of these records, uncompressed as torch stores them."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, payload in entries:
@@ -231,14 +236,14 @@ def _rezip(entries: list[tuple[str, bytes]]) -> bytes:
 
 
 def drop_record(data: bytes, rng: random.Random) -> bytes:
-    entries = _entries(data)
+    entries = zip_entries(data)
     del entries[rng.randrange(len(entries))]
-    return _rezip(entries)
+    return rezip(entries)
 
 
 def resize_record(data: bytes, rng: random.Random) -> bytes:
     """A record shortened, lengthened or given other content (byteorder "big", say)."""
-    entries = _entries(data)
+    entries = zip_entries(data)
     i = rng.randrange(len(entries))
     name, payload = entries[i]
     r = rng.random()
@@ -251,13 +256,13 @@ def resize_record(data: bytes, rng: random.Random) -> bytes:
     else:
         payload = rng.choice([b"", b"\x00", b"3\n", b"big", payload[::-1]])
     entries[i] = (name, payload)
-    return _rezip(entries)
+    return rezip(entries)
 
 
 def rename_record(data: bytes, rng: random.Random) -> bytes:
     """One character of a record's name changed where the local header, the central directory
     or both spell it (a byte over 0x7f makes the UTF-8 name undecodable)."""
-    names = [name.encode() for name, _ in _entries(data)]
+    names = [name.encode() for name, _ in zip_entries(data)]
     name = rng.choice(names)
     spots = [i for i in range(len(data)) if data.startswith(name, i)]
     chosen = spots if rng.random() < 0.4 else [rng.choice(spots)]
@@ -285,7 +290,7 @@ def flip_zip_structure(data: bytes, rng: random.Random) -> bytes:
 def alter_pickle(data: bytes, rng: random.Random) -> bytes:
     """data.pkl with bytes flipped, inserted or removed, and a correct CRC, so that the
     unpickler, not the zip layer, meets the damage."""
-    entries = _entries(data)
+    entries = zip_entries(data)
     i = next(k for k, (name, _) in enumerate(entries) if name.endswith("data.pkl"))
     pkl = bytearray(entries[i][1])
     for _ in range(rng.randint(1, 3)):
@@ -298,7 +303,7 @@ def alter_pickle(data: bytes, rng: random.Random) -> bytes:
         else:
             del pkl[at]
     entries[i] = (entries[i][0], bytes(pkl))
-    return _rezip(entries)
+    return rezip(entries)
 
 
 def odd_state(data: bytes, rng: random.Random) -> bytes:
@@ -311,7 +316,7 @@ def odd_state(data: bytes, rng: random.Random) -> bytes:
         {"a": t.unsqueeze(0).expand(4, 2, 3)},
         {"a": t[1:], "b": t}, {"a": torch.empty(0)}, {"a": t.as_strided((2, 2), (0, 1))},
     ]
-    return _torch_bytes(rng.choice(states))
+    return torch_bytes(rng.choice(states))
 
 
 MUTATIONS: dict[str, list[tuple[Mutation, int]]] = {

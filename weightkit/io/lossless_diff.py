@@ -37,7 +37,8 @@ from safetensors import SafetensorError, safe_open
 
 from weightkit.dtypes import SAFETENSORS_DTYPES, safetensors_name
 from weightkit.errors import InputError
-from weightkit.io.safetensors_file import SafetensorsFile
+from weightkit.io.safetensors_file import SafetensorsFile, parse_shape
+from weightkit.io.sniff import DOWNLOAD_AGAIN
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor, parse_size, plan_shards
 
@@ -168,13 +169,17 @@ class LosslessDiffReader:
                 raise InputError(f"{path}: tensor {name!r} is stored twice "
                                  f"({self.infos[name].file.name} and {path.name})")
             if name not in frames.infos:
-                raise InputError(f"{path}: tensor {name!r} is listed but has no data")
-            try:
-                info = TensorInfo(name, SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"]), path)
-                self.raw_shapes[name] = tuple(e["raw_shape"])
-            except (KeyError, TypeError) as err:
-                raise InputError(f"{path}: garbled entry for tensor {name!r} ({err})") from None
-            self.infos[name] = info
+                raise InputError(f"{path}: tensor {name!r} is listed but has no data",
+                                 DOWNLOAD_AGAIN)
+            fields = e if isinstance(e, dict) else {}
+            dtype = fields.get("dtype")
+            dtype = SAFETENSORS_DTYPES.get(dtype) if isinstance(dtype, str) else None
+            shape, raw_shape = (parse_shape(fields.get(k)) for k in ("shape", "raw_shape"))
+            if dtype is None or shape is None or raw_shape is None:
+                raise InputError(f"{path}: garbled entry for tensor {name!r} in the metadata: "
+                                 f"{json.dumps(e)[:80]}", DOWNLOAD_AGAIN)
+            self.infos[name] = TensorInfo(name, dtype, shape, path)
+            self.raw_shapes[name] = raw_shape
             self._where[name] = frames
 
 
@@ -194,6 +199,5 @@ def _tensors(path: Path) -> dict[str, dict]:
         if not isinstance(tensors, dict):
             raise ValueError("tensors is not a JSON object")
     except (SafetensorError, ValueError, KeyError) as e:
-        raise InputError(f"{path}: not a weightkit lossless diff ({e})",
-                         "The file is damaged; download it again.") from None
+        raise InputError(f"{path}: not a weightkit lossless diff ({e})", DOWNLOAD_AGAIN) from None
     return tensors

@@ -1,9 +1,10 @@
-"""What a file that should hold weights holds instead, told from its first bytes.
+"""What a downloaded file holds instead of weights (or JSON), told from its first bytes.
 
 A failed download (an expired signed URL, a login page, a 404) leaves an HTML or XML page or a
 JSON error body under the checkpoint's name, and a clone made without git-lfs leaves a small
-pointer file: both readers call `not_weights` when a file is not their format, so the user is told
-what the file is rather than that its header is garbled.
+pointer file. Both weight readers call `not_weights` when a file is not their format (and the
+readers of JSON inputs call `what_it_is`), so the user is told what the file is rather than that
+its header is garbled.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from weightkit.errors import InputError
 
 SAFETENSORS = "a safetensors file"
 TORCH_ZIP = "a PyTorch zip checkpoint"
+JSON_FILE = "a JSON file"
 DOWNLOAD_AGAIN = "The file is damaged; download it again."
 TRUNCATED_HINT = "Download the file again (weightkit verify can tell which files are damaged)."
 
-_HEAD = 256  # bytes looked at
-_SHOWN = 48  # characters of the file's start quoted in a message
+_HEAD = 1024  # bytes looked at
+_SHOWN = 60  # characters of the file's start quoted in a message
 _FAILED_DOWNLOAD = "a failed download (an expired or wrong link, a login page, a missing file) " \
     "saves the server's reply under the file's name"
 _DOWNLOAD_AGAIN = "Download the file again (with a fresh link if the old one has expired)."
@@ -31,15 +33,26 @@ _COMPRESSED = {
 
 
 def not_weights(path: Path, expected: str, problem: str) -> InputError:
-    """The error for `path`, which is not `expected` (SAFETENSORS or TORCH_ZIP): what its first
-    bytes show it holds instead (an HTML page, a Git LFS pointer, JSON, a legacy torch pickle,
-    compressed data, the other weights format), else `problem` and the bytes it starts with."""
+    """The error for `path`, which is not `expected` (SAFETENSORS or TORCH_ZIP): what it holds
+    instead if its first bytes show it (see `what_it_is`), else `problem` and those bytes."""
+    found = what_it_is(path, expected)
+    if found is not None:
+        return found
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+    return InputError(f"{path}: {problem} (the file starts with {_quote(head)})", DOWNLOAD_AGAIN)
+
+
+def what_it_is(path: Path, expected: str) -> InputError | None:
+    """The error naming what `path`, which cannot be read as `expected` (SAFETENSORS, TORCH_ZIP,
+    JSON_FILE), holds instead when its first bytes show it: an empty file, an HTML or XML page,
+    JSON text, other text, a Git LFS pointer, a legacy torch pickle, compressed data, the other
+    weights format. None when they show nothing in particular."""
     with open(path, "rb") as f:
         head = f.read(_HEAD)
     found = _what(head, expected)
     if found is None:
-        return InputError(f"{path}: {problem} (the file starts with {_quote(head)})",
-                          DOWNLOAD_AGAIN)
+        return None
     what, why, hint = found
     return InputError(f"{path}: {what}, not {expected}" + (f": {why}" if why else ""), hint)
 
@@ -55,10 +68,15 @@ def _what(head: bytes, expected: str) -> tuple[str, str, str] | None:
                 "Run `git lfs install` and `git lfs pull` in the clone, or download the file "
                 "again.")
     if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
-        return f"an HTML page ({_quote(head)})", _FAILED_DOWNLOAD, _DOWNLOAD_AGAIN
-    if text.startswith(b"<?xml"):
-        return f"an XML document ({_quote(head)})", _FAILED_DOWNLOAD, _DOWNLOAD_AGAIN
-    if text.startswith((b"{", b"[")):
+        title = re.search(rb"<title[^>]*>([^<]*)</title>", head, re.IGNORECASE)
+        shown = f"titled {_quote(title.group(1))}" if title else _quote(head)
+        return f"an HTML page ({shown})", _FAILED_DOWNLOAD, _DOWNLOAD_AGAIN
+    if text.startswith(b"<?xml"):  # quoted after its declaration: the error code shows
+        return (f"an XML document ({_quote(head.split(b'?>', 1)[-1])})", _FAILED_DOWNLOAD,
+                _DOWNLOAD_AGAIN)
+    if text.startswith((b"{", b"[")):  # in a JSON file: one that is damaged, not replaced
+        if expected == JSON_FILE:
+            return None
         return f"JSON text ({_quote(head)})", _FAILED_DOWNLOAD, _DOWNLOAD_AGAIN
     if _is_text(head):
         return f"a text file ({_quote(head)})", _FAILED_DOWNLOAD, _DOWNLOAD_AGAIN

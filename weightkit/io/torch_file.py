@@ -231,7 +231,7 @@ class TorchFile:
         """Index one entry of the state dict, checking it against the zip's records."""
         if not isinstance(t, torch.Tensor) or not isinstance(name, str):
             what = f"is a {type(t).__name__}, not a tensor" if isinstance(name, str) else \
-                f"is named by a {type(name).__name__}, not a string"
+                f"has a name of type {type(name).__name__}, not a string"
             raise InputError(f"{self.path}: entry {name!r} {what}",
                              "Only plain state dicts (name -> tensor) are supported.")
         if t.layout != torch.strided:
