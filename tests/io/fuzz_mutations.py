@@ -7,9 +7,10 @@ random.Random: header bytes flipped, header JSON fields given wrong types or val
 field changed, zip records dropped, renamed, resized or rewritten, the pickle altered, the file
 truncated, extended or replaced by what failed downloads leave (an HTML page, a Git LFS pointer, a
 JSON error body, ...). `outcome` opens the file with weightkit, reads every tensor whole and in
-rows, and says what happened: "read" (and the bytes equal what the file says, as the safetensors
-library or torch.load read it), "refused" (an InputError naming the file, with a hint), or what
-went wrong.
+rows, and says what happened: "read" (and the bytes equal what the file says: as the safetensors
+library or torch.load read it, or where they refuse the file over parts weightkit has no use for,
+the undamaged sample's), "refused" (an InputError naming the file, with a hint), or what went
+wrong.
 """
 
 from __future__ import annotations
