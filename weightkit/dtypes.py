@@ -140,7 +140,8 @@ def from_header(name: str, shape: list[int], where: str) -> tuple[torch.dtype, t
         return dtype, tuple(shape)
     if not shape or shape[-1] % 2:
         raise InputError(f"{where} is F4 of shape {shape}: 4-bit values are stored two a byte, "
-                         "so the last dimension must be even; the header is damaged")
+                         "so the last dimension must be even; the header is damaged",
+                         "The file is damaged; download it again.")
     return dtype, (*shape[:-1], shape[-1] // 2)
 
 

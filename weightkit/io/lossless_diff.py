@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from weightkit.dtypes import from_header, to_header
+from weightkit.dtypes import FORMAT_DTYPES, from_header, to_header
 from weightkit.errors import InputError
-from weightkit.io.safetensors_file import SafetensorsFile
+from weightkit.io.safetensors_file import SafetensorsFile, parse_shape
+from weightkit.io.sniff import DOWNLOAD_AGAIN
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor, ShardFiles, numbered_names, parse_size, plan_shards
 
@@ -175,16 +176,19 @@ class LosslessDiffReader:
                 raise InputError(f"{path}: tensor {name!r} is stored twice "
                                  f"({self.infos[name].file.name} and {path.name})")
             if name not in frames.infos:
-                raise InputError(f"{path}: tensor {name!r} is listed but has no data")
-            try:
-                where = f"{path}: tensor {name!r}"
-                dtype, shape = from_header(e["dtype"], [int(d) for d in e["shape"]], where)
-                info = TensorInfo(name, dtype, shape, path)
-                self.raw_shapes[name] = from_header(
-                    e["dtype"], [int(d) for d in e["raw_shape"]], where)[1]
-            except (KeyError, TypeError, ValueError) as err:
-                raise InputError(f"{path}: garbled entry for tensor {name!r} ({err})") from None
-            self.infos[name] = info
+                raise InputError(f"{path}: tensor {name!r} is listed but has no data",
+                                 DOWNLOAD_AGAIN)
+            fields = e if isinstance(e, dict) else {}
+            dtype_name = fields.get("dtype")
+            shape, raw_shape = (parse_shape(fields.get(k)) for k in ("shape", "raw_shape"))
+            if (not isinstance(dtype_name, str) or dtype_name not in FORMAT_DTYPES
+                    or shape is None or raw_shape is None):
+                raise InputError(f"{path}: garbled entry for tensor {name!r} in the metadata: "
+                                 f"{json.dumps(e)[:80]}", DOWNLOAD_AGAIN)
+            where = f"{path}: tensor {name!r}"
+            dtype, shape = from_header(dtype_name, list(shape), where)
+            self.infos[name] = TensorInfo(name, dtype, shape, path)
+            self.raw_shapes[name] = from_header(dtype_name, list(raw_shape), where)[1]
             self._where[name] = frames
 
 
@@ -204,6 +208,5 @@ def _tensors(path: Path) -> dict[str, dict]:
         if not isinstance(tensors, dict):
             raise ValueError("tensors is not a JSON object")
     except (SafetensorError, ValueError, KeyError) as e:
-        raise InputError(f"{path}: not a weightkit lossless diff ({e})",
-                         "The file is damaged; download it again.") from None
+        raise InputError(f"{path}: not a weightkit lossless diff ({e})", DOWNLOAD_AGAIN) from None
     return tensors
