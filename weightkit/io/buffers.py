@@ -15,11 +15,14 @@ from collections.abc import Iterable
 import torch
 
 _local = threading.local()
+# Smaller requests are not pooled: malloc serves them from its heap, already faulted in, and
+# a pooled tensor-sized buffer lent to a 4 KiB norm would be missing for the next large read.
+SMALL = 1 << 20
 
 
 class BufferPool:
     def __init__(self, keep_bytes: int, pinned: bool = False) -> None:
-        self.keep_bytes = keep_bytes  # free buffers beyond this are released to the OS
+        self.keep_bytes = keep_bytes  # free buffers beyond this are released
         self.pinned = pinned  # page-locked, for fast asynchronous copies to a GPU
         self._free: list[torch.Tensor] = []
         # address -> size of buffers handed out; not references, so a buffer whose tensor is
@@ -27,19 +30,31 @@ class BufferPool:
         self._lent: dict[int, int] = {}
         self._lock = threading.Lock()
 
+    def capacity(self, nbytes: int) -> int:
+        """The size of the buffer that serves `nbytes`: pinned memory comes from torch's host
+        allocator in powers of two, so the pool counts (and reuses) what is really pinned."""
+        nbytes = max(nbytes, 1)
+        return 1 << (nbytes - 1).bit_length() if self.pinned else nbytes
+
     def take(self, nbytes: int) -> torch.Tensor:
         """A uint8 tensor of `nbytes` (contents undefined), backed by a pooled buffer."""
+        if nbytes < SMALL and not self.pinned:
+            return torch.empty(nbytes, dtype=torch.uint8)
         with self._lock:
             fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
-            if fits:
-                buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
-            else:
-                buf = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=self.pinned)
+            buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel())) if fits else None
+        if buf is None:  # outside the lock: pinning a large buffer takes milliseconds
+            buf = self._allocate(self.capacity(nbytes))
+        with self._lock:
             self._lent[buf.data_ptr()] = buf.numel()
         return buf[:nbytes]
 
+    def _allocate(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
+
     def give(self, tensors: Iterable[torch.Tensor]) -> None:
         """Return the pooled buffers behind these tensors (others are ignored)."""
+        trimmed = False
         with self._lock:
             for t in tensors:
                 storage = t.untyped_storage()
@@ -49,6 +64,29 @@ class BufferPool:
             self._free.sort(key=lambda b: b.numel(), reverse=True)
             while sum(b.numel() for b in self._free) > self.keep_bytes:
                 self._free.pop()  # smallest first: large buffers are the costly ones
+                trimmed = True
+        if trimmed and self.pinned:
+            _release_pinned()
+
+    def close(self) -> None:
+        """Drop the free buffers (pinned ones go back to the system, not to torch's cache)."""
+        with self._lock:
+            self._free.clear()
+        if self.pinned:
+            _release_pinned()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the free buffers the pool keeps."""
+        with self._lock:
+            return sum(b.numel() for b in self._free)
+
+
+def _release_pinned() -> None:
+    """torch keeps freed pinned blocks for reuse, forever: hand the unused ones back."""
+    empty = getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None:
+        empty()
 
 
 def empty_bytes(nbytes: int) -> torch.Tensor:
