@@ -14,13 +14,17 @@ RSS, and each ratio to the copy limit as the median of the pairs (with their ran
 Every output's tensor manifest is kept in DIR/SIZE/manifests/JOB.json the first time and
 compared on every later run: the same manifest means the same bytes, tensor by tensor.
 `--warm` skips the copy limits and the cache drops (steady CPU and fault figures while
-changing the code).
+changing the code). `--base DIR` runs every job also with the weightkit checked out in DIR
+(`git archive COMMIT | tar -x -C DIR`), alternating with this one in each repeat, so that
+before and after are measured side by side on a machine whose load moves; the base's rows come
+first and its outputs set the manifests the others must match.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -45,6 +49,7 @@ class Bench:
     args: list[str]  # weightkit's arguments, with {w} for the family's folder and {out}
     inputs: list[str]  # folders (in the family) the job reads
     limit: float  # the target: wall and CPU at most this many times the copy limit's
+    fastchat: bool = False  # args are FastChat apply_delta's, run with --fastchat's python
 
 
 JOBS = [
@@ -65,6 +70,10 @@ JOBS = [
                               "bf16"], ["meta"], 1.3),
     Bench("merge-lora r=16 -> fp16", ["merge-lora", "--base", "{w}/raw", "--lora", "{w}/adapter",
                                       "--out", "{out}"], ["raw", "adapter"], 2.0),
+    # as FastChat's README runs it: whole models loaded in fp16, added in fp16, saved
+    Bench("FastChat apply_delta, fp16 diff", ["--base-model-path", "{w}/raw", "--delta-path",
+                                              "{w}/diff16-fc", "--target-model-path", "{out}"],
+          ["raw", "diff16"], 1.3, fastchat=True),
 ]
 
 
@@ -86,6 +95,22 @@ def make_family(work: Path, size: str) -> None:
             make(work / name)
 
 
+def _fastchat_tokenizer(diff: Path, folder: Path) -> None:
+    """`diff` with a tiny slow tokenizer beside it: apply_delta loads and saves the delta's
+    tokenizer (the synthetic family has none); the weights are links, not copies."""
+    folder.mkdir(exist_ok=True)
+    for f in diff.iterdir():
+        if f.suffix in (".safetensors", ".json") and not f.name.startswith("weightkit"):
+            if not (folder / f.name).exists():
+                (folder / f.name).symlink_to(f)
+    (folder / "vocab.json").write_text(json.dumps({"<|endoftext|>": 0, "a": 1, "b": 2}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    token = "<|endoftext|>"
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "unk_token": token, "bos_token": token,
+         "eos_token": token}))
+
+
 def _wk(args: list) -> None:
     subprocess.run([*WK, *map(str, args), "--device", "cpu"], check=True)
 
@@ -96,29 +121,40 @@ def _meta(folder: Path, size: str) -> None:
     bench_convert.make_raw(folder, hidden, layers, heads, 2, vocab, "fp16")
 
 
-def run_job(b: Bench, work: Path, repeat: int, warm: bool) -> str:
+def run_job(b: Bench, work: Path, repeat: int, warm: bool,
+            variants: dict[str, str | None], fastchat: str | None = None) -> list[str]:
+    """Rows of `b` for each variant (label -> PYTHONPATH, None: as this process has it)."""
     out = work / "out"
-    cmd = [*WK, *(a.format(w=work, out=out) for a in b.args)]
-    if b.name.startswith(("recover", "diff", "merge")):
+    args = [a.format(w=work, out=out) for a in b.args]
+    cmd = [*WK, *args]
+    if b.fastchat:
+        cmd = [fastchat, "-m", "fastchat.model.apply_delta", *args]
+    elif b.name.startswith(("recover", "diff", "merge")):
         cmd += ["--device", "cpu"]
     inputs = [work / i for i in b.inputs]
     read = folder_bytes(*inputs)
     limits: dict[str, list[dict]] = {form: [] for form in COPY_FORMS}
-    runs = []
-    for _ in range(repeat):
-        if out.exists():
-            shutil.rmtree(out)
+    runs: dict[str, list[dict]] = {label: [] for label in variants}
+    for i in range(repeat):
         if not warm:
             for form in COPY_FORMS:
                 # the output's size is known after the first run; the inputs' until then
                 limits[form].append(copy_limit_run(inputs, _out_bytes(work, b, read), work, form))
-            drop_caches()
-        runs.append(measure(cmd))
-        written = folder_bytes(out)
-        _check_manifest(work, b, out)
-        (work / f".out-bytes-{_slug(b)}").write_text(str(written))
+        order = list(variants) if i % 2 == 0 else list(variants)[::-1]
+        for label in order:
+            if out.exists():
+                shutil.rmtree(out)
+            if not warm:
+                drop_caches()
+            env = None if variants[label] is None else {**os.environ,
+                                                        "PYTHONPATH": variants[label]}
+            runs[label].append(measure(cmd, env))
+            if not b.fastchat:
+                _check_manifest(work, b, out)
+            (work / f".out-bytes-{_slug(b)}").write_text(str(folder_bytes(out)))
     shutil.rmtree(out)
-    return _row(b, runs, limits, read)
+    return [_row(b, runs[label], limits, read, label if len(variants) > 1 else "")
+            for label in variants]
 
 
 def _out_bytes(work: Path, b: Bench, read: int) -> int:
@@ -150,10 +186,11 @@ def _ratio(runs: list[dict], limits: list[dict], key: str) -> str:
     return text + (f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else "")
 
 
-def _row(b: Bench, runs: list[dict], limits: dict[str, list[dict]], read: int) -> str:
+def _row(b: Bench, runs: list[dict], limits: dict[str, list[dict]], read: int,
+         label: str) -> str:
     faults = _med(runs, "minflt")
-    cells = [b.name, f"{_med(runs, 'seconds'):.1f}", f"{_med(runs, 'cpu'):.1f} "
-             f"({_med(runs, 'user'):.1f} + {_med(runs, 'sys'):.1f})",
+    cells = [f"{b.name} ({label})" if label else b.name, f"{_med(runs, 'seconds'):.1f}",
+             f"{_med(runs, 'cpu'):.1f} ({_med(runs, 'user'):.1f} + {_med(runs, 'sys'):.1f})",
              f"{faults / 1e3:.0f} k ({100 * faults / (read / 4096):.1f} %)",
              f"{max(r['rss_gb'] for r in runs):.2f}"]
     for form in COPY_FORMS:
@@ -177,18 +214,30 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jobs", default="", help="comma-separated prefixes of job names")
     ap.add_argument("--warm", action="store_true", help="no copy limits, no cache drops")
+    ap.add_argument("--fastchat", default=None,
+                    help="the python of a venv with fschat installed: adds its apply_delta")
+    ap.add_argument("--base", default=None,
+                    help="a folder with another weightkit checkout, run side by side")
     args = ap.parse_args()
     work = args.dir / args.size
     make_family(work, args.size)
     wanted = [j for j in args.jobs.split(",") if j]
-    jobs = [b for b in JOBS if not wanted or any(b.name.startswith(w) for w in wanted)]
+    jobs = [b for b in JOBS if (not wanted or any(b.name.startswith(w) for w in wanted))
+            and (args.fastchat or not b.fastchat)]
+    if args.fastchat:
+        _fastchat_tokenizer(work / "diff16", work / "diff16-fc")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, Python "
           f"{platform.python_version()}, torch {torch.__version__}; size {args.size}; page "
           f"cache dropped: {'no (--warm)' if args.warm else drop_caches()}\n")
     print(HEADER)
     print("|---" * (HEADER.count("|") - 1) + "|")
+    variants: dict[str, str | None] = {"this": None}
+    if args.base:
+        variants = {"base": str(Path(args.base).absolute()), "this": None}
     for b in jobs:
-        print(run_job(b, work, args.repeat, args.warm), flush=True)
+        print("\n".join(run_job(b, work, args.repeat, args.warm,
+                                 {"this": None} if b.fastchat else variants, args.fastchat)),
+              flush=True)
 
 
 if __name__ == "__main__":

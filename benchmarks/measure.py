@@ -22,11 +22,11 @@ print(json.dumps({"rc": done.returncode, "seconds": seconds, "rss_kb": usage.ru_
 """
 
 
-def measure(cmd: list[str]) -> dict:
-    """Run `cmd`; returns {"seconds", "cpu" (user + sys), "user", "sys", "minflt", "majflt",
-    "rss_kb", "rss_gb"}; exits with its stderr if it failed."""
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run `cmd` (in `env`, if given); returns {"seconds", "cpu" (user + sys), "user", "sys",
+    "minflt", "majflt", "rss_kb", "rss_gb"}; exits with its stderr if it failed."""
     out = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         sys.exit(f"{' '.join(cmd)} failed ({result['rc']}):\n{result['stderr']}")
