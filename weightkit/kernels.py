@@ -12,9 +12,12 @@ operation per element in the accumulation dtype, and the rounding is one cast.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import os
 import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -29,6 +32,31 @@ CANONICAL_NAN = {torch.float16: 0x7E00, torch.bfloat16: 0x7FC0, torch.float32: 0
                  torch.float64: 0x7FF8000000000000}
 _SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
                    torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+# torch's intra-op threads as the process started with them (the rank-r products of merge-lora
+# run with these, as they always have)
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def pipeline_threads() -> int:
+    """Intra-op threads while a pipeline runs: the reader and the writer thread each keep a
+    core busy, so on 2 cores an op split over 2 OpenMP threads waits for a core (its workers
+    spin meanwhile: measured, the NaN/Inf check's share of the compute thread went from 5 % to
+    40 % of its samples under load)."""
+    return max(1, min(DEFAULT_THREADS, (os.cpu_count() or 1) - 2))
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` meanwhile (threads started meanwhile inherit
+    it; it does not change the bits of elementwise ops)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def scratch(slot: int, dtype: torch.dtype, numel: int = BLOCK) -> torch.Tensor:

@@ -38,7 +38,13 @@ from weightkit.io.writer import (
     plan_shards,
     shard_file_names,
 )
-from weightkit.kernels import canonicalize_nans, round_into, scratch
+from weightkit.kernels import (
+    canonicalize_nans,
+    intra_op_threads,
+    pipeline_threads,
+    round_into,
+    scratch,
+)
 from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
@@ -215,6 +221,13 @@ def _all_finite_fast(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x.sum()))  # a finite sum has no NaN/Inf terms
 
 
+def canonical_result(t: torch.Tensor) -> torch.Tensor:
+    """`t` as the pipeline writes a computed result: its NaNs, if any, made canonical."""
+    if t.is_floating_point() and not _all_finite_fast(t):
+        canonicalize_nans(t)
+    return t
+
+
 def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
@@ -337,6 +350,17 @@ def run_jobs(
             errors.append(e)
             stop.set()
 
+    with intra_op_threads(pipeline_threads()):
+        _run_stages(read_stage, write_stage, loaded, computed, stop, device, pool)
+    if errors:
+        raise errors[0]
+    return stats
+
+
+def _run_stages(read_stage: Callable[[], None], write_stage: Callable[[], None],
+                loaded: queue.Queue, computed: queue.Queue, stop: threading.Event,
+                device: torch.device, pool: BufferPool) -> None:
+    """Start the reader and writer threads and compute on this one until all is done."""
     threads = [threading.Thread(target=read_stage, daemon=True, name="weightkit-read"),
                threading.Thread(target=write_stage, daemon=True, name="weightkit-write")]
     for t in threads:
@@ -360,9 +384,6 @@ def run_jobs(
         for t in threads:
             t.join()
         pool.close()
-    if errors:
-        raise errors[0]
-    return stats
 
 
 def _checkable(expected: Manifest | None, name: str, entry: ManifestEntry) -> bool:

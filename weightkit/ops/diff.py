@@ -12,12 +12,12 @@ from weightkit.io.buffers import release
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import tensor_bytes
 from weightkit.io.writer import PlannedTensor
-from weightkit.kernels import canonicalize_nans, same_bytes
+from weightkit.kernels import same_bytes
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
 from weightkit.ops.pairing import Pair, pair_checkpoints
-from weightkit.pipeline import Job, WriteResult, write_checkpoint
+from weightkit.pipeline import Job, WriteResult, canonical_result, write_checkpoint
 
 
 def diff(
@@ -83,7 +83,7 @@ def _job(p: Pair, raw: Checkpoint, tuned: Checkpoint, diff_dtype: torch.dtype,
         # on the CPU copies, whatever the device: what recover will give (the same bytes on
         # every device), hashed next to the tuned bytes
         r, t = inputs
-        recovered = canonicalize_nans(delta.add(r, d, t.dtype))
+        recovered = canonical_result(delta.add(r, d, t.dtype))
         if entry.add(t, recovered):
             target.add(p.name, entry.result(t.dtype))
         release(recovered)

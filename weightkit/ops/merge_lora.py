@@ -20,7 +20,7 @@ from weightkit.errors import InputError
 from weightkit.io.buffers import empty_tensor
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.writer import PlannedTensor
-from weightkit.kernels import BLOCK, scratch
+from weightkit.kernels import BLOCK, DEFAULT_THREADS, intra_op_threads, scratch
 from weightkit.ops import lora_adapter
 from weightkit.ops.delta import accumulate_dtype
 from weightkit.ops.lora_adapter import AdapterConfig, LoraModule
@@ -354,7 +354,8 @@ def _add_widened(acc: torch.Tensor, w: torch.Tensor, scaling: float | None = Non
 
 def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """B @ A in a pooled buffer (a fresh tensor-sized one costs a page fault per 4 KiB)."""
-    return torch.mm(b, a, out=empty_tensor((b.shape[0], a.shape[1]), b.dtype))
+    with intra_op_threads(DEFAULT_THREADS):  # the thread count it has always had
+        return torch.mm(b, a, out=empty_tensor((b.shape[0], a.shape[1]), b.dtype))
 
 
 def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, transposed: bool) -> torch.Tensor:
@@ -375,6 +376,7 @@ def dora_merge(w: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
     # the same views and ops as peft, so the norm sums in the same order
     oriented = (w.T if transposed else w) + 1 * (delta.T if transposed else delta)
     # a reduction: on the CPU (merge jobs always run there) for the same reason as the product
-    norm = torch.linalg.norm(oriented, dim=1).to(oriented.dtype)
+    with intra_op_threads(DEFAULT_THREADS):
+        norm = torch.linalg.norm(oriented, dim=1).to(oriented.dtype)
     factor = (magnitude / norm).view(-1, 1)
     return (factor.T if transposed else factor) * (w + delta)
