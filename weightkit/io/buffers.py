@@ -8,6 +8,8 @@ once the tensor that used them is written. Outside a run, reads allocate as usua
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import threading
 from collections.abc import Iterable
@@ -50,7 +52,10 @@ class BufferPool:
         return buf[:nbytes]
 
     def _allocate(self, nbytes: int) -> torch.Tensor:
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
+        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
+        if not self.pinned:
+            _huge_pages(buf)
+        return buf
 
     def give(self, tensors: Iterable[torch.Tensor]) -> None:
         """Return the pooled buffers behind these tensors (others are ignored)."""
@@ -80,6 +85,30 @@ class BufferPool:
         """Bytes of the free buffers the pool keeps."""
         with self._lock:
             return sum(b.numel() for b in self._free)
+
+
+_PAGE, _HUGE, _MADV_HUGEPAGE = 4096, 2 << 20, 14
+
+
+@functools.cache
+def _madvise() -> ctypes._CFuncPtr | None:
+    try:
+        f = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return f
+
+
+def _huge_pages(buf: torch.Tensor) -> None:
+    """Ask Linux to back a pooled buffer with 2 MiB pages (transparent huge pages are often
+    "madvise"-only): its first touch then faults 512 times less, and the pool's buffers are
+    most of a run's page faults once reads land in reused memory."""
+    madvise = _madvise()
+    if madvise is None or buf.numel() < 2 * _HUGE:
+        return
+    start = -(-buf.data_ptr() // _PAGE) * _PAGE
+    madvise(start, (buf.data_ptr() + buf.numel() - start) // _PAGE * _PAGE, _MADV_HUGEPAGE)
 
 
 def _release_pinned() -> None:
