@@ -82,3 +82,12 @@ def test_same_bytes_tells_signed_zeros_apart():
     assert same_bytes(a, a.clone())
     assert not same_bytes(a, torch.tensor([-0.0, 1.0], dtype=torch.float16))
     assert not same_bytes(a, a[:1])
+
+
+@pytest.mark.parametrize(("src", "dst"), [(torch.float16, torch.bfloat16),
+                                          (torch.bfloat16, torch.float16)])
+def test_a_cast_through_fp32_gives_the_direct_casts_bits(src, dst):
+    x = edge_values(src, 3 * kernels.BLOCK + 5, 4)
+    want = x.to(dst)
+    got = round_into(torch.empty(x.shape, dtype=dst), x, widen_first=True)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))  # no NaN: same bits

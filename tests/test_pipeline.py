@@ -134,3 +134,16 @@ def test_a_piece_that_does_not_fit_the_device_runs_on_the_cpu(tmp_path):
     assert job.uses(torch.device("meta"))
     got = run_on(torch.device("meta"), [job], tmp_path / "out")
     assert torch.equal(got["w"], (t * 2).half())
+
+
+def test_a_cast_keeps_the_direct_casts_bits_also_for_nans(tmp_path):
+    """Copied tensors are not canonicalised: a cast (convert --dtype) of a tensor holding NaNs
+    takes torch's direct cast, as before; without NaNs, the faster path through fp32."""
+    x = torch.linspace(-2, 2, 3 * 2**16).half().reshape(-1, 64)
+    y = x.clone()
+    y.view(-1)[:3] = torch.tensor(list(NAN16.values()), dtype=torch.int16).view(torch.float16)
+    jobs = [Job(PlannedTensor(n, torch.bfloat16, tuple(t.shape)), lambda t=t: (t.clone(),),
+                identity) for n, t in (("finite", x), ("nans", y))]
+    got = run_on(torch.device("cpu"), jobs, tmp_path / "out")
+    for name, t in (("finite", x), ("nans", y)):
+        assert torch.equal(got[name].view(torch.int16), t.to(torch.bfloat16).view(torch.int16))

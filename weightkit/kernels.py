@@ -80,10 +80,20 @@ def _blocks(out: torch.Tensor, *inputs: torch.Tensor) -> zip:
     return zip(*(torch.split(t, BLOCK) for t in flat), strict=True)
 
 
-def round_into(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """out = src cast to out's dtype (one rounding), block by block."""
+def round_into(out: torch.Tensor, src: torch.Tensor, widen_first: bool = False) -> torch.Tensor:
+    """out = src cast to out's dtype (one rounding), block by block.
+
+    `widen_first` casts through fp32, two vectorised casts that take half the time of torch's
+    direct fp16 <-> bf16 cast; for sources without NaN only, where the paths' bits differ
+    (a NaN becomes 0xFFFF one way, 0x7FC0 the other).
+    """
     if out.device.type != "cpu" or src.device.type != "cpu":
         return out.copy_(src)
+    if widen_first and out.dtype != src.dtype and torch.float32 not in (out.dtype, src.dtype):
+        s0 = scratch(0, torch.float32)
+        for o, s in _blocks(out, src):
+            o.copy_(s0[:s.numel()].copy_(s))
+        return out
     for o, s in _blocks(out, src):
         o.copy_(s)
     return out

@@ -159,7 +159,9 @@ class Piece:
         if computed.dtype == job.out.dtype and computed.device.type == "cpu":
             return computed
         result = pool.take(self.nbytes).view(job.out.dtype).view(self.shape)
-        round_into(result, computed)  # synchronous from a device: the writer may read it at once
+        # synchronous from a device: the writer may read it at once
+        round_into(result, computed, widen_first=_halves(computed, result)
+                   and _all_finite_fast(computed))
         if not _shares_storage(computed, inputs):
             # a pooled scratch buffer of compute's, if it was one (inputs go back once written:
             # a buffer given back twice could be lent out twice)
@@ -219,6 +221,10 @@ def _all_finite_fast(x: torch.Tensor) -> bool:
     if mask is not None:
         return int((x.view(torch.int16) & mask).max()) != mask
     return bool(torch.isfinite(x.sum()))  # a finite sum has no NaN/Inf terms
+
+
+def _halves(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype in _HALF_EXPONENTS and t.device.type == "cpu" for t in tensors)
 
 
 def canonical_result(t: torch.Tensor) -> torch.Tensor:
