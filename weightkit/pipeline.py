@@ -77,8 +77,11 @@ class Job:
     # only add copies); identity jobs never move to a device
     cpu_only: bool = False
     # after(inputs, result): called with each piece's CPU inputs and CPU result, piece by
-    # piece in row order, before it is written (diff hashes its target manifest here)
+    # piece in row order, on the compute thread before the piece is written; written(...) the
+    # same on the writer thread once it is written (work that can run beside compute: diff
+    # predicts recover's bytes in after() and hashes them in written())
     after: Callable[[tuple[torch.Tensor, ...], torch.Tensor], None] | None = None
+    written: Callable[[tuple[torch.Tensor, ...], torch.Tensor], None] | None = None
 
     def uses(self, device: torch.device) -> bool:
         """Whether this job's compute runs on `device` (else on the CPU)."""
@@ -328,6 +331,7 @@ def run_jobs(
 
     def write_stage() -> None:
         hasher = hashlib.sha256()
+        use_pool(pool)  # for what written() hooks give back
         try:
             while True:
                 item = _get(computed, stop)
@@ -339,6 +343,8 @@ def run_jobs(
                     hasher = hashlib.sha256()
                 hasher.update(tensor_bytes(tensor))
                 writer.write(out.name, tensor, piece.rows)
+                if piece.job.written is not None:
+                    piece.job.written(inputs, tensor)
                 if piece.last:
                     entry = ManifestEntry(safetensors_name(out.dtype), out.shape,
                                           hasher.hexdigest())
@@ -355,6 +361,8 @@ def run_jobs(
         except BaseException as e:
             errors.append(e)
             stop.set()
+        finally:
+            use_pool(None)
 
     with intra_op_threads(pipeline_threads()):
         _run_stages(read_stage, write_stage, loaded, computed, stop, device, pool)

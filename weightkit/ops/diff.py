@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -81,16 +82,26 @@ def _job(p: Pair, raw: Checkpoint, tuned: Checkpoint, diff_dtype: torch.dtype,
 
     def after(inputs: tuple[torch.Tensor, torch.Tensor], d: torch.Tensor) -> None:
         # on the CPU copies, whatever the device: what recover will give (the same bytes on
-        # every device), hashed next to the tuned bytes
+        # every device), compared with the tuned bytes here and hashed, where it must be, by
+        # the writer thread (hashing took a quarter of diff's compute thread)
         r, t = inputs
         recovered = canonical_result(delta.add(r, d, t.dtype))
-        if entry.add(t, recovered):
-            target.add(p.name, entry.result(t.dtype))
-        release(recovered)
+        if not entry.add(t, recovered):
+            release(recovered)
+            recovered = None
+        pending.append(recovered)
 
+    def written(inputs: tuple[torch.Tensor, torch.Tensor], d: torch.Tensor) -> None:
+        recovered = pending.popleft()
+        if entry.add_recovered(inputs[1], recovered):
+            target.add(p.name, entry.result(p.other.dtype))
+        if recovered is not None:
+            release(recovered)
+
+    pending: deque[torch.Tensor | None] = deque()  # after() -> written(), piece by piece
     return Job(PlannedTensor(p.name, out_dtype, p.other.shape), lambda: p.read(raw, tuned),
                compute, load_rows=lambda start, stop: p.read_rows(raw, tuned, start, stop),
-               after=after)
+               after=after, written=written)
 
 
 class _TargetEntry:
@@ -104,12 +115,18 @@ class _TargetEntry:
         self.got = None  # the recovered bytes' hash, from the first piece that differs on
 
     def add(self, tuned: torch.Tensor, recovered: torch.Tensor) -> bool:
-        """Hash one piece; True once the last one is in. While every piece recovers exactly,
-        one hash serves both (comparing bytes costs a tenth of hashing them)."""
+        """Hash one tuned piece (on the compute thread); True if its recovered bytes must be
+        hashed too. While every piece recovers exactly, one hash serves both (comparing bytes
+        costs a tenth of hashing them)."""
         if self.got is None and not same_bytes(tuned, recovered):
             self.got = self.want.copy()  # the pieces so far were the same bytes
         self.want.update(tensor_bytes(tuned))
-        if self.got is not None:
+        return self.got is not None
+
+    def add_recovered(self, tuned: torch.Tensor, recovered: torch.Tensor | None) -> bool:
+        """Hash the piece's recovered bytes if add() said so (on the writer thread, in order);
+        True once the last piece is in."""
+        if recovered is not None:
             self.got.update(tensor_bytes(recovered))
         self.rows_left -= tuned.shape[0] if self.shape else 1
         return self.rows_left == 0
