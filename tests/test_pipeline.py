@@ -65,3 +65,105 @@ def test_the_finite_check_reads_the_bits_of_small_floats():
     packed = torch.full((4,), 0xFF, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
     assert pipeline._all_finite_fast(packed)  # E2M1 has no NaN or Inf
     pipeline._refuse_new_non_finite("w", packed, finite)
+
+
+NAN16 = {"payload": 0x7E01, "negative": -0x0200, "signalling": 0x7D00}  # 0xFE00 as int16
+
+
+def test_nans_in_computed_results_are_canonical(tmp_path):
+    """NaN signs and payloads differ between CPUs (inf - inf gives 0xFFC00000 here) and GPUs
+    (canonical NaNs): every NaN a job computes is written as 0x7E00, so a diff made on one
+    device recovers with the same bytes on the other."""
+    from safetensors.torch import save_file
+
+    from weightkit.ops.recover import recover
+
+    raw = torch.tensor([1.0, 2.0, 3.0, float("inf"), 0.5], dtype=torch.float16)
+    raw[:3] = torch.tensor(list(NAN16.values()), dtype=torch.int16).view(torch.float16)
+    diff = torch.tensor([0.25, 0.25, 0.25, float("-inf"), 0.25])
+    for name, t in (("raw", raw), ("diff", diff)):
+        (tmp_path / name).mkdir()
+        save_file({"w": t.reshape(5, 1)}, tmp_path / name / "model.safetensors")
+    recover(tmp_path / "raw", tmp_path / "diff", tmp_path / "out", dtype="fp16", quiet=True,
+            device="cpu")
+    from conftest import tensors
+
+    got = tensors(tmp_path / "out")["w"].view(-1)
+    assert got.view(torch.int16).tolist() == [0x7E00] * 4 + [0x3A00]  # 0.5 + 0.25 = 0.75
+
+
+def test_a_diff_of_nans_recovers_to_what_it_predicts(model_pair, tmp_path):
+    """The diff's target manifest predicts the canonical NaNs recover writes, so recovering a
+    tuned model whose NaN is negative is accepted as within rounding, not refused."""
+    from conftest import tensors
+    from safetensors.torch import load_file, save_file
+
+    from weightkit.ops.diff import diff
+    from weightkit.ops.recover import recover
+
+    raw, tuned = model_pair("llama", torch.float16)
+    state = load_file(tuned / "model.safetensors")
+    name = "model.norm.weight"
+    state[name][:1] = torch.tensor([NAN16["negative"]], dtype=torch.int16).view(torch.float16)
+    save_file(state, tuned / "model.safetensors", metadata={"format": "pt"})
+    diff(raw, tuned, tmp_path / "diff", quiet=True, device="cpu")
+    r = recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True, device="cpu")
+    assert r.within_rounding == [name] and r.checked == r.tensors
+    got = tensors(tmp_path / "out")[name]
+    assert got.view(torch.int16)[0].item() == 0x7E00
+    assert torch.equal(got[1:], state[name][1:])
+
+
+def run_on(device: torch.device, jobs: list[Job], folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from weightkit.io.writer import ShardWriter
+    from weightkit.pipeline import run_jobs
+
+    folder.mkdir()
+    writer = ShardWriter(folder, [j.out for j in jobs])
+    run_jobs(jobs, writer, device)
+    writer.close()
+    return load_file(folder / "model.safetensors")
+
+
+def double(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type != "cpu":
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return x * 2
+
+
+def test_data_movement_and_cpu_only_jobs_never_touch_the_device(tmp_path):
+    """On the meta device any real work would fail: identity jobs (convert, merge-lora's
+    untouched tensors) and cpu_only jobs (merges) run on the CPU whatever the device is."""
+    t = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    jobs = [Job(PlannedTensor("copied", torch.float32, (4, 3)), lambda: (t.clone(),), identity),
+            Job(PlannedTensor("cast", torch.float16, (4, 3)), lambda: (t.clone(),), identity),
+            Job(PlannedTensor("merged", torch.float32, (4, 3)), lambda: (t.clone(),),
+                lambda x: x + 1, cpu_only=True)]
+    meta = torch.device("meta")
+    assert [j.uses(meta) for j in jobs] == [False, False, False]
+    got = run_on(meta, jobs, tmp_path / "out")
+    assert torch.equal(got["copied"], t) and torch.equal(got["cast"], t.half())
+    assert torch.equal(got["merged"], t + 1)
+
+
+def test_a_piece_that_does_not_fit_the_device_runs_on_the_cpu(tmp_path):
+    t = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    job = Job(PlannedTensor("w", torch.float16, (4, 3)), lambda: (t.clone(),), double)
+    assert job.uses(torch.device("meta"))
+    got = run_on(torch.device("meta"), [job], tmp_path / "out")
+    assert torch.equal(got["w"], (t * 2).half())
+
+
+def test_a_cast_keeps_the_direct_casts_bits_also_for_nans(tmp_path):
+    """Copied tensors are not canonicalised: a cast (convert --dtype) of a tensor holding NaNs
+    takes torch's direct cast, as before; without NaNs, the faster path through fp32."""
+    x = torch.linspace(-2, 2, 3 * 2**16).half().reshape(-1, 64)
+    y = x.clone()
+    y.view(-1)[:3] = torch.tensor(list(NAN16.values()), dtype=torch.int16).view(torch.float16)
+    jobs = [Job(PlannedTensor(n, torch.bfloat16, tuple(t.shape)), lambda t=t: (t.clone(),),
+                identity) for n, t in (("finite", x), ("nans", y))]
+    got = run_on(torch.device("cpu"), jobs, tmp_path / "out")
+    for name, t in (("finite", x), ("nans", y)):
+        assert torch.equal(got[name].view(torch.int16), t.to(torch.bfloat16).view(torch.int16))

@@ -26,7 +26,7 @@ import torch
 from weightkit.device import resolve_device
 from weightkit.dtypes import NON_FINITE_BITS, count_non_finite, safetensors_name
 from weightkit.errors import InputError, OutputError
-from weightkit.io.buffers import BufferPool, empty_tensor, release, use_pool
+from weightkit.io.buffers import BufferPool, use_pool
 from weightkit.io.journal import Journal, run_key
 from weightkit.io.output import OutputFolder, copy_side_files, free_bytes
 from weightkit.io.tensor_info import PIECE_BYTES, row_ranges, tensor_bytes
@@ -37,6 +37,13 @@ from weightkit.io.writer import (
     check_dtypes,
     parse_size,
     plan_shards,
+)
+from weightkit.kernels import (
+    canonicalize_nans,
+    intra_op_threads,
+    pipeline_threads,
+    round_into,
+    scratch,
 )
 from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
@@ -66,6 +73,19 @@ class Job:
     check_finite: bool = True  # False for pure data movement, which cannot create NaN/Inf
     load_rows: Callable[[int, int], tuple[torch.Tensor, ...]] | None = None
     row_multiple: int = 1
+    # compute stays on the CPU whatever the device (its arithmetic must, or a device would
+    # only add copies); identity jobs never move to a device
+    cpu_only: bool = False
+    # after(inputs, result): called with each piece's CPU inputs and CPU result, piece by
+    # piece in row order, on the compute thread before the piece is written; written(...) the
+    # same on the writer thread once it is written (work that can run beside compute: diff
+    # predicts recover's bytes in after() and hashes them in written())
+    after: Callable[[tuple[torch.Tensor, ...], torch.Tensor], None] | None = None
+    written: Callable[[tuple[torch.Tensor, ...], torch.Tensor], None] | None = None
+
+    def uses(self, device: torch.device) -> bool:
+        """Whether this job's compute runs on `device` (else on the CPU)."""
+        return device.type != "cpu" and not self.cpu_only and self.compute is not identity
 
     def pieces(self, max_bytes: int) -> list[Piece]:
         """The job cut into pieces of at most `max_bytes` of output where it can be."""
@@ -105,27 +125,59 @@ class Piece:
 
     def run(self, inputs: tuple[torch.Tensor, ...], device: torch.device,
             pool: BufferPool) -> torch.Tensor:
-        """Compute on `device`; the result, rounded to the output dtype, comes back to the CPU
-        in a pooled buffer (a fresh one per tensor would cost a page fault per 4 KiB)."""
+        """Compute on `device` (the CPU for a job that does not use it); the result, rounded to
+        the output dtype, comes back to the CPU in a pooled buffer (a fresh one per piece would
+        cost a page fault per 4 KiB), its NaNs canonical, so its bytes are the same on every
+        device."""
         job = self.job
-        moved = tuple(x.to(device, non_blocking=True) for x in inputs)
+        if job.uses(device):
+            try:
+                result = self._compute(inputs, device, pool)
+            except torch.OutOfMemoryError:
+                # this piece does not fit the device's free memory now: the CPU gives the
+                # same bytes (elementwise IEEE arithmetic, rounded once)
+                _empty_device_cache()
+                result = self._compute(inputs, _CPU, pool)
+        else:
+            result = self._compute(inputs, _CPU, pool)
+        if (job.check_finite and job.compute is not identity and result.is_floating_point()
+                and not _all_finite_fast(result)):
+            _refuse_new_non_finite(job.out.name, result, inputs)
+            canonicalize_nans(result)  # NaN signs and payloads differ between CPUs and GPUs
+        if job.after is not None:
+            job.after(inputs, result)
+        return result
+
+    def _compute(self, inputs: tuple[torch.Tensor, ...], device: torch.device,
+                 pool: BufferPool) -> torch.Tensor:
+        job = self.job
+        moved = inputs if device.type == "cpu" else tuple(
+            x.to(device, non_blocking=True) for x in inputs)
         computed = job.compute(*moved)
         if computed.device.type != "cpu":
             computed = computed.to(job.out.dtype)  # round there: fewer bytes come back
         if tuple(computed.shape) != self.shape:
             raise RuntimeError(f"{job.out.name}: computed {tuple(computed.shape)}, "
                                f"planned {self.shape}")
-        result = computed
-        if computed.dtype != job.out.dtype or computed.device.type != "cpu":
-            result = pool.take(self.nbytes).view(job.out.dtype).view(self.shape)
-            result.copy_(computed)  # synchronous: the writer may read it at once
-        if job.check_finite and job.compute is not identity and result.is_floating_point():
-            _refuse_new_non_finite(job.out.name, result, moved)
-        if result is not computed and not _shares_storage(computed, inputs):
+        if computed.dtype == job.out.dtype and computed.device.type == "cpu":
+            return computed
+        result = pool.take(self.nbytes).view(job.out.dtype).view(self.shape)
+        # synchronous from a device: the writer may read it at once
+        round_into(result, computed, widen_first=_halves(computed, result)
+                   and _all_finite_fast(computed))
+        if not _shares_storage(computed, inputs):
             # a pooled scratch buffer of compute's, if it was one (inputs go back once written:
             # a buffer given back twice could be lent out twice)
             pool.give([computed])
         return result
+
+
+_CPU = torch.device("cpu")
+
+
+def _empty_device_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _shares_storage(t: torch.Tensor, others: tuple[torch.Tensor, ...]) -> bool:
@@ -165,19 +217,27 @@ def _all_finite_fast(x: torch.Tensor) -> bool:
         # integer ops on the bits run at memory speed; a block at a time, so the scratch is
         # cache-sized (a fresh tensor-sized one costs 5x the check in page faults)
         flat = x.view(-1).view(torch.int16)
-        bits = empty_tensor((min(flat.numel(), _CHECK_BLOCK),), torch.int16)
-        try:
-            for start in range(0, flat.numel(), _CHECK_BLOCK):
-                part = flat[start:start + _CHECK_BLOCK]
-                torch.bitwise_and(part, mask, out=bits[:part.numel()])
-                if int(bits[:part.numel()].max()) == mask:
-                    return False
-            return True
-        finally:
-            release(bits)
+        bits = scratch(0, torch.int16, _CHECK_BLOCK)
+        for start in range(0, flat.numel(), _CHECK_BLOCK):
+            part = flat[start:start + _CHECK_BLOCK]
+            torch.bitwise_and(part, mask, out=bits[:part.numel()])
+            if int(bits[:part.numel()].max()) == mask:
+                return False
+        return True
     if mask is not None:
         return int((x.view(torch.int16) & mask).max()) != mask
     return bool(torch.isfinite(x.sum()))  # a finite sum has no NaN/Inf terms
+
+
+def _halves(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype in _HALF_EXPONENTS and t.device.type == "cpu" for t in tensors)
+
+
+def canonical_result(t: torch.Tensor) -> torch.Tensor:
+    """`t` as the pipeline writes a computed result: its NaNs, if any, made canonical."""
+    if t.is_floating_point() and not _all_finite_fast(t):
+        canonicalize_nans(t)
+    return t
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -249,7 +309,8 @@ def run_jobs(
     budget = InFlight(max(largest, _IN_FLIGHT))
     # free buffers kept for reuse: what the jobs in flight and compute's scratch take, not a
     # copy of the model (half of that made merge-lora 30% slower: buffers re-faulted each time)
-    pool = BufferPool(keep_bytes=2 * budget.limit, pinned=device.type == "cuda")
+    pool = BufferPool(keep_bytes=2 * budget.limit,
+                      pinned=device.type == "cuda" and any(p.job.uses(device) for p in pieces))
     stop = threading.Event()
     errors: list[BaseException] = []
     loaded: queue.Queue = queue.Queue(_READ_AHEAD)
@@ -273,6 +334,7 @@ def run_jobs(
 
     def write_stage() -> None:
         hasher = hashlib.sha256()
+        use_pool(pool)  # for what written() hooks give back
         try:
             while True:
                 item = _get(computed, stop)
@@ -284,6 +346,8 @@ def run_jobs(
                     hasher = hashlib.sha256()
                 hasher.update(tensor_bytes(tensor))
                 writer.write(out.name, tensor, piece.rows)
+                if piece.job.written is not None:
+                    piece.job.written(inputs, tensor)
                 if piece.last:
                     entry = ManifestEntry(safetensors_name(out.dtype), out.shape,
                                           hasher.hexdigest())
@@ -300,7 +364,20 @@ def run_jobs(
         except BaseException as e:
             errors.append(e)
             stop.set()
+        finally:
+            use_pool(None)
 
+    with intra_op_threads(pipeline_threads()):
+        _run_stages(read_stage, write_stage, loaded, computed, stop, device, pool)
+    if errors:
+        raise errors[0]
+    return stats
+
+
+def _run_stages(read_stage: Callable[[], None], write_stage: Callable[[], None],
+                loaded: queue.Queue, computed: queue.Queue, stop: threading.Event,
+                device: torch.device, pool: BufferPool) -> None:
+    """Start the reader and writer threads and compute on this one until all is done."""
     threads = [threading.Thread(target=read_stage, daemon=True, name="weightkit-read"),
                threading.Thread(target=write_stage, daemon=True, name="weightkit-write")]
     for t in threads:
@@ -323,9 +400,7 @@ def run_jobs(
         use_pool(None)
         for t in threads:
             t.join()
-    if errors:
-        raise errors[0]
-    return stats
+        pool.close()
 
 
 def _checkable(expected: Manifest | None, name: str, entry: ManifestEntry) -> bool:

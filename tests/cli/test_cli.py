@@ -103,6 +103,7 @@ def test_dry_run_checks_and_reports_but_writes_nothing(model_pair, tmp_path):
 
 def test_dry_run_on_a_gpu_reports_its_memory_too(model_pair, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU is touched
+    monkeypatch.setattr("weightkit.device._started", lambda device: device)
     raw, tuned = model_pair("llama", torch.float16)
     assert _run(["diff", "--raw", str(raw), "--tuned", str(tuned), "--out",
                  str(tmp_path / "d"), "--dry-run"], debug=False) == 0

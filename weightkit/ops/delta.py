@@ -2,7 +2,9 @@
 
 diff = tuned - raw and tuned = raw + diff, each computed in fp32 (fp64 if an input is fp64) and
 rounded once. When the tuned model has more vocabulary rows than raw, the extra rows of the diff
-are the tuned rows themselves.
+are the tuned rows themselves. The work runs a cache-sized block at a time (weightkit.kernels)
+into a buffer from the run's pool; the result's NaNs, if any, are made canonical by the pipeline
+(and by `add` for diff's prediction of what recover will give).
 
 `subtract_any` and `add_any` take every dtype pair that weightkit.ops.pairing accepts: 8-bit
 floats are widened to fp32 first (torch will not mix them with another dtype) and a result in one
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 
 from weightkit.dtypes import FP8_DTYPES, bit_patterns, is_float, round_to, widen
+from weightkit.io.buffers import empty_tensor
+from weightkit.kernels import combine_into, round_into
 
 
 def accumulate_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -29,22 +33,41 @@ def accumulate_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 def subtract(raw: torch.Tensor, tuned: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    acc = accumulate_dtype(raw.dtype, tuned.dtype, out_dtype)
-    d = tuned.to(acc, copy=True)
-    _shared_rows(d, raw).sub_(raw.to(acc))
-    return d.to(out_dtype)
+    return _combine(tuned, raw, out_dtype, subtract=True)
 
 
 def add(raw: torch.Tensor, diff: torch.Tensor, out_dtype: torch.dtype,
         reuse_diff: bool = False) -> torch.Tensor:
-    """raw + diff; with `reuse_diff` the sum is built in diff's buffer when its dtype allows
-    (the streaming path owns a fresh buffer per tensor, so this saves a copy per tensor)."""
-    acc = accumulate_dtype(raw.dtype, diff.dtype, out_dtype)
-    t = diff.to(acc, copy=not reuse_diff)
-    # in-place add with type promotion: raw is widened element by element, exactly as
-    # raw.to(acc) would, without a widened copy of raw
-    _shared_rows(t, raw).add_(raw)
-    return t.to(out_dtype)
+    """raw + diff; with `reuse_diff` the sum is built in diff's buffer when diff already has
+    the accumulation and output dtype (the streaming path owns its input buffers, so this
+    saves one buffer per piece in flight). Otherwise it goes into a new (pooled) tensor."""
+    return _combine(diff, raw, out_dtype, reuse=reuse_diff)
+
+
+def _combine(full: torch.Tensor, raw: torch.Tensor, out_dtype: torch.dtype,
+             subtract: bool = False, reuse: bool = False) -> torch.Tensor:
+    """full ± raw over raw's rows; `full`'s own value (rounded) on the rows only it has."""
+    acc = accumulate_dtype(raw.dtype, full.dtype, out_dtype)
+    if acc == torch.int64:  # integer tensors: small, and wrap-around must match torch's
+        t = full.to(acc, copy=True)
+        shared = _shared_rows(t, raw)
+        if subtract:
+            shared.sub_(raw.to(acc))
+        else:
+            shared.add_(raw)
+        return t.to(out_dtype)
+    if reuse and full.dtype == acc == out_dtype and full.is_contiguous():
+        out = full  # block by block in place: each block is read before it is written
+    elif full.device.type == "cpu":
+        out = empty_tensor(full.shape, out_dtype)
+    else:
+        out = torch.empty(full.shape, dtype=out_dtype, device=full.device)
+    rows = raw.shape[0] if full.dim() and full.shape[0] != raw.shape[0] else None
+    if rows is None:
+        return combine_into(out, full, raw, acc, subtract)
+    combine_into(out[:rows], full[:rows], raw, acc, subtract)
+    round_into(out[rows:], full[rows:])  # widening is exact: one rounding either way
+    return out
 
 
 def _shared_rows(x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:

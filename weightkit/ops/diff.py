@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from pathlib import Path
 
 import torch
 
 from weightkit.dtypes import is_float, parse_dtype, safetensors_name
 from weightkit.errors import InputError, OptionConflict
+from weightkit.io.buffers import release
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import tensor_bytes
 from weightkit.io.writer import PlannedTensor, parse_size
+from weightkit.kernels import same_bytes
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
 from weightkit.ops.pairing import Pair, pair_checkpoints
-from weightkit.pipeline import Job, WriteResult, write_checkpoint
+from weightkit.pipeline import Job, WriteResult, canonical_result, write_checkpoint
 
 # options that describe the other kind of diff (the command line also refuses them when given
 # with their default value)
@@ -93,14 +96,31 @@ def _job(p: Pair, raw: Checkpoint, tuned: Checkpoint, diff_dtype: torch.dtype,
     entry = _TargetEntry(p.other.shape)
 
     def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        d = delta.subtract_any(r, t, out_dtype, p.name)
-        if entry.add(t, delta.add_any(r, d, t.dtype, p.name)):
-            target.add(p.name, entry.result(t.dtype))
-        return d
+        return delta.subtract_any(r, t, out_dtype, p.name)
 
+    def after(inputs: tuple[torch.Tensor, torch.Tensor], d: torch.Tensor) -> None:
+        # on the CPU copies, whatever the device: what recover will give (the same bytes on
+        # every device), compared with the tuned bytes here and hashed, where it must be, by
+        # the writer thread (hashing took a quarter of diff's compute thread)
+        r, t = inputs
+        recovered = canonical_result(delta.add_any(r, d, t.dtype, p.name))
+        if not entry.add(t, recovered):
+            release(recovered)
+            recovered = None
+        pending.append(recovered)
+
+    def written(inputs: tuple[torch.Tensor, torch.Tensor], d: torch.Tensor) -> None:
+        recovered = pending.popleft()
+        if entry.add_recovered(inputs[1], recovered):
+            target.add(p.name, entry.result(p.other.dtype))
+        if recovered is not None:
+            release(recovered)
+
+    pending: deque[torch.Tensor | None] = deque()  # after() -> written(), piece by piece
     return Job(PlannedTensor(p.name, out_dtype, p.other.shape), lambda: p.read(raw, tuned),
                compute, check_finite=is_float(out_dtype),
-               load_rows=lambda start, stop: p.read_rows(raw, tuned, start, stop))
+               load_rows=lambda start, stop: p.read_rows(raw, tuned, start, stop),
+               after=after, written=written)
 
 
 class _TargetEntry:
@@ -110,16 +130,28 @@ class _TargetEntry:
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.shape = shape
         self.rows_left = shape[0] if shape else 1
-        self.want, self.got = hashlib.sha256(), hashlib.sha256()
+        self.want = hashlib.sha256()
+        self.got = None  # the recovered bytes' hash, from the first piece that differs on
 
     def add(self, tuned: torch.Tensor, recovered: torch.Tensor) -> bool:
-        """Hash one piece; True once the last one is in."""
+        """Hash one tuned piece (on the compute thread); True if its recovered bytes must be
+        hashed too. While every piece recovers exactly, one hash serves both (comparing bytes
+        costs a tenth of hashing them)."""
+        if self.got is None and not same_bytes(tuned, recovered):
+            self.got = self.want.copy()  # the pieces so far were the same bytes
         self.want.update(tensor_bytes(tuned))
-        self.got.update(tensor_bytes(recovered))
+        return self.got is not None
+
+    def add_recovered(self, tuned: torch.Tensor, recovered: torch.Tensor | None) -> bool:
+        """Hash the piece's recovered bytes if add() said so (on the writer thread, in order);
+        True once the last piece is in."""
+        if recovered is not None:
+            self.got.update(tensor_bytes(recovered))
         self.rows_left -= tuned.shape[0] if self.shape else 1
         return self.rows_left == 0
 
     def result(self, dtype: torch.dtype) -> ManifestEntry:
-        want, got = self.want.hexdigest(), self.got.hexdigest()
+        want = self.want.hexdigest()
+        got = want if self.got is None else self.got.hexdigest()
         return ManifestEntry(safetensors_name(dtype), self.shape, want,
                              None if got == want else got)

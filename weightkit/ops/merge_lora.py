@@ -17,9 +17,10 @@ import torch
 
 from weightkit.dtypes import FLOAT_DTYPES, output_dtype, parse_dtype, short_name
 from weightkit.errors import InputError
-from weightkit.io.buffers import empty_tensor, release
+from weightkit.io.buffers import empty_tensor
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.writer import PlannedTensor
+from weightkit.kernels import BLOCK, DEFAULT_THREADS, intra_op_threads, scratch
 from weightkit.ops import lora_adapter
 from weightkit.ops.delta import accumulate_dtype
 from weightkit.ops.lora_adapter import AdapterConfig, LoraModule
@@ -292,7 +293,9 @@ def _job(name: str, base: Checkpoint, adapter: Checkpoint, steps: list[Step],
     def compute(w: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
         return apply_steps(w, tensors, steps)
 
-    return Job(out, load, compute)
+    # on the CPU whatever --device says: the rank-r product and DoRA's norm must be taken there
+    # (see lora_delta), and what is left (a widening add) would not pay for the copies
+    return Job(out, load, compute, cpu_only=True)
 
 
 def apply_steps(w: torch.Tensor, tensors: tuple[torch.Tensor, ...],
@@ -315,54 +318,56 @@ def apply_steps(w: torch.Tensor, tensors: tuple[torch.Tensor, ...],
                            step.transposed)
         else:
             a, b = next(args), next(args)
-            delta = lora_delta(a, b, step.scaling, step.transposed)
-            # delta + W in the delta's buffer: IEEE addition commutes, so this is peft's
-            # `W += delta` bit for bit, rounded once by the caller. W is widened first: a
-            # mixed-dtype add runs a slow per-element path (1.7x slower measured on fp16)
-            w = _add_widened(delta, w)
+            # delta + W in the product's buffer: IEEE addition commutes, so this is peft's
+            # `W += delta` bit for bit, rounded once by the caller. W is widened a block at a
+            # time: a mixed-dtype add runs a slow per-element path (1.7x slower on fp16)
+            if step.transposed:
+                w = _add_widened(lora_delta(a, b, step.scaling, True), w)
+            else:
+                w = _add_widened(_product(a, b), w, step.scaling)
     return w
 
 
-_BLOCK_BYTES = 1 << 20  # a cache-sized block of rows
+# a cache-sized block of rows (kernels.BLOCK values: one op stays in the calling thread)
+_BLOCK_BYTES = BLOCK * 4
 
 
-def _add_widened(acc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """acc += w, w widened to acc's dtype exactly, a block of rows at a time: a widened copy of
-    the whole of w would cost a tensor-sized buffer and a pass through memory."""
+def _add_widened(acc: torch.Tensor, w: torch.Tensor, scaling: float | None = None
+                 ) -> torch.Tensor:
+    """acc += w (with `scaling`: acc = acc * scaling + w), w widened to acc's dtype exactly, a
+    block of rows at a time: a widened copy of the whole of w would cost a tensor-sized buffer
+    and a pass through memory, and so would a separate pass for the scaling."""
     if w.dim() < 2:
+        if scaling is not None:
+            acc.mul_(scaling)
         return acc.add_(w.to(acc.dtype))
-    rows = max(1, _BLOCK_BYTES // (acc[0].numel() * acc.element_size()))
-    block = _scratch((min(rows, w.shape[0]), *w.shape[1:]), acc.dtype, w.device)
+    row = acc[0].numel()
+    rows = max(1, _BLOCK_BYTES // (row * acc.element_size()))
+    flat = scratch(0, acc.dtype, max(BLOCK, rows * row))
     for start in range(0, w.shape[0], rows):
-        part = block[:min(rows, w.shape[0] - start)]
-        part.copy_(w[start:start + part.shape[0]])
-        acc[start:start + part.shape[0]].add_(part)
-    release(block)
+        stop = min(start + rows, w.shape[0])
+        part = flat[:(stop - start) * row].view(stop - start, *w.shape[1:]).copy_(w[start:stop])
+        target = acc[start:stop]
+        if scaling is not None:
+            target.mul_(scaling)
+        target.add_(part)
     return acc
 
 
-def _scratch(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A tensor-sized temporary: from the run's buffer pool on the CPU (a fresh one per tensor
-    costs a page fault per 4 KiB, about as much as the arithmetic), plain on a GPU."""
-    if device.type == "cpu":
-        return empty_tensor(shape, dtype)
-    return torch.empty(shape, dtype=dtype, device=device)
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """B @ A in a pooled buffer (a fresh tensor-sized one costs a page fault per 4 KiB)."""
+    with intra_op_threads(DEFAULT_THREADS):  # the thread count it has always had
+        return torch.mm(b, a, out=empty_tensor((b.shape[0], a.shape[1]), b.dtype))
 
 
 def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, transposed: bool) -> torch.Tensor:
     """peft's get_delta_weight: transpose(B @ A, fan_in_fan_out) * scaling, in this op order
     (the scaling is applied in place: same kernel, same values, one tensor fewer).
 
-    The product is always taken on the CPU: a GPU matmul sums in another order, and the output
-    bytes must not depend on --device (nor differ from peft). It is a rank-r product, cheap next
-    to the reads and writes; the elementwise rest runs on the device, where IEEE rounding agrees.
+    Merge jobs run on the CPU whatever the device: a GPU matmul sums in another order, and the
+    output bytes must not depend on --device (nor differ from peft).
     """
-    product = _scratch((b.shape[0], a.shape[1]), b.dtype, torch.device("cpu"))
-    torch.mm(b.cpu(), a.cpu(), out=product)
-    if b.device.type != "cpu":
-        on_device = product.to(b.device)
-        release(product)
-        product = on_device
+    product = _product(a, b)
     return (product.T if transposed else product).mul_(scaling)
 
 
@@ -372,7 +377,8 @@ def dora_merge(w: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
     (DoraLinearLayer.get_weight_norm; embeddings count as transposed)."""
     # the same views and ops as peft, so the norm sums in the same order
     oriented = (w.T if transposed else w) + 1 * (delta.T if transposed else delta)
-    # a reduction: on the CPU for the same reason as lora_delta's product
-    norm = torch.linalg.norm(oriented.cpu(), dim=1).to(oriented.dtype).to(oriented.device)
+    # a reduction: on the CPU (merge jobs always run there) for the same reason as the product
+    with intra_op_threads(DEFAULT_THREADS):
+        norm = torch.linalg.norm(oriented, dim=1).to(oriented.dtype)
     factor = (magnitude / norm).view(-1, 1)
     return (factor.T if transposed else factor) * (w + delta)
