@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import parse_dtype, safetensors_name
-from weightkit.io.reader import Checkpoint, open_checkpoint
-from weightkit.io.tensor_info import tensor_bytes
+from weightkit.dtypes import parse_dtype
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor
-from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
+from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry, RowHasher
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
-from weightkit.ops.pairing import Pair, pair_checkpoints
-from weightkit.pipeline import Job, WriteResult, write_checkpoint
+from weightkit.ops.pairing import pair_checkpoints
+from weightkit.pipeline import WriteResult
+from weightkit.sources.open import local_paths, open_source
+from weightkit.sources.source import Node, SideFiles, Source, View
+from weightkit.sources.write import check_output, write_source
 
 
 def diff(
@@ -41,18 +42,19 @@ def diff(
     records the hash recovery will produce, so the check stays exact about what it accepts.
 
     `lossless=True` writes a lossless diff instead (weightkit.ops.lossless: compressed bit
-    patterns at zstd `level`; `dtype`, `fmt` and `device` do not apply).
+    patterns at zstd `level`; `dtype`, `fmt` and `device` do not apply). Either input is any
+    model source (weightkit.sources): a raw Meta folder is read as `convert` writes it.
     """
     if lossless:  # a container of its own, not a checkpoint
         return diff_lossless(raw, tuned, out, level=level, max_shard_size=max_shard_size,
                              overwrite=overwrite, quiet=quiet, dry_run=dry_run)
-    raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)
-    diff_dtype = parse_dtype(dtype)
-    pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
-    target = Manifest()
-    jobs = [_job(p, raw_ckpt, tuned_ckpt, diff_dtype, target) for p in pairing.pairs]
+    check_output(out, local_paths(raw, tuned), overwrite, fmt)
+    view = DiffView(open_source(raw, role="raw", dry_run=dry_run, quiet=quiet),
+                    open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet),
+                    parse_dtype(dtype))
 
     def finish(folder: Path) -> list[str]:
+        target = view.target
         target.write(folder, TARGET_MANIFEST_NAME)
         inexact = sum(1 for e in target.entries.values() if e.recovers_to)
         if not inexact:
@@ -61,27 +63,49 @@ def diff(
                 f"{dtype} diff (within one rounding); the target manifest records the result "
                 "recovery must give."]
 
-    return write_checkpoint(
-        out, jobs, title="diff", inputs=[raw_ckpt.path, tuned_ckpt.path],
-        side_files_from=[tuned_ckpt.folder], fmt=fmt, max_shard_size=max_shard_size,
-        overwrite=overwrite, device=device, quiet=quiet, dry_run=dry_run, notes=pairing.notes(),
-        finish=finish, side_manifest=target,
+    return write_source(
+        view, out, title="diff", fmt=fmt, max_shard_size=max_shard_size, overwrite=overwrite,
+        device=device, quiet=quiet, dry_run=dry_run, finish=finish, side_manifest=view.target,
     )
 
 
-def _job(p: Pair, raw: Checkpoint, tuned: Checkpoint, diff_dtype: torch.dtype,
-         target: Manifest) -> Job:
-    out_dtype = diff_dtype if p.other.dtype.is_floating_point else p.other.dtype
-    entry = _TargetEntry(p.other.shape)
+class DiffView(View):
+    """diff = tuned - raw, a tensor at a time (in fp32, stored in `diff_dtype`). As each tensor
+    is computed, the tuned model's manifest entry goes into `target`: what recovery from the
+    stored diff must give."""
 
-    def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        d = delta.subtract(r, t, out_dtype)
-        if entry.add(t, delta.add(r, d, t.dtype)):
-            target.add(p.name, entry.result(t.dtype))
-        return d
+    def __init__(self, raw: Source, tuned: Source, diff_dtype: torch.dtype) -> None:
+        self.raw, self.tuned = raw, tuned
+        self.label = f"the diff of {tuned.label} against {raw.label}"
+        pairing = pair_checkpoints(raw, tuned, "tuned model")
+        self.pairs = {p.name: p for p in pairing.pairs}
+        self.infos = {p.name: TensorInfo(
+            p.name, diff_dtype if p.other.dtype.is_floating_point else p.other.dtype,
+            p.other.shape, p.other.file) for p in pairing.pairs}
+        self.notes = [*raw.notes, *tuned.notes, *pairing.notes()]
+        self.target = Manifest()
 
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), lambda: p.read(raw, tuned),
-               compute, load_rows=lambda start, stop: p.read_rows(raw, tuned, start, stop))
+    def node(self, name: str) -> Node:
+        p, info = self.pairs[name], self.infos[name]
+        entry = _TargetEntry(info.shape)
+
+        def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            d = delta.subtract(r, t, info.dtype)
+            if entry.add(t, delta.add(r, d, t.dtype)):
+                self.target.add(name, entry.result(t.dtype))
+            return d
+
+        return p.node(self.raw, self.tuned, PlannedTensor(name, info.dtype, info.shape), compute)
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [*self.raw.inputs, *self.tuned.inputs]
+
+    def config(self) -> dict | None:
+        return self.tuned.config()
+
+    def side_files(self) -> list[SideFiles]:
+        return self.tuned.side_files()
 
 
 class _TargetEntry:
@@ -89,18 +113,13 @@ class _TargetEntry:
     tuned bytes, and the bytes recovery from the stored diff will give."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-        self.rows_left = shape[0] if shape else 1
-        self.want, self.got = hashlib.sha256(), hashlib.sha256()
+        self.want, self.got = RowHasher(shape), RowHasher(shape)
 
     def add(self, tuned: torch.Tensor, recovered: torch.Tensor) -> bool:
         """Hash one piece; True once the last one is in."""
-        self.want.update(tensor_bytes(tuned))
-        self.got.update(tensor_bytes(recovered))
-        self.rows_left -= tuned.shape[0] if self.shape else 1
-        return self.rows_left == 0
+        self.got.add(recovered)
+        return self.want.add(tuned)
 
     def result(self, dtype: torch.dtype) -> ManifestEntry:
-        want, got = self.want.hexdigest(), self.got.hexdigest()
-        return ManifestEntry(safetensors_name(dtype), self.shape, want,
-                             None if got == want else got)
+        want, got = self.want.digest.hexdigest(), self.got.digest.hexdigest()
+        return self.want.entry(dtype, None if got == want else got)

@@ -18,7 +18,8 @@ out of the high byte, and then they save 20-25 %; zstd level 1 compresses these 
 zstd (python-zstandard, binding the reference C library) is the one extra dependency: fast,
 multi-threaded, checksummed frames with their size in the header, wheels for every platform.
 
-The second half of this module is the `diff --lossless` and `recover` of such diffs; the container
+The second half of this module is the `diff --lossless` of two models and the model recovered
+from such a diff (`LosslessRecoveredView`, a source that `recover` writes); the container
 (safetensors of zstd frames) is weightkit.io.lossless_diff.
 """
 
@@ -35,20 +36,17 @@ from weightkit.dtypes import short_name
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
-from weightkit.io.output import OutputFolder, copy_side_files
-from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.output import OutputFolder
+from weightkit.io.reader import folder_config
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops.pairing import Pair, Pairing, pair_checkpoints
-from weightkit.pipeline import (
-    Job,
-    WriteResult,
-    identity,
-    output_error,
-    preflight,
-    write_checkpoint,
-)
+from weightkit.pipeline import WriteResult, identity, output_error, preflight
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
+from weightkit.sources.open import local_paths, open_source
+from weightkit.sources.source import Node, SideFiles, Source, View, folder_files
+from weightkit.sources.write import check_output
 
 DEFAULT_LEVEL = 1
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -172,8 +170,11 @@ def diff_lossless(
     Besides the compressed tensors, `out` gets the tuned model's tensor manifest
     (weightkit.target-manifest.json) and its config and tokenizer files. `level` is zstd's.
     """
-    raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)
+    check_output(out, local_paths(raw, tuned), overwrite, "safetensors")
+    raw_ckpt = open_source(raw, role="raw", dry_run=dry_run, quiet=quiet)
+    tuned_ckpt = open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet)
     pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
+    notes = [*raw_ckpt.notes, *tuned_ckpt.notes, *pairing.notes()]
     _check_dtypes(pairing, "the tuned model",
                   "A lossless diff stores bit patterns, so both models need the same dtype per "
                   "tensor. Use --dtype fp32 instead of --lossless (a plain fp32 diff).")
@@ -181,18 +182,18 @@ def diff_lossless(
     if not plan:
         raise InputError("diff: nothing to write (the inputs hold no tensors)")
     total = sum(t.nbytes for t in plan)  # the most it can take: incompressible tensors
-    folder = OutputFolder(out, inputs=[raw_ckpt.path, tuned_ckpt.path], overwrite=overwrite,
-                          needed_bytes=total)
+    folder = OutputFolder(out, inputs=[*raw_ckpt.inputs, *tuned_ckpt.inputs],
+                          overwrite=overwrite, needed_bytes=total)
     if dry_run:
         say(preflight("diff --lossless", folder.out, plan, torch.device("cpu")), quiet)
-        return WriteResult(folder.out, [], len(plan), total, 0.0, Manifest(),
-                           notes=pairing.notes())
+        return WriteResult(folder.out, [], len(plan), total, 0.0, Manifest(), notes=notes)
+    side_files = tuned_ckpt.side_files()
     try:
         with folder as tmp:
             _clear(tmp)  # no resuming here: a killed run's files are not ours to keep
             result = _write_diff(tmp, pairing, raw_ckpt, tuned_ckpt, plan, level,
                                  max_shard_size, quiet)
-            copy_side_files([tuned_ckpt.folder], tmp)
+            result.notes = notes + [n for write in side_files for n in write(tmp)]
     except OSError as e:
         raise output_error(e, folder.out, total) from None
     result.out = folder.out
@@ -200,7 +201,7 @@ def diff_lossless(
     return result
 
 
-def _write_diff(tmp: Path, pairing: Pairing, raw: Checkpoint, tuned: Checkpoint,
+def _write_diff(tmp: Path, pairing: Pairing, raw: Source, tuned: Source,
                 plan: list[PlannedTensor], level: int, max_shard_size: int | str,
                 quiet: bool) -> WriteResult:
     target = Manifest()
@@ -215,8 +216,7 @@ def _write_diff(tmp: Path, pairing: Pairing, raw: Checkpoint, tuned: Checkpoint,
             progress.advance(t.nbytes)
         files = [f.name for f in writer.close()]
     target.write(tmp, TARGET_MANIFEST_NAME)
-    return WriteResult(tmp, files, len(plan), writer.bytes_written, progress.elapsed, target,
-                       notes=pairing.notes())
+    return WriteResult(tmp, files, len(plan), writer.bytes_written, progress.elapsed, target)
 
 
 def _clear(folder: Path) -> None:
@@ -227,38 +227,67 @@ def _clear(folder: Path) -> None:
             f.unlink()
 
 
-def recover_lossless(
-    raw: str | Path,
-    diff: str | Path,
-    out: str | Path,
-    *,
-    dtype: torch.dtype | None = None,
-    fmt: str = "safetensors",
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-    quiet: bool = False,
-    dry_run: bool = False,
-) -> WriteResult:
-    """Write the tuned model a lossless diff was made from, bit for bit, checked against its
-    manifest. `dtype` converts every floating-point tensor (it is then not checked)."""
-    raw_ckpt, packed = open_checkpoint(raw), LosslessDiffReader(diff)
-    pairing = pair_checkpoints(raw_ckpt, packed, "diff")
-    _check_dtypes(pairing, "the lossless diff",
-                  "A lossless diff adds bit patterns to the raw model's own; use the raw model "
-                  "in the dtypes it was made against (see weightkit.target-manifest.json).")
-    jobs = [_recover_job(p, raw_ckpt, packed, dtype) for p in pairing.pairs]
-    return write_checkpoint(
-        out, jobs, title="recover", inputs=[raw_ckpt.path, packed.path],
-        side_files_from=[packed.folder, raw_ckpt.folder], fmt=fmt,
-        max_shard_size=max_shard_size, overwrite=overwrite,
-        device="cpu",  # integer work, done while loading: a GPU would only add copies
-        quiet=quiet, dry_run=dry_run, expected=Manifest.find(packed.folder, TARGET_MANIFEST_NAME),
-        expected_what="the tuned model", notes=pairing.notes(),
-    )
+class LosslessRecoveredView(View):
+    """The tuned model a lossless diff was made from, bit for bit: each tensor decoded while it
+    is loaded (integer work, in the reader thread). Its tensors are checked against the diff's
+    target manifest by whoever reads them. `forced` converts every floating-point tensor."""
+
+    lossless = True
+
+    def __init__(self, raw: Source, diff: Path, forced: torch.dtype | None,
+                 target: Manifest | None) -> None:
+        self.raw, self.packed = raw, LosslessDiffReader(diff)
+        self.label = f"recovered from {raw.label} and {self.packed.path}"
+        pairing = pair_checkpoints(raw, self.packed, "diff")
+        _check_dtypes(pairing, "the lossless diff",
+                      "A lossless diff adds bit patterns to the raw model's own; use the raw "
+                      "model in the dtypes it was made against (see "
+                      "weightkit.target-manifest.json).")
+        for p in pairing.pairs:
+            _check_raw_shape(p, self.packed)
+        self.expected = target
+        self.pairs = {p.name: p for p in pairing.pairs}
+        self.infos = {p.name: TensorInfo(p.name, _recovered_dtype(p, forced), p.other.shape,
+                                         p.other.file) for p in pairing.pairs}
+        self.notes = [*raw.notes, *pairing.notes()]
+
+    def node(self, name: str) -> Node:
+        p, raw, packed = self.pairs[name], self.raw, self.packed
+
+        def load() -> tuple[torch.Tensor, ...]:
+            # all the work happens here, in the reader thread, overlapping compute and writing
+            r, payload = raw.read(p.name), packed.read(p.name)
+            scratch = empty_bytes(p.other.nbytes)
+            try:
+                packed_ints = unpack(payload.numpy(), p.other.dtype, p.other.numel, scratch)
+            except zstandard.ZstdError as e:
+                raise ChecksumError(
+                    f"tensor {p.name!r} in {p.other.file}: the compressed data is damaged ({e})",
+                    "Download the diff again (weightkit verify can tell which files are "
+                    "damaged).",
+                ) from None
+            tuned = add_back(r, packed_ints, p.other.shape)  # built in packed_ints' buffer
+            for spent in (r, scratch, payload):  # reused by the next tensors: no fresh pages
+                release(spent)
+            return (tuned,)
+
+        # decoded in load(): nothing left to compute (and no NaN/Inf check on the publisher's bits)
+        return Node(PlannedTensor(p.name, self.infos[name].dtype, p.other.shape), load, identity)
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [*self.raw.inputs, self.packed.path]
+
+    def config(self) -> dict | None:
+        config = folder_config(self.packed.folder)
+        return config if config is not None else self.raw.config()
+
+    def side_files(self) -> list[SideFiles]:
+        """The diff's config and tokenizer files, then the raw model's where the diff has none."""
+        return [folder_files(self.packed.folder), *self.raw.side_files()]
 
 
-def _recover_job(p: Pair, raw: Checkpoint, packed: LosslessDiffReader,
-                 dtype: torch.dtype | None) -> Job:
+def _check_raw_shape(p: Pair, packed: LosslessDiffReader) -> None:
     raw_shape = packed.raw_shapes[p.name]
     if p.raw.shape != raw_shape:
         raise InputError(
@@ -267,25 +296,9 @@ def _recover_job(p: Pair, raw: Checkpoint, packed: LosslessDiffReader,
             "Check that --raw is the base model this diff was made against.",
         )
 
-    def load() -> tuple[torch.Tensor, ...]:
-        # all the work happens here, in the reader thread, overlapping compute and writing
-        r, payload = raw.read(p.name), packed.read(p.name)
-        scratch = empty_bytes(p.other.nbytes)
-        try:
-            packed_ints = unpack(payload.numpy(), p.other.dtype, p.other.numel, scratch)
-        except zstandard.ZstdError as e:
-            raise ChecksumError(
-                f"tensor {p.name!r} in {p.other.file}: the compressed data is damaged ({e})",
-                "Download the diff again (weightkit verify can tell which files are damaged).",
-            ) from None
-        tuned = add_back(r, packed_ints, p.other.shape)  # built in packed_ints' buffer
-        for spent in (r, scratch, payload):  # reused by the next tensors: no fresh pages
-            release(spent)
-        return (tuned,)
 
-    out_dtype = dtype if dtype is not None and p.other.dtype.is_floating_point else p.other.dtype
-    # decoded in load(): nothing left to compute (and no NaN/Inf check on the publisher's bits)
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, identity)
+def _recovered_dtype(p: Pair, dtype: torch.dtype | None) -> torch.dtype:
+    return dtype if dtype is not None and p.other.dtype.is_floating_point else p.other.dtype
 
 
 def _check_dtypes(pairing: Pairing, other: str, hint: str) -> None:
