@@ -94,7 +94,7 @@ def write_merged(base: Source, lora: str | Path, out: str | Path, forced: torch.
     counts: list[tuple[int, list[str]]] = []
 
     def finish(folder: Path) -> list[str]:
-        counts.append(tally(expected, merged.base_entries, base.label))
+        counts.append(tally(expected, merged.base_entries, f"the model {base.label}"))
         return [checked_text(*counts[0], len(merged), "the tuned model (the recovered tensors, "
                              "before the merge)")]
 
@@ -146,7 +146,8 @@ class MergedView(View):
         out = PlannedTensor(name, info.dtype, info.shape)
         base = self.base.node(name)
         if self.base.expected is not None:
-            base = checked(base, self.base.expected, self.base_entries, self.base.label)
+            base = checked(base, self.base.expected, self.base_entries,
+                           f"the model {self.base.label}")
         steps = self.plan.steps.get(name, [])
         if not steps:
             return retyped(base, out)

@@ -115,7 +115,12 @@ class View(Listing):
         node = self.node(name)
         if node.load_rows is None:  # computed whole (a merged tensor)
             return self.read(name)[start:stop].clone()
-        return _value_of(node, node.load_rows(start, stop))
+        # a node computes rows from a multiple of its row_multiple (whole rotary heads) on
+        stop = min(stop, node.out.shape[0])
+        first = start - start % node.row_multiple
+        last = min(-(-stop // node.row_multiple) * node.row_multiple, node.out.shape[0])
+        rows = _value_of(node, node.load_rows(first, last))
+        return rows if (first, last) == (start, stop) else rows[start - first:stop - first].clone()
 
 
 def _value_of(node: Node, loaded: tuple[torch.Tensor, ...]) -> torch.Tensor:
