@@ -21,6 +21,7 @@ _API = {
     "download": "weightkit.hub.download",
     "push": "weightkit.hub.push",
     "open_checkpoint": "weightkit.io.reader",
+    "open_source": "weightkit.sources.open",
     "WeightkitError": "weightkit.errors",
 }
 

@@ -314,6 +314,39 @@ def test_a_wrong_raw_model_fails_the_recovered_check_before_the_merge(world, tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_overflow_in_the_recover_step_is_the_message_recover_gives(world, tmp_path):
+    """NaN/Inf from the recover's arithmetic is refused before the tensor's hash is checked, so
+    the fused run stops as `recover` alone does, naming the tensor."""
+    bad = tmp_path / "bad-diff"
+    bad.mkdir()
+    (bad / "weightkit.target-manifest.json").write_text(
+        (world.diff / "weightkit.target-manifest.json").read_text())
+    state = load_file(world.diff / "model.safetensors")
+    state["model.norm.weight"] = torch.full((64,), 3.4e38)  # rounds to inf in bf16
+    save_file(state, bad / "model.safetensors")
+    messages = []
+    for lora in (None, world.adapter):
+        with pytest.raises(InputError) as e:
+            recover(world.converted, bad, tmp_path / "out", lora=lora, quiet=True)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] == (
+        "tensor 'model.norm.weight': the result has 64 NaN/Inf value(s) although its inputs are "
+        "finite (overflow in torch.bfloat16?)\nWrite a wider dtype (--dtype fp32 or bf16), or "
+        "check the adapter's scaling.")
+
+
+def test_lossless_diff_of_and_recovery_from_a_raw_meta_folder(world, tmp_path):
+    diff(world.converted, world.tuned, tmp_path / "want-diff", lossless=True, quiet=True)
+    diff(world.meta.folder, world.tuned, tmp_path / "diff", lossless=True, quiet=True)
+    assert file_bytes(tmp_path / "diff") == file_bytes(tmp_path / "want-diff")
+    recover(world.converted, tmp_path / "diff", tmp_path / "recovered", quiet=True)
+    merge_lora(tmp_path / "recovered", world.adapter, tmp_path / "want", quiet=True)
+    result = recover(world.meta.folder, tmp_path / "diff", tmp_path / "got", lora=world.adapter,
+                     quiet=True)
+    assert file_bytes(tmp_path / "got") == file_bytes(tmp_path / "want")
+    assert (result.checked, result.within_rounding) == (21, [])
+
+
 # ---------------------------------------------------------------- bytes written
 
 

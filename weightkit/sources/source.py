@@ -32,7 +32,7 @@ from weightkit.io.output import copy_side_files
 from weightkit.io.tensor_info import Listing, TensorInfo
 from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import Manifest, RowHasher
-from weightkit.pipeline import Job, _checkable, identity
+from weightkit.pipeline import Job, _checkable, _refuse_new_non_finite, identity
 
 # Writes a source's config and tokenizer files into an output folder, skipping names already
 # there (an earlier source's win); returns notes for the summary.
@@ -179,12 +179,17 @@ def retyped(node: Node, out: PlannedTensor) -> Node:
 def checked(node: Node, expected: Manifest, entries: Manifest, where: str) -> Node:
     """`node`, its value hashed as its pieces are computed (in row order) and checked against
     `expected` once whole, as the writer checks what it writes (ChecksumError on a mismatch);
-    the entry goes into `entries`. For the tensors of a model that is read, not written."""
+    the entry goes into `entries`. For the tensors of a model that is read, not written: they
+    are refused for NaN/Inf their inputs lacked first, as the pipeline refuses them before it
+    writes a tensor, so a fused run stops with the message the command alone gives."""
     name = node.out.name
     hasher = RowHasher(node.out.shape)
+    arithmetic = node.check_finite and node.compute is not identity
 
     def compute(*loaded: torch.Tensor) -> torch.Tensor:
         t = node.value(*loaded)
+        if arithmetic and t.is_floating_point():
+            _refuse_new_non_finite(name, t, loaded)
         if hasher.add(t):
             entry = hasher.entry(node.out.dtype)
             if _checkable(expected, name, entry):
@@ -192,7 +197,8 @@ def checked(node: Node, expected: Manifest, entries: Manifest, where: str) -> No
             entries.add(name, entry)
         return t
 
-    return dataclasses.replace(node, compute=compute)
+    # the value is checked here; what reads it checks its own arithmetic
+    return dataclasses.replace(node, compute=compute, check_finite=False)
 
 
 def tally(expected: Manifest, entries: Manifest, where: str) -> tuple[int, list[str]]:
