@@ -16,20 +16,23 @@ done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess
 seconds = time.perf_counter() - start
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": done.returncode, "seconds": seconds, "rss_kb": usage.ru_maxrss,
-                  "cpu": usage.ru_utime + usage.ru_stime, "stderr": done.stderr.decode()[-2000:]}))
+                  "cpu": usage.ru_utime + usage.ru_stime, "stderr": done.stderr.decode()[-2000:],
+                  "read_bytes": 512 * usage.ru_inblock, "write_bytes": 512 * usage.ru_oublock}))
 """
 
 
 def measure(cmd: list[str]) -> dict:
-    """Run `cmd`; returns {"seconds", "cpu", "rss_kb", "rss_gb"}; exits with its stderr if it
-    failed."""
+    """Run `cmd`; returns {"seconds", "cpu", "rss_kb", "rss_gb", "read_bytes", "write_bytes"}
+    (bytes the command read from and wrote to the disk: ru_inblock and ru_oublock, 512 each;
+    a read served by the page cache is not counted); exits with its stderr if it failed."""
     out = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True,
                          check=True)
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         sys.exit(f"{' '.join(cmd)} failed ({result['rc']}):\n{result['stderr']}")
     return {"seconds": result["seconds"], "cpu": result["cpu"], "rss_kb": result["rss_kb"],
-            "rss_gb": result["rss_kb"] / 2**20}
+            "rss_gb": result["rss_kb"] / 2**20, "read_bytes": result["read_bytes"],
+            "write_bytes": result["write_bytes"]}
 
 
 def drop_caches() -> bool:
