@@ -15,10 +15,10 @@ from weightkit.cli.options import (
 
 
 @click.command("merge-lora")
-@click.option("--base", required=True,
+@click.option("--base", required=True, metavar="MODEL",
               help="The base model the adapter was trained on: an HF folder, a raw Meta LLaMA "
                    "folder (converted in the same pass) or a Hub repo id.")
-@click.option("--lora", required=True,
+@click.option("--lora", required=True, metavar="ADAPTER",
               help="peft adapter folder (adapter_config.json plus adapter_model.safetensors "
                    "or adapter_model.bin), a Hub repo id or a release name.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the model into.")

@@ -15,12 +15,12 @@ from weightkit.cli.options import (
 
 
 @click.command("recover")
-@click.option("--raw", required=True,
+@click.option("--raw", required=True, metavar="MODEL",
               help="The base model the diff was made against: an HF folder, a raw Meta LLaMA "
                    "folder (converted in the same pass) or a Hub repo id.")
-@click.option("--diff", "diff_path", required=True,
+@click.option("--diff", "diff_path", required=True, metavar="DIFF",
               help="The published weight diff: a folder, a Hub repo id or a release name.")
-@click.option("--lora", default=None,
+@click.option("--lora", default=None, metavar="ADAPTER",
               help="A LoRA adapter to merge into the recovered model in the same pass (a folder, "
                    "a Hub repo id or a release name); the recovered model is not written.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the model into.")
