@@ -1,7 +1,8 @@
 """The catalog of known releases (`checksums/catalog.json`) and their checksum manifests.
 
 A release names its parts (diff, diff-fp16, lora, recovered, ...); each part may have a Hub repo
-and a manifest file in md5sum/sha256sum format that checks it.
+and a manifest file in md5sum/sha256sum format that checks it. `base` says, in words, which base
+model the release is applied to and where to get it (it is never one of the parts).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Release:
     name: str
     description: str
     parts: dict[str, Part]
+    base: str = ""
 
     def part(self, name: str) -> Part:
         try:
@@ -36,6 +38,13 @@ class Release:
                 f"release {self.name!r} has no part {name!r}",
                 f"It has: {', '.join(sorted(self.parts))}.",
             ) from None
+
+    def hub_part(self, name: str) -> Part:
+        """The part `name`, which must have a Hub repo."""
+        part = self.part(name)
+        if not part.repo:
+            raise InputError(f"part {name!r} of release {self.name} is not on the Hub")
+        return part
 
 
 def checksums_dir() -> Path:
@@ -71,7 +80,7 @@ def load_catalog() -> dict[str, Release]:
                             folder / p["manifest"] if p.get("manifest") else None)
                 for pname, p in r["parts"].items()
             }
-            releases[name] = Release(name, r.get("description", ""), parts)
+            releases[name] = Release(name, r.get("description", ""), parts, r.get("base", ""))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{path}: cannot read the release catalog ({e})") from None
     return releases

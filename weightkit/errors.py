@@ -25,6 +25,13 @@ class InputError(WeightkitError):
     """An input checkpoint, adapter or manifest is missing, malformed or does not fit."""
 
 
+class OptionConflict(InputError):
+    """Two options that contradict each other (--fp16 with --dtype bf16): refused before any
+    work, never settled by silently obeying one. The command line shows it as a usage error."""
+
+    exit_code = 2
+
+
 class ChecksumError(WeightkitError):
     """Something was read or written whose hash is not the one expected."""
 

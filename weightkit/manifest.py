@@ -152,19 +152,3 @@ class Manifest:
             "The inputs are not the ones this manifest was made from (wrong base model, "
             "or a damaged download). Check them with `weightkit verify`.",
         )
-
-    def differences(self, other: Manifest) -> list[str]:
-        """Human-readable differences, `self` being what is expected."""
-        out = []
-        for name, want in sorted(self.entries.items()):
-            got = other.entries.get(name)
-            if got is None:
-                out.append(f"{name}: missing")
-            elif (got.dtype, got.shape) != (want.dtype, want.shape):
-                out.append(f"{name}: {got.dtype} {list(got.shape)}, expected "
-                           f"{want.dtype} {list(want.shape)}")
-            elif got.sha256 != want.sha256:
-                out.append(f"{name}: sha256 differs")
-        extra = sorted(set(other.entries) - set(self.entries))
-        out += [f"{name}: not in the manifest" for name in extra]
-        return out

@@ -24,19 +24,19 @@ from pathlib import Path
 import torch
 
 from weightkit.device import resolve_device
-from weightkit.dtypes import safetensors_name
+from weightkit.dtypes import NON_FINITE_BITS, count_non_finite, safetensors_name
 from weightkit.errors import InputError, OutputError
 from weightkit.io.buffers import BufferPool, empty_tensor, release, use_pool
 from weightkit.io.journal import Journal, run_key
 from weightkit.io.output import OutputFolder, free_bytes
 from weightkit.io.tensor_info import PIECE_BYTES, row_ranges, tensor_bytes
 from weightkit.io.writer import (
+    CheckpointFiles,
     PlannedTensor,
     ShardWriter,
-    check_format,
+    check_dtypes,
     parse_size,
     plan_shards,
-    shard_file_names,
 )
 from weightkit.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
@@ -138,9 +138,8 @@ def _refuse_new_non_finite(name: str, result: torch.Tensor,
     """NaN/Inf that the inputs already had pass through; new ones mean the arithmetic broke."""
     if _all_finite_fast(result):
         return
-    bad = int((~torch.isfinite(result)).sum())
-    if bad == 0 or any(x.is_floating_point() and not bool(torch.isfinite(x).all())
-                       for x in inputs):
+    bad = count_non_finite(result)
+    if bad == 0 or any(count_non_finite(x) for x in inputs):
         return
     raise InputError(
         f"tensor {name!r}: the result has {bad} NaN/Inf value(s) although its inputs are finite "
@@ -160,6 +159,8 @@ def _all_finite_fast(x: torch.Tensor) -> bool:
     mask = _HALF_EXPONENTS.get(x.dtype)
     if x.numel() == 0:
         return True
+    if x.dtype in NON_FINITE_BITS:  # 8- and 4-bit floats: torch has no sum or isfinite for most
+        return count_non_finite(x) == 0
     if mask is not None and x.device.type == "cpu" and x.is_contiguous():
         # integer ops on the bits run at memory speed; a block at a time, so the scratch is
         # cache-sized (a fresh tensor-sized one costs 5x the check in page faults)
@@ -385,6 +386,8 @@ def write_checkpoint(
     notes: list[str] = (),
     dry_run: bool = False,
     side_manifest: Manifest | None = None,
+    files: CheckpointFiles | None = None,
+    summarize: Callable[[WriteResult], str] | None = None,
 ) -> WriteResult:
     """Run `jobs` into a new checkpoint folder at `out`, atomically, with its tensor manifest.
 
@@ -396,11 +399,15 @@ def write_checkpoint(
     `side_manifest`, which the jobs fill as they compute (diff's target manifest), is kept in
     the journal with each shard and refilled on resume.
     With `dry_run`, everything is checked and the needs are reported, but nothing is written.
+    `files` (default: checkpoint shards in `fmt`) is what the tensors are written as, and
+    `summarize` gives the summary of the result in place of the usual one.
     """
     plan = [j.out for j in jobs]
     if not plan:
         raise InputError(f"{title}: nothing to write (the inputs hold no tensors)")
-    check_format(fmt)
+    files = files if files is not None else CheckpointFiles(fmt)
+    check_dtypes(plan)
+    max_shard_size = parse_size(max_shard_size)  # here: a dry run refuses what the run would
     dev = resolve_device(device)
     needed = sum(t.nbytes for t in plan)
     folder = OutputFolder(out, inputs=list(inputs), overwrite=overwrite, needed_bytes=needed)
@@ -410,27 +417,28 @@ def write_checkpoint(
         return WriteResult(folder.out, [], len(plan), needed, 0.0, Manifest(), notes=list(notes))
     try:
         with folder as tmp:
-            result = _write_into(tmp, jobs, plan, title, inputs, fmt, max_shard_size, dev, quiet,
-                                 expected, folder.out, side_manifest)
+            result = _write_into(tmp, jobs, plan, title, inputs, files, max_shard_size, dev,
+                                 quiet, expected, folder.out, side_manifest)
             result.notes = [*notes, *result.notes, *(finish(tmp) if finish else [])]
             for write_side_files in side_files:
                 result.notes += write_side_files(tmp)
     except OSError as e:
         raise output_error(e, folder.out, needed) from None
     result.out = folder.out
-    say(summary(title, result, expected is not None, expected_what), quiet)
+    say(summarize(result) if summarize is not None
+        else summary(title, result, expected is not None, expected_what), quiet)
     return result
 
 
 def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: str,
-                inputs: list[Path], fmt: str, max_shard_size: int | str, dev: torch.device,
-                quiet: bool, expected: Manifest | None, out: Path,
+                inputs: list[Path], files: CheckpointFiles, max_shard_size: int | str,
+                dev: torch.device, quiet: bool, expected: Manifest | None, out: Path,
                 side: Manifest | None) -> WriteResult:
-    journal = Journal.open(tmp, run_key(title, fmt, parse_size(max_shard_size), plan,
+    journal = Journal.open(tmp, run_key(title, files.key, parse_size(max_shard_size), plan,
                                         [Path(p) for p in inputs]))
     shards = plan_shards(plan, parse_size(max_shard_size))
-    names = shard_file_names(fmt, len(shards))
-    done = journal.finished(names, [[t.name for t in s] for s in shards])
+    names = files.file_names(len(shards))
+    done = journal.finished(names, [[t.name for t in s] for s in shards], files.open)
     kept = Manifest({n: e for i in done for n, e in journal.shards[names[i]].items()})
     stats = RunStats(Manifest(dict(kept.entries)))
     if side is not None:
@@ -442,7 +450,7 @@ def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: st
                        None if side is None else {t.name: side.entries[t.name]
                                                   for t in shards[i] if t.name in side})
 
-    writer = ShardWriter(tmp, plan, fmt, max_shard_size, done=done, on_shard_done=shard_done)
+    writer = files.writer(tmp, plan, max_shard_size, done, shard_done)
     todo = [j for j in jobs if j.out.name not in kept]
     for name, entry in kept.entries.items():  # resumed tensors are checked like the others
         if _checkable(expected, name, entry):
@@ -452,12 +460,12 @@ def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: st
     with ByteProgress(title, writer.total_size, len(plan), quiet) as progress:
         progress.advance(sum(t.nbytes for t in plan if t.name in kept), len(kept))
         run_jobs(todo, writer, dev, progress, expected, where=str(out), stats=stats)
-        files = [p.name for p in writer.close()]
+        written = [p.name for p in writer.close()]
     journal.remove()
-    stats.manifest.write(tmp)
+    stats.manifest.write(tmp, files.manifest_name)
     notes = ([f"Resumed a killed run: {len(done)} of {len(shards)} shard(s) were already "
               "written and checked."] if done else [])
-    return WriteResult(out, files, len(plan), writer.total_size, progress.elapsed,
+    return WriteResult(out, written, len(plan), writer.bytes_written, progress.elapsed,
                        stats.manifest, stats.checked, stats.within_rounding, notes)
 
 

@@ -78,11 +78,11 @@ def say(text: str, quiet: bool) -> None:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
-    return f"{n:.2f} TB"
+    return f"{n:.2f} TB"  # and beyond: 1500.00 TB
 
 
 def human_time(seconds: float) -> str:

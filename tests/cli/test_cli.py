@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from weightkit.cli import _run
 from weightkit.ops.diff import diff
 
+# what torch sees on a machine without a GPU, wherever the tests run
+NO_GPU = {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
 
-def run(*args: str) -> subprocess.CompletedProcess:
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "weightkit", *args], capture_output=True,
-                          text=True)
+                          text=True, env={**os.environ, **(env or {})})
 
 
 def test_help_lists_every_command_and_does_not_import_torch():
@@ -22,6 +28,20 @@ def test_help_lists_every_command_and_does_not_import_torch():
     assert out.stdout.strip().endswith("False")
     for name in ("diff", "recover"):
         assert f"  {name} " in out.stdout
+
+
+def test_help_runs_in_a_bare_interpreter():
+    """As the console script of a plain `pip install .` runs it: no site hook (the editable
+    install's imports importlib.util) has loaded anything first."""
+    code = ("import sys\nprint('importlib.util' in sys.modules)\nfrom weightkit.cli import main\n"
+            "main(['--help'])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         env=env)
+    if out.stdout.startswith("True"):
+        pytest.skip("this Python loads importlib.util at start; .ci/run's installed run checks")
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.startswith("False\nUsage: weightkit [OPTIONS] COMMAND [ARGS]...")
 
 
 def test_missing_input_is_one_message(tmp_path):
@@ -65,7 +85,7 @@ def test_recover_quiet_prints_nothing_and_summary_otherwise(model_pair, tmp_path
 def test_cuda_without_a_gpu_is_a_clear_error(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
     r = run("diff", "--raw", str(raw), "--tuned", str(tuned), "--out", str(tmp_path / "d"),
-            "--device", "cuda")
+            "--device", "cuda", env=NO_GPU)
     assert r.returncode == 1
     assert r.stderr.startswith(
         "Error: --device cuda was asked for, but no CUDA device is available\n"
@@ -76,11 +96,21 @@ def test_cuda_without_a_gpu_is_a_clear_error(model_pair, tmp_path):
 def test_dry_run_checks_and_reports_but_writes_nothing(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
     r = run("diff", "--raw", str(raw), "--tuned", str(tuned), "--out", str(tmp_path / "d"),
-            "--dry-run")
+            "--dry-run", env=NO_GPU)
     assert r.returncode == 0
     text = " ".join(r.stderr.split())
     assert text.startswith(f"diff (dry run): inputs check out; 21 tensors, 361.73 kB to write to "
                            f"{tmp_path / 'd'} (disk free: ")
     assert text.endswith("Largest tensor: lm_head.weight (32.77 kB); memory needed "
                          "beyond the program itself: at most 1.63 MB. Nothing was written.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama-raw", "llama-tuned"]
+
+
+def test_dry_run_on_a_gpu_reports_its_memory_too(model_pair, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU is touched
+    raw, tuned = model_pair("llama", torch.float16)
+    assert _run(["diff", "--raw", str(raw), "--tuned", str(tuned), "--out",
+                 str(tmp_path / "d"), "--dry-run"], debug=False) == 0
+    assert " ".join(capsys.readouterr().err.split()).endswith(
+        "at most 1.63 MB; GPU memory: at most 131.07 kB. Nothing was written.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama-raw", "llama-tuned"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +38,19 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def kill_once_grown(cmd: list[str], env: dict[str, str], part: Path,
+                    at_least: int = 32 * 1024) -> int:
+    """Run `cmd`, SIGKILL it once `part` holds `at_least` bytes; returns the bytes kept."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not (part.is_file() and part.stat().st_size >= at_least):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return part.stat().st_size
+
+
 @dataclass(frozen=True)
 class Stored:
     data: bytes
@@ -53,6 +68,16 @@ class Stored:
                    f"size {len(self.data)}\n").encode()
         return {"rfilename": path, "size": len(self.data), "blobId": git_sha1(pointer),
                 "lfs": {"sha256": self.oid, "size": len(self.data), "pointerSize": len(pointer)}}
+
+
+    def tree_entry(self, path: str) -> dict:
+        """The file as the Hub's /tree listing gives it (sibling names, oid for blobId)."""
+        s = self.sibling(path)
+        entry = {"type": "file", "path": path, "size": s["size"], "oid": s["blobId"]}
+        if "lfs" in s:
+            entry["lfs"] = {"oid": s["lfs"]["sha256"], "size": s["lfs"]["size"],
+                            "pointerSize": s["lfs"]["pointerSize"]}
+        return entry
 
 
 @dataclass
@@ -203,6 +228,8 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         seg = self._start()
+        if seg[:2] == ["api", "models"] and len(seg) > 5 and seg[4] == "tree":
+            return self._tree(f"{seg[2]}/{seg[3]}", seg[5])
         if seg[:2] == ["api", "models"]:
             rev = seg[5] if len(seg) > 5 and seg[4] == "revision" else "main"
             return self._model_info(f"{seg[2]}/{seg[3]}", rev)
@@ -249,6 +276,14 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
                     "gated": "auto" if repo.gated else False,
                     "siblings": [s.sibling(p) for p, s in sorted(files.items())]})
+
+    def _tree(self, repo_id: str, rev: str) -> None:
+        """The recursive file listing snapshot_download asks for (files only, one page)."""
+        repo = self._repo(repo_id)
+        at = repo and self._files_at(repo, rev)
+        if not at:
+            return
+        self._json([s.tree_entry(p) for p, s in sorted(at[1].items())])
 
     def _resolve(self, repo_id: str, rev: str, path: str) -> None:
         repo = self._repo(repo_id)

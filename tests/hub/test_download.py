@@ -6,10 +6,9 @@ import errno
 import hashlib
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from weightkit.errors import ChecksumError, InputError, OutputError
 from weightkit.hub.client import PARTIAL_DIR, HubError, RemoteFile
 from weightkit.hub.download import download
 
-from .conftest import TOKEN, FakeHub
+from .conftest import TOKEN, FakeHub, kill_once_grown
 
 # one LoRA repo layout: two adapter files, three base files; *.safetensors are LFS (>= 1 KiB)
 FILES = {
@@ -66,6 +65,21 @@ def test_dry_run_reports_and_fetches_nothing(hub: FakeHub, tmp_path: Path, capsy
     err = " ".join(capsys.readouterr().err.split())
     assert len(FILES["adapter_config.json"]) + 2048 == 2074
     assert f"(dry run): 2 of 2 files to fetch, 2.07 kB to download into {tmp_path / 'out'}" in err
+
+
+@pytest.mark.parametrize("out", ["file", "file/out"])
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real-run"])
+def test_out_that_is_or_lies_inside_a_file_is_refused(hub: FakeHub, tmp_path: Path, out: str,
+                                                      dry_run: bool) -> None:
+    hub.add_repo("org/toy", FILES)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OutputError) as e:
+        download("org/toy", tmp_path / out, endpoint=hub.url, quiet=True, dry_run=dry_run)
+    assert (e.value.message, e.value.hint) == (
+        f"cannot make the folder {tmp_path / out}: {tmp_path / 'file'} is a file",
+        "Choose an --out that is a folder or can become one.")
+    assert fetched(hub) == []
+    assert (tmp_path / "file").read_text() == "not a folder"
 
 
 def test_only_base_fetches_everything_but_the_adapter(hub: FakeHub, tmp_path: Path) -> None:
@@ -164,14 +178,7 @@ def test_killed_process_resumes_with_a_range_request(hub: FakeHub, tmp_path: Pat
            "--endpoint", hub.url, "--quiet"]
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1"}
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not (part.is_file() and part.stat().st_size >= 32 * 1024):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    kept = part.stat().st_size
+    kept = kill_once_grown(cmd, env, part)
     assert 32 * 1024 <= kept < len(data)
 
     hub.slow = None
@@ -313,7 +320,7 @@ def test_not_enough_disk_space_is_refused_up_front(hub: FakeHub, tmp_path: Path,
     class Usage:
         free = 500
 
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda _: Usage())
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage())
     with pytest.raises(OutputError) as e:
         download("org/toy", tmp_path / "out", endpoint=hub.url, quiet=True)
     assert e.value.message == f"{tmp_path / 'out'} has 500 B free, the download needs 5.17 kB more"

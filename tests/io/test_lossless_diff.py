@@ -126,3 +126,21 @@ def test_tensor_in_two_files_is_refused(tmp_path):
     (other / "lossless-diff.safetensors").rename(tmp_path / "lossless-diff-2.safetensors")
     with pytest.raises(InputError, match="tensor 'a.weight' is stored twice"):
         LosslessDiffReader(tmp_path)
+
+
+def test_garbled_shapes_in_the_metadata_are_refused(tmp_path):
+    (path,) = write(tmp_path)
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    tensors = json.loads(header["__metadata__"]["tensors"])
+    tensors["a.weight"]["shape"] = ["6", 4]
+    header["__metadata__"]["tensors"] = json.dumps(tensors)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+    with pytest.raises(InputError) as e:
+        LosslessDiffReader(tmp_path)
+    assert (e.value.message, e.value.hint) == (
+        f"{path}: garbled entry for tensor 'a.weight' in the metadata: {{\"dtype\": \"F16\", "
+        "\"shape\": [\"6\", 4], \"raw_shape\": [5, 4]}", "The file is damaged; download it again.")

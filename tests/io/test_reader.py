@@ -35,6 +35,24 @@ def test_safetensors_and_bin_read_the_same_tensors(tmp_path):
             assert torch.equal(ckpt.read(name), t)
 
 
+def test_folder_of_pt_files_is_found_and_read(tmp_path):
+    torch.save({"a.weight": STATE["a.weight"]}, tmp_path / "part-1.pt")
+    torch.save({"b.weight": STATE["b.weight"]}, tmp_path / "part-2.pt")
+    (tmp_path / "notes.txt").write_text("not weights")
+    ckpt = open_checkpoint(tmp_path)
+    assert [f.name for f in ckpt.files] == ["part-1.pt", "part-2.pt"]
+    assert ckpt.names() == ["a.weight", "b.weight"]
+    assert torch.equal(ckpt.read("b.weight"), STATE["b.weight"])
+
+
+def test_folder_without_weights_names_every_suffix(tmp_path):
+    (tmp_path / "notes.txt").write_text("not weights")
+    with pytest.raises(InputError) as e:
+        open_checkpoint(tmp_path)
+    assert e.value.message == (f"{tmp_path}: no weight files (*.safetensors, *.bin, *.pth, *.pt) "
+                               "in this folder")
+
+
 def test_bin_views_and_shared_storage_are_read_correctly(tmp_path):
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     torch.save({"full": base, "row": base[2], "t": base.t()}, tmp_path / "x.bin")
@@ -138,3 +156,15 @@ def test_listing_reads_no_tensor_data(tmp_path, monkeypatch):
     ckpt = open_checkpoint(tmp_path)
     assert ckpt.total_bytes == 70 and len(reads) == 1  # the header only
     json.dumps([str(i.shape) for i in ckpt.infos.values()])
+
+
+@pytest.mark.parametrize("dtype", ["F6_E2M3", "F6_E3M2"])
+def test_safetensors_dtype_torch_cannot_hold_is_named(tmp_path, dtype):
+    header = json.dumps({"w": {"dtype": dtype, "shape": [4], "data_offsets": [0, 3]}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 3)
+    with pytest.raises(InputError) as e:
+        open_checkpoint(tmp_path)
+    assert str(e.value).startswith(f"{path}: tensor 'w' is stored as {dtype}, a dtype of the "
+                                   f"safetensors format that torch {torch.__version__} cannot "
+                                   "hold\n")

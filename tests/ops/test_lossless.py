@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tensors
+from conftest import file_bytes, tensors
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from weightkit.cli import _run
 from weightkit.errors import ChecksumError, InputError
-from weightkit.io.lossless_diff import LosslessDiffReader
+from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
 from weightkit.io.reader import open_checkpoint
 from weightkit.ops.diff import diff
 from weightkit.ops.lossless import decode, encode
@@ -276,3 +276,52 @@ def test_cli_round_trip_and_option_checks(model_pair, tmp_path, capsys):
         code = _run(["diff", "--raw", str(raw), "--tuned", str(tuned), "--out",
                      str(tmp_path / "x"), *extra], debug=False)
         assert code == 2 and message in capsys.readouterr().err
+
+
+def test_every_dtype_that_is_not_a_plain_float_round_trips(tmp_path):
+    """U16/U32/U64, 8-bit floats, packed fp4, complex: their bit patterns, as for the others."""
+    from dtype_samples import OTHER_DTYPES, byte_values, sample
+
+    raw = {f"t.{n}": sample(d, (4, 6), i) for i, (n, d) in enumerate(OTHER_DTYPES.items())}
+    tuned = {f"t.{n}": sample(d, (4, 6), 100 + i) for i, (n, d) in enumerate(OTHER_DTYPES.items())}
+    for folder, state in (("raw", raw), ("tuned", tuned)):
+        (tmp_path / folder).mkdir()
+        save_file(state, tmp_path / folder / "model.safetensors")
+    diff(tmp_path / "raw", tmp_path / "tuned", tmp_path / "diff", lossless=True, quiet=True)
+    r = recover(tmp_path / "raw", tmp_path / "diff", tmp_path / "out", quiet=True)
+    got = load_file(tmp_path / "out" / "model.safetensors")
+    assert all(got[n].dtype == t.dtype and byte_values(got[n]) == byte_values(t)
+               for n, t in tuned.items())
+    assert r.checked == len(tuned) and r.within_rounding == []
+
+
+def test_an_interrupted_diff_resumes_after_its_finished_files(model_pair, tmp_path, monkeypatch):
+    """Ctrl-C after the second finished file; the second is then damaged: the rerun keeps the
+    first (checked by decoding it), writes the rest again and gives the same bytes."""
+    raw, tuned = model_pair("llama", torch.float16)
+    ref = diff(raw, tuned, tmp_path / "ref", lossless=True, max_shard_size="60kB", quiet=True)
+    finished = []
+    end_shard = LosslessDiffWriter._end_shard
+
+    def interrupted(self):
+        end_shard(self)
+        finished.append(self.file_names[self._shard])
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(LosslessDiffWriter, "_end_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        diff(raw, tuned, tmp_path / "out", lossless=True, max_shard_size="60kB", quiet=True)
+    monkeypatch.undo()
+    partial = tmp_path / ".out.weightkit-partial"
+    assert sorted(p.name for p in partial.glob("lossless-diff-*")) == finished
+    name = next(iter(LosslessDiffReader(partial / finished[1]).infos))
+    start, length = frame_span(partial / finished[1], name)
+    data = bytearray((partial / finished[1]).read_bytes())
+    data[start + length // 2] ^= 0x55
+    (partial / finished[1]).write_bytes(bytes(data))
+    d = diff(raw, tuned, tmp_path / "out", lossless=True, max_shard_size="60kB", quiet=True)
+    assert d.notes[-1] == (f"Resumed a killed run: 1 of {len(ref.files)} shard(s) were already "
+                           "written and checked.")
+    assert file_bytes(tmp_path / "out") == file_bytes(tmp_path / "ref")
+    assert d.bytes_written == ref.bytes_written and not partial.exists()

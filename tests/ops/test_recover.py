@@ -172,6 +172,38 @@ def test_missing_key_is_refused_before_writing(model_pair, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("run", "message"), [
+    (lambda raw, tuned, out: recover(raw, tuned, out, fp16=True, dtype="bf16"),
+     "--fp16 writes fp16 and --dtype bf16 asks for bf16: give one of them"),
+    (lambda raw, tuned, out: diff(raw, tuned, out, lossless=True, dtype="fp16"),
+     "--lossless stores its own format: drop --dtype and --format."),
+    (lambda raw, tuned, out: diff(raw, tuned, out, lossless=True, fmt="bin"),
+     "--lossless stores its own format: drop --dtype and --format."),
+    (lambda raw, tuned, out: diff(raw, tuned, out, level=5),
+     "--level applies to --lossless diffs only."),
+], ids=["fp16-and-bf16", "lossless-and-dtype", "lossless-and-format", "level-of-plain-diff"])
+def test_contradicting_options_are_refused(model_pair, tmp_path, run, message):
+    raw, tuned = model_pair("llama", torch.float16)
+    with pytest.raises(InputError) as e:
+        run(raw, tuned, tmp_path / "out")
+    assert (e.value.message, e.value.exit_code) == (message, 2)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real-run"])
+@pytest.mark.parametrize(("options", "message", "hint"), [
+    ({"level": 23}, "zstd level 23 is out of range", "Use --level 1..19."),
+    ({"max_shard_size": "lots"}, "cannot read size 'lots'", "Write it like 5GB, 500MB or 2GiB."),
+], ids=["level", "shard-size"])
+def test_lossless_diff_options_are_checked_by_a_dry_run_too(model_pair, tmp_path, options,
+                                                            message, hint, dry_run):
+    raw, tuned = model_pair("llama", torch.float16)
+    with pytest.raises(InputError) as e:
+        diff(raw, tuned, tmp_path / "out", lossless=True, dry_run=dry_run, **options)
+    assert (e.value.message, e.value.hint) == (message, hint)
+    assert not (tmp_path / "out").exists()
+
+
 def test_wrong_base_model_fails_the_manifest_check(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
     diff(raw, tuned, tmp_path / "diff", quiet=True)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_fused_inputs, make_meta
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 KILLS_PER_COMMAND = 7
 LAYERS, ROWS, COLS = 24, 512, 512  # 1 MiB per fp32 tensor
@@ -148,3 +149,30 @@ def test_fused_chain_killed_at_random_points_resumes_to_identical_bytes(tmp_path
     text = " ".join(final.stderr.split())
     assert "Resumed a killed run: " in text and checked in text
     assert hashes(out) == hashes(tmp_path / "ref")
+
+
+def test_diff_lossless_killed_at_random_points_resumes_to_identical_bytes(tmp_path):
+    """The lossless diff's files, target manifest included, as for the other commands; and a
+    rerun keeps the files a killed run finished instead of starting again."""
+    raw, _ = make_pair(tmp_path)
+    gen = torch.Generator().manual_seed(4)
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    state = load_file(raw / "model.safetensors")
+    save_file({n: (t.float() * (1 + 1e-2 * torch.randn(t.shape, generator=gen))).half()
+               for n, t in state.items()}, tuned / "model.safetensors")
+    args = ["diff", "--raw", str(raw), "--tuned", str(tuned), "--lossless",
+            "--max-shard-size", "2MB"]  # 3 tensors a file, 8 files
+    kill_and_resume(tmp_path, ["--quiet", *args], "diff-lossless")
+    want = hashes(tmp_path / "out")
+    shutil.rmtree(tmp_path / "out")
+    partial = tmp_path / ".out.weightkit-partial"
+    total = sum(p.stat().st_size for p in (tmp_path / "ref").iterdir())
+    assert run_and_kill_at([*args, "--out", str(tmp_path / "out")], partial, total * 3 // 4)
+    finished = [p for p in partial.glob("lossless-diff-*.safetensors")]
+    assert finished  # and it resumes after them:
+    rerun = subprocess.run([sys.executable, "-m", "weightkit", *args, "--out",
+                            str(tmp_path / "out")], check=True, capture_output=True, text=True)
+    assert re.search(r"Resumed a killed run: [1-8] of 8 shard\(s\) were already written and "
+                     r"checked\.", " ".join(rerun.stderr.split()))
+    assert hashes(tmp_path / "out") == want and not partial.exists()

@@ -6,7 +6,7 @@ does not pay for torch. Errors are printed here, in one place.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util  # find_spec; `import importlib` alone does not load .util
 import os
 import sys
 

@@ -46,10 +46,13 @@ def command(ctx: click.Context, raw: str, tuned: str, out: str, dtype: str, loss
 
 
 def _check_lossless_options(ctx: click.Context, lossless: bool) -> None:
-    """--dtype and --format describe a plain diff; --level only a lossless one."""
+    """--dtype and --format describe a plain diff; --level only a lossless one (even given with
+    their default values, which the library cannot tell from no value)."""
+    from weightkit.ops.diff import LEVEL_OF_LOSSLESS, LOSSLESS_OWN_FORMAT
+
     given = {name for name in ("dtype", "out_format", "level")
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if lossless and given & {"dtype", "out_format"}:
-        raise click.UsageError("--lossless stores its own format: drop --dtype and --format.")
+        raise click.UsageError(LOSSLESS_OWN_FORMAT)
     if not lossless and "level" in given:
-        raise click.UsageError("--level applies to --lossless diffs only.")
+        raise click.UsageError(LEVEL_OF_LOSSLESS)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from weightkit.cli.options import dry_run_option, endpoint_option, is_quiet, quiet_option
+from weightkit.cli.options import (
+    dry_run_option,
+    endpoint_option,
+    is_quiet,
+    quiet_option,
+    refuses_conflicts,
+)
 
 
 @click.command("download")
@@ -26,6 +32,7 @@ from weightkit.cli.options import dry_run_option, endpoint_option, is_quiet, qui
 @endpoint_option
 @dry_run_option
 @quiet_option
+@refuses_conflicts
 def command(repo_or_release: str, out: str, only_lora: bool, only_base: bool, fp16: bool,
             include: tuple[str, ...], exclude: tuple[str, ...], revision: str | None, jobs: int,
             no_verify: bool, endpoint: str | None, dry_run: bool, quiet: bool) -> None:

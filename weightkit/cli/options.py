@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from weightkit.errors import OptionConflict
+
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
+
+
+def refuses_conflicts(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The library refuses options that contradict each other (OptionConflict); a command shows
+    that as click's usage error (exit code 2). Put it right above the command's `def`."""
+
+    @functools.wraps(f)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except OptionConflict as e:
+            raise click.UsageError(str(e)) from None  # with its hint
+
+    return command
 
 
 def quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:

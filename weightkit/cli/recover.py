@@ -11,6 +11,7 @@ from weightkit.cli.options import (
     is_quiet,
     output_options,
     quiet_option,
+    refuses_conflicts,
 )
 
 
@@ -32,6 +33,7 @@ from weightkit.cli.options import (
 @device_option
 @dry_run_option
 @quiet_option
+@refuses_conflicts
 def command(raw: str, diff_path: str, lora: str | None, out: str, dtype: str, fp16: bool,
             out_format: str, max_shard_size: str, overwrite: bool, device: str, dry_run: bool,
             quiet: bool) -> None:

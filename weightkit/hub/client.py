@@ -5,7 +5,6 @@ WeightkitErrors that say what to do.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from huggingface_hub.utils import build_hf_headers
 
 from weightkit import __version__
 from weightkit.errors import WeightkitError
+from weightkit.ops.verify import GIT_SHA1, new_hash
 
 # where `download` keeps unfinished files, inside the output folder; `push` never uploads it
 PARTIAL_DIR = ".weightkit-partial"
@@ -78,7 +78,7 @@ class RemoteFile:
 
     @property
     def algo(self) -> str | None:
-        return "sha256" if self.sha256 else "git-sha1" if self.blob_id else None
+        return "sha256" if self.sha256 else GIT_SHA1 if self.blob_id else None
 
     @property
     def digest(self) -> str | None:
@@ -86,11 +86,7 @@ class RemoteFile:
 
     def new_hasher(self) -> Any:
         """A hash object that, fed the file's bytes, gives `digest`."""
-        if self.sha256 or not self.blob_id:
-            return hashlib.sha256()
-        h = hashlib.sha1(usedforsecurity=False)
-        h.update(f"blob {self.size}\0".encode())  # git hashes a header, then the content
-        return h
+        return new_hash(self.algo or "sha256", self.size)
 
     def check(self, size: int, hexdigest: str) -> str | None:
         """What is wrong with a copy of `size` bytes hashing to `hexdigest`; None if nothing."""

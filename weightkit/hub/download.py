@@ -4,20 +4,22 @@ Each file grows in DIR/.weightkit-partial/<file>.part and every new request asks
 bytes that are not there yet (HTTP Range), so a dropped connection, a crash or a killed process
 costs nothing already on disk. A file is moved into place only when its size and hash are the
 ones the Hub lists (the LFS sha256, or the git blob sha1 of a small file).
+
+Where a file grows and where it ends up is a `Layout`: a folder here (`FolderLayout`), the
+Hugging Face cache in weightkit/hub/cache.py; `fetch_files` is the same for both.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx2
 from huggingface_hub import constants as hf_constants
@@ -25,7 +27,7 @@ from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import filter_repo_objects, get_session, hf_raise_for_status
 
 from weightkit.catalog import find_release, load_catalog
-from weightkit.errors import ChecksumError, InputError, OutputError
+from weightkit.errors import ChecksumError, InputError, OptionConflict, OutputError
 from weightkit.hub.client import (
     PARTIAL_DIR,
     Hub,
@@ -36,6 +38,7 @@ from weightkit.hub.client import (
     list_files,
     update_from_file,
 )
+from weightkit.io.disk import free_bytes, writable_folder
 from weightkit.progress import ByteProgress, human_bytes, human_time, say
 
 if TYPE_CHECKING:
@@ -89,20 +92,22 @@ def download(
     repo, adapter, manifest = _resolve(repo_or_release, only_lora, only_base, fp16)
     hub = connect(endpoint, token)
     commit, listed = list_files(hub, repo, revision)
-    files = _select(listed, adapter, list(include), list(exclude))
+    files = select(listed, adapter, include, exclude)
     if not files:
         raise InputError(f"no file of {repo} matches the selection",
                          f"It has: {', '.join(f.path for f in listed) or 'no files'}.")
     out = Path(out)
-    _refuse_escaping_names(files, out, repo)
+    refuse_escaping_names(files, out, repo)
+    writable_folder(out)  # not a file, nor inside one: a dry run refuses it as the real run does
+    layout = FolderLayout(out)
     if dry_run:
-        return _dry_run(repo, commit, files, out, quiet)
+        return _dry_run(repo, commit, files, layout, quiet)
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     result = DownloadResult(repo, commit, out)
     try:
-        _fetch_all(hub, repo, commit, files, out, jobs, result, quiet)
+        fetch_files(hub, repo, commit, files, layout, jobs, result, quiet)
     finally:
         _remove_empty_dirs(out / PARTIAL_DIR)  # what is left there is what a rerun resumes
     say(f"{repo}@{commit[:8]}: {len(result.downloaded)} files downloaded "
@@ -122,27 +127,25 @@ def _resolve(name: str, only_lora: bool, only_base: bool,
              fp16: bool) -> tuple[str, str | None, Path | None]:
     """(repo, adapter filter "lora"/"base"/None, catalog manifest) for a repo id or release."""
     if only_lora and only_base:
-        raise InputError("--only-lora and --only-base exclude each other")
+        raise OptionConflict("--only-lora and --only-base exclude each other")
     if "/" in name:
         if fp16:
-            raise InputError(f"--fp16 picks the fp16 diff of a release; {name} is a repo",
+            raise OptionConflict(f"--fp16 picks the fp16 diff of a release; {name} is a repo",
                              "Give a release name from the catalog, or the fp16 repo itself.")
         adapter = "lora" if only_lora else "base" if only_base else None
-        return name, adapter, _manifest_of_repo(name)
+        return name, adapter, manifest_of_repo(name)
     release = find_release(name)
     if release is None:
         known = ", ".join(sorted(load_catalog()))
         raise InputError(f"{name!r} is neither a Hub repo id (org/name) nor a release in the "
                          "catalog", f"Known releases: {known}.")
     if only_lora and fp16:
-        raise InputError(f"release {name} has no fp16 LoRA; use --only-lora or --fp16")
-    part = release.part("lora" if only_lora else "diff-fp16" if fp16 else "diff")
-    if not part.repo:
-        raise InputError(f"part {part.name!r} of release {name} is not on the Hub")
+        raise OptionConflict(f"release {name} has no fp16 LoRA; use --only-lora or --fp16")
+    part = release.hub_part("lora" if only_lora else "diff-fp16" if fp16 else "diff")
     return part.repo, None, part.manifest
 
 
-def _manifest_of_repo(repo: str) -> Path | None:
+def manifest_of_repo(repo: str) -> Path | None:
     """The catalog manifest of the release part published as `repo`, if there is one."""
     try:
         parts = [p for r in load_catalog().values() for p in r.parts.values()]
@@ -151,8 +154,11 @@ def _manifest_of_repo(repo: str) -> Path | None:
     return next((p.manifest for p in parts if p.repo == repo), None)
 
 
-def _select(files: list[RemoteFile], adapter: str | None, include: list[str],
-            exclude: list[str]) -> list[RemoteFile]:
+def select(files: list[RemoteFile], adapter: str | None, include: Iterable[str] = (),
+           exclude: Iterable[str] = ()) -> list[RemoteFile]:
+    """The files kept by the adapter filter ("lora": only adapter files, "base": all others,
+    None: all) and the include/exclude globs."""
+    include, exclude = list(include), list(exclude)
     if adapter is not None:
         lora = {f.path for f in filter_repo_objects(files, allow_patterns=list(ADAPTER_PATTERNS),
                                                     key=_basename)}
@@ -165,21 +171,65 @@ def _basename(f: RemoteFile) -> str:
     return PurePosixPath(f.path).name
 
 
-def _refuse_escaping_names(files: list[RemoteFile], out: Path, repo: str) -> None:
-    """A repo is remote input: a name like ../x, /x or C:x must not write outside `out`."""
-    root = out.resolve()
+def refuse_escaping_names(files: list[RemoteFile], out: Path, repo: str,
+                          within: Path | None = None) -> None:
+    """A repo is remote input: a name like ../x, /x or C:x must not write outside `out`, nor
+    (followed through the links already there) outside `within` (default: `out`)."""
+    root = (within or out).resolve()
     for f in files:
-        if _unsafe_name(f.path, root):
+        if _unsafe_name(f.path, out, root):
             raise HubError(f"{repo} lists a file named {f.path!r}, which is not a plain path "
                            f"inside {out}; nothing was downloaded",
                            "The repo is malformed or hostile; tell its owners.")
 
 
-def _unsafe_name(name: str, root: Path) -> bool:
+def _unsafe_name(name: str, out: Path, root: Path) -> bool:
     return (PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor != ""
             or "\\" in name or any(p in ("", ".", "..") for p in name.split("/"))
             or name.split("/")[0] == PARTIAL_DIR  # our own scratch space
-            or not (root / name).resolve().is_relative_to(root))  # through a symlink in `out`
+            or not (out / name).resolve().is_relative_to(root))  # through a symlink in `out`
+
+
+# --- where files go --------------------------------------------------------------------------
+
+class Layout(Protocol):
+    """Where a file grows while it is fetched, and where it lies once its hash is checked."""
+
+    @property
+    def root(self) -> Path:
+        """The folder whose disk receives the files (checked for space, named in messages)."""
+
+    @property
+    def space_hint(self) -> str:
+        """What to do when that disk is too small."""
+
+    def target(self, f: RemoteFile) -> Path:
+        """Where the finished file is read from."""
+
+    def part(self, f: RemoteFile) -> Path:
+        """Where it grows; the bytes there survive a failed or killed run."""
+
+    def place(self, f: RemoteFile, part: Path) -> None:
+        """Move the checked `part` into place."""
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """`download --out DIR`: DIR/<file>, growing in DIR/.weightkit-partial/<file>.part."""
+
+    root: Path
+    space_hint: str = "Free some space or choose another --out."
+
+    def target(self, f: RemoteFile) -> Path:
+        return self.root / f.path
+
+    def part(self, f: RemoteFile) -> Path:
+        return self.root / PARTIAL_DIR / f"{f.path}.part"
+
+    def place(self, f: RemoteFile, part: Path) -> None:
+        target = self.target(f)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
 
 
 # --- fetching --------------------------------------------------------------------------------
@@ -192,10 +242,12 @@ class _Stopped(Exception):
     """Another file failed or the user interrupted: stop, keeping the bytes received."""
 
 
-def _fetch_all(hub: Hub, repo: str, commit: str, files: list[RemoteFile], out: Path, jobs: int,
-               result: DownloadResult, quiet: bool) -> None:
-    remaining = sum(f.size - _part_size(out, f) for f in files if not _maybe_done(out, f))
-    _check_space(out, remaining)
+def fetch_files(hub: Hub, repo: str, commit: str, files: list[RemoteFile], layout: Layout,
+                jobs: int, result: DownloadResult, quiet: bool) -> None:
+    """Bring `files` of `repo` at `commit` into `layout`, `jobs` at a time, each checked against
+    the Hub's size and hash; `result` collects what was fetched and what was there already."""
+    remaining = sum(f.size - _part_size(layout, f) for f in files if not _maybe_done(layout, f))
+    _check_space(layout, remaining)
     stop = threading.Event()
     lock = threading.Lock()
     headers = hub.headers()
@@ -210,7 +262,7 @@ def _fetch_all(hub: Hub, repo: str, commit: str, files: list[RemoteFile], out: P
         def one(f: RemoteFile) -> None:
             url = hf_hub_url(repo, f.path, revision=commit, endpoint=hub.endpoint)
             with hub_errors(hub, repo, commit, f.path):
-                done = _fetch_one(f, out, url, headers, repo, advance, stop)
+                done = _fetch_one(f, layout, url, headers, repo, advance, stop)
             with lock:
                 (result.downloaded if done else result.present).append(f.path)
             advance(0, 1)
@@ -248,20 +300,19 @@ def _raise_first(errors: list[Exception], repo: str) -> None:
                             _DAMAGED_HINT)
 
 
-def _fetch_one(f: RemoteFile, out: Path, url: str, headers: dict[str, str], repo: str,
+def _fetch_one(f: RemoteFile, layout: Layout, url: str, headers: dict[str, str], repo: str,
                advance: Callable[..., None], stop: threading.Event) -> bool:
     """Bring one file into place; False when it was already there."""
-    target = out / f.path
-    if _maybe_done(out, f) and f.matches(target):
+    if _maybe_done(layout, f) and f.matches(layout.target(f)):
         return False
-    part = _Part(out / PARTIAL_DIR / f"{f.path}.part", f)
+    part = _Part(layout.part(f), f)
     try:
         _download_with_retries(part, url, headers, repo, advance, stop)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutputError(f"the disk is full: {part.path} stopped at {part.size} bytes",
-                              f"Free some space on {out}'s disk and run the same command again: "
-                              "it resumes from there.") from None
+                              f"Free some space on {layout.root}'s disk and run the same command "
+                              "again: it resumes from there.") from None
         raise
     finally:
         part.close()
@@ -270,8 +321,7 @@ def _fetch_one(f: RemoteFile, out: Path, url: str, headers: dict[str, str], repo
         part.path.unlink()
         raise ChecksumError(f"{repo}: {f.path} {problem}; the download was deleted",
                             _DAMAGED_HINT)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(part.path, target)
+    layout.place(f, part.path)
     return True
 
 
@@ -354,42 +404,42 @@ class _Part:
         self._file.close()
 
 
-def _maybe_done(out: Path, f: RemoteFile) -> bool:
+def _maybe_done(layout: Layout, f: RemoteFile) -> bool:
     """Cheap test that the file may already be in place (its hash decides)."""
-    target = out / f.path
+    target = layout.target(f)
     return target.is_file() and target.stat().st_size == f.size
 
 
-def _part_size(out: Path, f: RemoteFile) -> int:
-    part = out / PARTIAL_DIR / f"{f.path}.part"
+def _part_size(layout: Layout, f: RemoteFile) -> int:
+    part = layout.part(f)
     size = part.stat().st_size if part.is_file() else 0
     return size if size <= f.size else 0
 
 
-def _dry_run(repo: str, commit: str, files: list[RemoteFile], out: Path,
+def dry_run_report(repo: str, commit: str, todo: list[RemoteFile], total: int, layout: Layout,
+                   quiet: bool) -> None:
+    """Say what fetching `todo` (of `total` files) would download into `layout`, and refuse it
+    up front when the disk is too small; nothing is written."""
+    needed = sum(f.size - _part_size(layout, f) for f in todo)
+    _check_space(layout, needed)
+    say(f"{repo}@{commit[:8]} (dry run): {len(todo)} of {total} files to fetch, "
+        f"{human_bytes(needed)} to download into {layout.root} (disk free: "
+        f"{human_bytes(free_bytes(layout.root))}). Nothing was downloaded.", quiet)
+
+
+def _dry_run(repo: str, commit: str, files: list[RemoteFile], layout: Layout,
              quiet: bool) -> DownloadResult:
     """What a download would fetch and need, from the file list alone; nothing is written."""
-    todo = [f for f in files if not _maybe_done(out, f)]
-    needed = sum(f.size - _part_size(out, f) for f in todo)
-    _check_space(out, needed)
-    say(f"{repo}@{commit[:8]} (dry run): {len(todo)} of {len(files)} files to fetch, "
-        f"{human_bytes(needed)} to download into {out} (disk free: "
-        f"{human_bytes(free_bytes(out))}). Nothing was downloaded.", quiet)
-    return DownloadResult(repo, commit, out)
+    todo = [f for f in files if not _maybe_done(layout, f)]
+    dry_run_report(repo, commit, todo, len(files), layout, quiet)
+    return DownloadResult(repo, commit, layout.root)
 
 
-def free_bytes(out: Path) -> int:
-    while not out.exists():  # a dry run's --out may not exist yet
-        out = out.parent
-    return shutil.disk_usage(out).free
-
-
-def _check_space(out: Path, needed: int) -> None:
-    free = free_bytes(out)
+def _check_space(layout: Layout, needed: int) -> None:
+    free = free_bytes(layout.root)  # a dry run's --out may not exist yet
     if needed > free:
-        raise OutputError(f"{out} has {human_bytes(free)} free, the download needs "
-                          f"{human_bytes(needed)} more",
-                          "Free some space or choose another --out.")
+        raise OutputError(f"{layout.root} has {human_bytes(free)} free, the download needs "
+                          f"{human_bytes(needed)} more", layout.space_hint)
 
 
 def _remove_empty_dirs(root: Path) -> None:

@@ -46,7 +46,8 @@ def push(
 ) -> PushResult:
     """Upload `folder` to `repo` (a branch of it with `revision`), creating the repo (private
     with `private`) and the branch when missing. Large files go through LFS; files whose
-    content the remote already has are not sent. Returns the commit URL."""
+    content the remote already has are not sent. Returns a PushResult: the commit URL (the
+    branch head when nothing was sent), the files uploaded and the files left unchanged."""
     folder = Path(folder)
     local = _local_files(folder)
     hub = connect(endpoint, token)

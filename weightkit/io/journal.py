@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from weightkit.manifest import Manifest, ManifestEntry
 
@@ -57,10 +59,14 @@ class Journal:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         return journal
 
-    def finished(self, file_names: list[str], shard_names: list[list[str]]) -> set[int]:
-        """Indices of shards that are complete on disk: present and hashing as recorded."""
+    def finished(self, file_names: list[str], shard_names: list[list[str]],
+                 open_file: Callable[[Path], Any] | None = None) -> set[int]:
+        """Indices of shards that are complete on disk: present and hashing as recorded.
+        `open_file(path)` gives the `manifest_entry(name)` of a file's tensors (default: the
+        checkpoint file's own)."""
         from weightkit.io.reader import open_checkpoint
 
+        open_file = open_file or open_checkpoint
         done = set()
         for i, fname in enumerate(file_names):
             recorded = self.shards.get(fname)
@@ -69,7 +75,7 @@ class Journal:
                     or not path.is_file():
                 continue
             try:
-                ckpt = open_checkpoint(path)
+                ckpt = open_file(path)
                 if all(ckpt.manifest_entry(n) == recorded[n] for n in recorded):
                     done.add(i)
             except Exception:  # noqa: BLE001 - a damaged shard is simply written again

@@ -28,18 +28,19 @@ padded with spaces (which safetensors allows). One pass, one frame in memory at 
 from __future__ import annotations
 
 import json
-import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from weightkit.dtypes import SAFETENSORS_DTYPES, safetensors_name
+from weightkit.dtypes import FORMAT_DTYPES, from_header, to_header
 from weightkit.errors import InputError
-from weightkit.io.safetensors_file import SafetensorsFile
+from weightkit.io.safetensors_file import SafetensorsFile, parse_shape
+from weightkit.io.sniff import DOWNLOAD_AGAIN
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor, parse_size, plan_shards
+from weightkit.io.writer import PlannedTensor, ShardFiles, numbered_names, parse_size, plan_shards
 
 PREFIX = "lossless-diff"
 FORMAT = "weightkit.lossless-diff"
@@ -60,22 +61,30 @@ def is_lossless_diff(path: str | Path) -> bool:
     return bool(lossless_files(path))
 
 
-class LosslessDiffWriter:
-    """Write compressed tensors, in plan order, into `folder`."""
+def file_names(n: int) -> list[str]:
+    """The names of a lossless diff in n files."""
+    return numbered_names(PREFIX, ".safetensors", n)
+
+
+class LosslessDiffWriter(ShardFiles):
+    """Write compressed tensors, in plan order, into `folder`; a killed run's finished files
+    (`done`) are kept, as ShardFiles says."""
 
     def __init__(self, folder: Path, plan: list[PlannedTensor],
-                 raw_shapes: dict[str, tuple[int, ...]], max_shard_size: int | str = "5GB") -> None:
-        self.folder = folder
-        self.shards = plan_shards(plan, parse_size(max_shard_size))
+                 raw_shapes: dict[str, tuple[int, ...]], max_shard_size: int | str = "5GB",
+                 done: set[int] = frozenset(),
+                 on_shard_done: Callable[[int], None] | None = None) -> None:
+        shards = plan_shards(plan, parse_size(max_shard_size))
+        super().__init__(folder, shards, file_names(len(shards)), done, on_shard_done)
         self.raw_shapes = raw_shapes
-        n = len(self.shards)
-        self.file_names = ([f"{PREFIX}.safetensors"] if n == 1 else
-                           [f"{PREFIX}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
-        self.bytes_written = 0
-        self._shard = -1
         self._sizes: list[int] = []  # frame sizes written to the current file
         self._file = None
         self._room = 0  # header bytes reserved in the current file
+
+    @property
+    def bytes_written(self) -> int:
+        """The size of the files finished so far (all of them once closed)."""
+        return sum((self.folder / self.file_names[i]).stat().st_size for i in self.done)
 
     def write(self, name: str, payload: bytes) -> None:
         if self._file is None or len(self._sizes) == len(self.shards[self._shard]):
@@ -85,24 +94,21 @@ class LosslessDiffWriter:
             raise RuntimeError(f"lossless diff writer got {name}, planned {expected}")
         self._file.write(payload)
         self._sizes.append(len(payload))
-        self.bytes_written += len(payload)
 
     def close(self) -> list[Path]:
         """Finish the last file; returns the files written."""
-        if self._shard != len(self.shards) - 1:
-            raise RuntimeError("lossless diff writer closed before every tensor was written")
         self._finish_file()
+        self._check_complete()
         return [self.folder / f for f in self.file_names]
 
     def _next_file(self) -> None:
         self._finish_file()
-        self._shard += 1
+        path = self._begin_shard()
         self._sizes = []
-        self._file = open(self.folder / self.file_names[self._shard], "wb")
+        self._file = open(path, "wb")
         reserved = self._header([_ROOM] * len(self.shards[self._shard]))
         self._room = len(reserved)
         self._file.write(reserved)
-        self.bytes_written += len(reserved)
 
     def _finish_file(self) -> None:
         if self._file is None:
@@ -112,16 +118,18 @@ class LosslessDiffWriter:
         header = self._header(self._sizes, self._room)
         self._file.seek(0)
         self._file.write(header)
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
+        self._end_shard()
 
     def _header(self, sizes: list[int], room: int = 0) -> bytes:
         """The current file's header for frames of `sizes`, padded to `room` bytes if given."""
         shard = self.shards[self._shard]
-        tensors = {t.name: {"dtype": safetensors_name(t.dtype), "shape": list(t.shape),
-                            "raw_shape": list(self.raw_shapes[t.name])} for t in shard}
+        tensors = {}
+        for t in shard:
+            dtype, shape = to_header(t.dtype, t.shape)
+            tensors[t.name] = {"dtype": dtype, "shape": shape,
+                               "raw_shape": to_header(t.dtype, self.raw_shapes[t.name])[1]}
         header: dict[str, object] = {"__metadata__": {
             "format": FORMAT, "version": VERSION, "encoding": ENCODING,
             "tensors": json.dumps(tensors, separators=(",", ":"))}}
@@ -172,13 +180,19 @@ class LosslessDiffReader:
                 raise InputError(f"{path}: tensor {name!r} is stored twice "
                                  f"({self.infos[name].file.name} and {path.name})")
             if name not in frames.infos:
-                raise InputError(f"{path}: tensor {name!r} is listed but has no data")
-            try:
-                info = TensorInfo(name, SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"]), path)
-                self.raw_shapes[name] = tuple(e["raw_shape"])
-            except (KeyError, TypeError) as err:
-                raise InputError(f"{path}: garbled entry for tensor {name!r} ({err})") from None
-            self.infos[name] = info
+                raise InputError(f"{path}: tensor {name!r} is listed but has no data",
+                                 DOWNLOAD_AGAIN)
+            fields = e if isinstance(e, dict) else {}
+            dtype_name = fields.get("dtype")
+            shape, raw_shape = (parse_shape(fields.get(k)) for k in ("shape", "raw_shape"))
+            if (not isinstance(dtype_name, str) or dtype_name not in FORMAT_DTYPES
+                    or shape is None or raw_shape is None):
+                raise InputError(f"{path}: garbled entry for tensor {name!r} in the metadata: "
+                                 f"{json.dumps(e)[:80]}", DOWNLOAD_AGAIN)
+            where = f"{path}: tensor {name!r}"
+            dtype, shape = from_header(dtype_name, list(shape), where)
+            self.infos[name] = TensorInfo(name, dtype, shape, path)
+            self.raw_shapes[name] = from_header(dtype_name, list(raw_shape), where)[1]
             self._where[name] = frames
 
 
@@ -198,6 +212,5 @@ def _tensors(path: Path) -> dict[str, dict]:
         if not isinstance(tensors, dict):
             raise ValueError("tensors is not a JSON object")
     except (SafetensorError, ValueError, KeyError) as e:
-        raise InputError(f"{path}: not a weightkit lossless diff ({e})",
-                         "The file is damaged; download it again.") from None
+        raise InputError(f"{path}: not a weightkit lossless diff ({e})", DOWNLOAD_AGAIN) from None
     return tensors

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from weightkit.errors import OutputError
+from weightkit.io.disk import free_bytes, writable_folder
 from weightkit.io.reader import INDEX_NAMES, WEIGHT_SUFFIXES
 from weightkit.manifest import MANIFEST_NAME, TARGET_MANIFEST_NAME
 
@@ -36,7 +37,7 @@ class OutputFolder:
         self.tmp = self.out.parent / f".{self.out.name}{PARTIAL_SUFFIX}"
         self.overwrite = overwrite
         _check_target(self.out, [Path(p) for p in inputs], overwrite)
-        _check_space(self.out.parent, needed_bytes)
+        _check_space(self.out, needed_bytes)
 
     def __enter__(self) -> Path:
         """The hidden folder to write into; a killed run's folder is kept for its journal."""
@@ -96,23 +97,9 @@ def _check_target(out: Path, inputs: list[Path], overwrite: bool) -> None:
         raise OutputError(f"output {out} exists and is not a folder")
 
 
-def _existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def free_bytes(folder: Path) -> int:
-    """Free space on the disk that holds `folder` (or its nearest existing parent)."""
-    return shutil.disk_usage(_existing(folder)).free
-
-
-def _check_space(parent: Path, needed: int) -> None:
-    probe = _existing(parent)
-    if not os.access(probe, os.W_OK):
-        raise OutputError(f"cannot write to {probe}: permission denied",
-                          "Choose an --out in a folder you can write to.")
-    free = shutil.disk_usage(probe).free
+def _check_space(out: Path, needed: int) -> None:
+    probe = writable_folder(out.parent, out)  # the hidden folder is made next to `out`
+    free = free_bytes(probe)
     if needed > free:
         raise OutputError(
             f"not enough disk space in {probe}: the output needs {needed / 1e9:.2f} GB, "

@@ -21,14 +21,19 @@ from weightkit.errors import InputError
 from weightkit.io.safetensors_file import SafetensorsFile
 from weightkit.io.tensor_info import PIECE_BYTES, Listing, TensorInfo, row_ranges, tensor_bytes
 from weightkit.io.torch_file import TorchFile
-from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import Manifest, ManifestEntry
 
 if TYPE_CHECKING:  # the source layer builds on the pipeline, which imports this module
     from weightkit.sources.source import Node
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+TORCH_SUFFIXES = (".bin", ".pth", ".pt")  # torch.save zips
+WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+# a folder's weight files: the first pattern with a match wins (HF's and Meta's names first, so
+# a stray training_args.bin beside the shards is not taken for one); one per suffix at least
+_FOLDER_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "consolidated.*.pth",
+                    *(f"*{s}" for s in TORCH_SUFFIXES))
+_SUFFIX_LIST = ", ".join(f"*{s}" for s in WEIGHT_SUFFIXES)
 
 
 class Checkpoint(Listing):
@@ -59,11 +64,16 @@ class Checkpoint(Listing):
         return str(self.infos[name].file)
 
     def read(self, name: str) -> torch.Tensor:
-        """The tensor's values in a fresh CPU buffer, in its stored dtype."""
+        """The tensor's values on the CPU, in its stored dtype, in a buffer of their own (no
+        view of the file or of another tensor: it may be changed in place). Outside a pipeline
+        run the buffer is newly allocated; inside one it comes from the run's pool
+        (weightkit.io.buffers) and is reused once the pipeline has written the result: clone
+        what must outlive that."""
         return self._backends[self._where[name]].read(name)
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of the tensor's first dimension, in a fresh CPU buffer."""
+        """Rows [start, stop) of the tensor's first dimension, in a buffer of their own as
+        `read` gives it (pooled inside a pipeline run)."""
         return self._backends[self._where[name]].read_rows(name, start, stop)
 
     def manifest_entry(self, name: str, piece_bytes: int = PIECE_BYTES) -> ManifestEntry:
@@ -83,6 +93,8 @@ class Checkpoint(Listing):
 
     def node(self, name: str) -> Node:
         """The tensor as the pipeline reads it: as stored, in row pieces when large."""
+        # here, not at the top: the writer reads finished files back with this module
+        from weightkit.io.writer import PlannedTensor
         from weightkit.sources.source import stored_node
 
         info = self.infos[name]
@@ -131,12 +143,12 @@ def weight_files(path: Path) -> list[Path]:
         index = path / index_name
         if index.exists():
             return _files_from_index(index)
-    for pattern in ("*.safetensors", "pytorch_model*.bin", "consolidated.*.pth", "*.bin", "*.pth"):
+    for pattern in _FOLDER_PATTERNS:
         found = sorted(p for p in path.glob(pattern) if p.is_file())
         if found:
             return found
     raise InputError(
-        f"{path}: no weight files (*.safetensors, *.bin, *.pth) in this folder",
+        f"{path}: no weight files ({_SUFFIX_LIST}) in this folder",
         "Point at the folder that holds the model's weights.",
     )
 
@@ -160,6 +172,6 @@ def _files_from_index(index: Path) -> list[Path]:
 def _open_file(path: Path) -> SafetensorsFile | TorchFile:
     if path.suffix == ".safetensors":
         return SafetensorsFile(path)
-    if path.suffix in (".bin", ".pth", ".pt"):
+    if path.suffix in TORCH_SUFFIXES:
         return TorchFile(path)
-    raise InputError(f"{path}: unknown weight file type (expected .safetensors, .bin or .pth)")
+    raise InputError(f"{path}: unknown weight file type (expected {_SUFFIX_LIST})")

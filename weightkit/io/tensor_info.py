@@ -81,11 +81,12 @@ def read_exact(f, offset: int, nbytes: int, path: Path, name: str) -> torch.Tens
             n = f.readinto(view[got:])
             if not n:
                 from weightkit.errors import InputError
+                from weightkit.io.sniff import TRUNCATED_HINT
 
                 raise InputError(
                     f"{path}: file is truncated: tensor {name!r} needs bytes "
                     f"{offset}..{offset + nbytes} but the file ends at {offset + got}",
-                    "Download the file again (weightkit verify can tell which files are damaged).",
+                    TRUNCATED_HINT,
                 )
             got += n
     return buf

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import safetensors_name
+from weightkit.dtypes import TORCH_TO_SAFETENSORS, to_header
 from weightkit.errors import InputError
+from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import tensor_bytes, write_chunked
 from weightkit.io.torch_file import TorchZipWriter
+from weightkit.manifest import MANIFEST_NAME
 
 FORMATS = {
     "safetensors": ("model", ".safetensors", "model.safetensors.index.json"),
@@ -45,6 +47,17 @@ class PlannedTensor:
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
+
+
+def check_dtypes(plan: list[PlannedTensor]) -> None:
+    """Refuse up front a tensor no output can hold: both formats, and the tensor manifests, take
+    the dtypes safetensors defines (a `.bin` input may hold others)."""
+    for t in plan:
+        if t.dtype not in TORCH_TO_SAFETENSORS:
+            raise InputError(
+                f"tensor {t.name!r} is {t.dtype}, which weightkit cannot write: it is not a "
+                "safetensors dtype, and weightkit's outputs and tensor manifests are named in "
+                "those", "Convert that tensor to another dtype with torch first.")
 
 
 def parse_size(text: str | int) -> int:
@@ -76,18 +89,66 @@ def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[Pla
 def shard_file_names(fmt: str, n: int) -> list[str]:
     """HF's names: model.safetensors alone, model-00001-of-00003.safetensors when sharded."""
     prefix, suffix, _ = FORMATS[fmt]
+    return numbered_names(prefix, suffix, n)
+
+
+def numbered_names(prefix: str, suffix: str, n: int) -> list[str]:
+    """PREFIX+SUFFIX alone, PREFIX-00001-of-0000N+SUFFIX for each of n > 1 files."""
     if n == 1:
         return [f"{prefix}{suffix}"]
     return [f"{prefix}-{i + 1:05d}-of-{n:05d}{suffix}" for i in range(n)]
 
 
-class ShardWriter:
-    """Write the planned tensors, in plan order, into `folder`.
+class ShardFiles:
+    """Shards of planned tensors written one after another into `folder`.
 
     Each shard is written as `NAME.tmp`, flushed to disk and renamed when complete, then
     `on_shard_done(index)` is called; shards listed in `done` (finished by an earlier, killed run)
-    are skipped, and their tensors must not be written again.
+    are skipped, and their tensors must not be written again. Subclasses write a shard's bytes
+    between `_begin_shard` and `_end_shard`.
     """
+
+    def __init__(self, folder: Path, shards: list[list[PlannedTensor]], file_names: list[str],
+                 done: set[int], on_shard_done: Callable[[int], None] | None) -> None:
+        self.folder = folder
+        self.shards = shards
+        self.file_names = file_names
+        self.done = set(done)
+        self._on_shard_done = on_shard_done
+        self._todo = [i for i in range(len(shards)) if i not in self.done]
+        self._shard = -1  # index into self.shards of the shard being written
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of all planned tensors, as computed (what progress counts)."""
+        return sum(t.nbytes for shard in self.shards for t in shard)
+
+    def _begin_shard(self) -> Path:
+        """Move on to the next shard still to write; returns the path to write it to."""
+        self._shard = self._todo.pop(0)
+        return self._tmp_path(self._shard)
+
+    def _end_shard(self) -> None:
+        """The current shard's file is complete and closed: onto the disk, then its name."""
+        tmp = self._tmp_path(self._shard)
+        with open(tmp, "rb+") as f:  # the bytes reach the disk before the name says "done"
+            os.fsync(f.fileno())
+        os.rename(tmp, self.folder / self.file_names[self._shard])
+        self.done.add(self._shard)
+        if self._on_shard_done is not None:
+            self._on_shard_done(self._shard)
+
+    def _check_complete(self) -> None:
+        if len(self.done) != len(self.shards):
+            raise RuntimeError("writer closed before every planned tensor was written")
+
+    def _tmp_path(self, shard: int) -> Path:
+        return self.folder / (self.file_names[shard] + ".tmp")
+
+
+class ShardWriter(ShardFiles):
+    """Write the planned tensors, in plan order, into `folder` as checkpoint shards in `fmt`
+    (resuming as ShardFiles says)."""
 
     def __init__(
         self,
@@ -99,28 +160,19 @@ class ShardWriter:
         on_shard_done: Callable[[int], None] | None = None,
     ) -> None:
         check_format(fmt)
-        self.folder = folder
+        shards = plan_shards(plan, parse_size(max_shard_size))
+        super().__init__(folder, shards, shard_file_names(fmt, len(shards)), done, on_shard_done)
         self.fmt = fmt
-        self.shards = plan_shards(plan, parse_size(max_shard_size))
         self.index_name = FORMATS[fmt][2]
-        self.file_names = shard_file_names(fmt, len(self.shards))
-        n = len(self.shards)
-        self.done = set(done)
-        self._on_shard_done = on_shard_done
-        self._todo = [i for i in range(n) if i not in self.done]
-        self._shard = -1  # index into self.shards of the shard being written
-        self._pos = 0  # index of the next tensor inside that shard
+        self._pos = 0  # index of the next tensor inside the shard being written
         self._file = None
         self._stream = None  # .bin: the zip record of the tensor being written
         self._row = 0  # next row of the tensor being written in pieces (0: none begun)
 
     @property
-    def total_size(self) -> int:
-        return sum(t.nbytes for shard in self.shards for t in shard)
-
-    def shard_of(self) -> dict[str, int]:
-        """Tensor name -> index of the shard it goes into."""
-        return {t.name: i for i, shard in enumerate(self.shards) for t in shard}
+    def bytes_written(self) -> int:
+        """The tensor bytes of the output, as the summary counts them (headers aside)."""
+        return self.total_size
 
     def write(self, name: str, tensor: torch.Tensor,
               rows: tuple[int, int] | None = None) -> None:
@@ -155,8 +207,7 @@ class ShardWriter:
         """Finish the last shard and write the index; returns the files written."""
         if self._file is not None:
             self._finish_shard()
-        if len(self.done) != len(self.shards):
-            raise RuntimeError("writer closed before every planned tensor was written")
+        self._check_complete()
         written = [self.folder / f for f in self.file_names]
         if len(self.file_names) > 1:
             weight_map = {t.name: self.file_names[i]
@@ -171,9 +222,8 @@ class ShardWriter:
     def _next_shard(self) -> None:
         if self._file is not None:
             self._finish_shard()
-        self._shard = self._todo.pop(0)
+        path = self._begin_shard()
         self._pos = 0
-        path = self._tmp_path(self._shard)
         shard = self.shards[self._shard]
         if self.fmt == "safetensors":
             self._file = open(path, "wb")
@@ -187,25 +237,41 @@ class ShardWriter:
             raise RuntimeError(f"shard closed before tensor {missing} was written")
         self._file.close()
         self._file = None
-        tmp = self._tmp_path(self._shard)
-        with open(tmp, "rb+") as f:  # the bytes reach the disk before the name says "done"
-            os.fsync(f.fileno())
-        os.rename(tmp, self.folder / self.file_names[self._shard])
-        self.done.add(self._shard)
-        if self._on_shard_done is not None:
-            self._on_shard_done(self._shard)
-
-    def _tmp_path(self, shard: int) -> Path:
-        return self.folder / (self.file_names[shard] + ".tmp")
+        self._end_shard()
 
 
 def _safetensors_header(shard: list[PlannedTensor]) -> bytes:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for t in shard:
-        header[t.name] = {"dtype": safetensors_name(t.dtype), "shape": list(t.shape),
+        dtype, shape = to_header(t.dtype, t.shape)
+        header[t.name] = {"dtype": dtype, "shape": shape,
                           "data_offsets": [offset, offset + t.nbytes]}
         offset += t.nbytes
     body = json.dumps(header, separators=(",", ":")).encode()
     body += b" " * (-len(body) % 8)
     return struct.pack("<Q", len(body)) + body
+
+
+class CheckpointFiles:
+    """The files a run's tensors become (write_checkpoint's outline asks it for their names, a
+    writer, and a finished file to re-check on resume): checkpoint shards in `fmt`. A command
+    with a container of its own (diff --lossless) passes its own kind."""
+
+    manifest_name = MANIFEST_NAME  # where the manifest of the computed tensors goes
+
+    def __init__(self, fmt: str) -> None:
+        check_format(fmt)
+        self.fmt = fmt
+        self.key = fmt  # what sets runs into these files apart (in the resume journal's key)
+
+    def file_names(self, shards: int) -> list[str]:
+        return shard_file_names(self.fmt, shards)
+
+    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int | str,
+               done: set[int], on_shard_done: Callable[[int], None]) -> ShardWriter:
+        return ShardWriter(folder, plan, self.fmt, max_shard_size, done, on_shard_done)
+
+    def open(self, path: Path) -> Checkpoint:
+        """A finished file, whose `manifest_entry(name)` is re-checked against the journal."""
+        return open_checkpoint(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import parse_dtype, short_name
+from weightkit.dtypes import output_dtype, parse_dtype, short_name
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.output import copy_side_files
@@ -131,8 +131,8 @@ def convert_llama(
     forced = None if dtype == "auto" else parse_dtype(dtype)
     view = open_meta(input_dir, model_size=model_size, llama_version=llama_version,
                      dtype=forced, instruct=instruct)
-    # a wrong --out or --format fails now, not after minutes of hashing
-    check_output(out, view.inputs, overwrite, fmt, view.total_bytes)
+    # a wrong --out, --format or --max-shard-size fails now, not after minutes of hashing
+    check_output(out, view.inputs, overwrite, fmt, view.total_bytes, max_shard_size)
     if verify:
         view.verify(quiet)
     return write_source(
@@ -206,8 +206,8 @@ class MetaView(View):
         self.infos = {}
         for p in parts:
             raw_dtype = shards[0].info(p.raw).dtype
-            out_dtype = dtype if dtype is not None and raw_dtype.is_floating_point else raw_dtype
-            self.infos[p.name] = TensorInfo(p.name, out_dtype, shapes[p.name], folder)
+            self.infos[p.name] = TensorInfo(p.name, output_dtype(raw_dtype, dtype),
+                                            shapes[p.name], folder)
         self.dtype_name = str(self.infos[parts[0].name].dtype).removeprefix("torch.")  # embeddings'
 
     def node(self, name: str) -> Node:

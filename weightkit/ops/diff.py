@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import parse_dtype
+from weightkit.dtypes import is_float, parse_dtype
+from weightkit.errors import InputError, OptionConflict
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor
+from weightkit.io.writer import PlannedTensor, parse_size
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry, RowHasher
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
@@ -17,6 +18,12 @@ from weightkit.pipeline import WriteResult
 from weightkit.sources.open import local_paths, open_source
 from weightkit.sources.source import Node, SideFiles, Source, View
 from weightkit.sources.write import check_output, write_source
+
+# options that describe the other kind of diff (the command line also refuses them when given
+# with their default value)
+LOSSLESS_OWN_FORMAT = "--lossless stores its own format: drop --dtype and --format."
+LEVEL_OF_LOSSLESS = "--level applies to --lossless diffs only."
+LEVELS = range(1, 20)  # zstd's, as the command line's --level takes them
 
 
 def diff(
@@ -42,13 +49,22 @@ def diff(
     records the hash recovery will produce, so the check stays exact about what it accepts.
 
     `lossless=True` writes a lossless diff instead (weightkit.ops.lossless: compressed bit
-    patterns at zstd `level`; `dtype`, `fmt` and `device` do not apply). Either input is any
+    patterns at zstd `level`; `device` does not apply, and another `dtype` or `fmt` than the
+    default is refused, as is a `level` for a plain diff: OptionConflict). Either input is any
     model source (weightkit.sources): a raw Meta folder is read as `convert` writes it.
     """
+    if lossless and (dtype != "fp32" or fmt != "safetensors"):
+        raise OptionConflict(LOSSLESS_OWN_FORMAT)
+    if not lossless and level != DEFAULT_LEVEL:
+        raise OptionConflict(LEVEL_OF_LOSSLESS)
     if lossless:  # a container of its own, not a checkpoint
+        if level not in LEVELS:
+            raise InputError(f"zstd level {level} is out of range",
+                             f"Use --level {LEVELS[0]}..{LEVELS[-1]}.")
+        parse_size(max_shard_size)  # refused by a dry run too, as the real run refuses it
         return diff_lossless(raw, tuned, out, level=level, max_shard_size=max_shard_size,
                              overwrite=overwrite, quiet=quiet, dry_run=dry_run)
-    check_output(out, local_paths(raw, tuned), overwrite, fmt)
+    check_output(out, local_paths(raw, tuned), overwrite, fmt, max_shard_size=max_shard_size)
     view = DiffView(open_source(raw, role="raw", dry_run=dry_run, quiet=quiet),
                     open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet),
                     parse_dtype(dtype))
@@ -79,8 +95,10 @@ class DiffView(View):
         self.label = f"the diff of {tuned.label} against {raw.label}"
         pairing = pair_checkpoints(raw, tuned, "tuned model")
         self.pairs = {p.name: p for p in pairing.pairs}
+        # a tensor that is not a float is stored as the difference of its bit patterns, in its
+        # own dtype (weightkit.ops.delta); `diff_dtype` is the dtype of the float ones
         self.infos = {p.name: TensorInfo(
-            p.name, diff_dtype if p.other.dtype.is_floating_point else p.other.dtype,
+            p.name, diff_dtype if is_float(p.other.dtype) else p.other.dtype,
             p.other.shape, p.other.file) for p in pairing.pairs}
         self.notes = [*raw.notes, *tuned.notes, *pairing.notes()]
         self.target = Manifest()
@@ -90,12 +108,13 @@ class DiffView(View):
         entry = _TargetEntry(info.shape)
 
         def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            d = delta.subtract(r, t, info.dtype)
-            if entry.add(t, delta.add(r, d, t.dtype)):
+            d = delta.subtract_any(r, t, info.dtype, name)
+            if entry.add(t, delta.add_any(r, d, t.dtype, name)):
                 self.target.add(name, entry.result(t.dtype))
             return d
 
-        return p.node(self.raw, self.tuned, PlannedTensor(name, info.dtype, info.shape), compute)
+        return p.node(self.raw, self.tuned, PlannedTensor(name, info.dtype, info.shape), compute,
+                      check_finite=is_float(info.dtype))
 
     @property
     def inputs(self) -> list[Path]:

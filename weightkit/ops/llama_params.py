@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from weightkit.errors import InputError
+from weightkit.io.sniff import JSON_FILE, what_it_is
 
 VERSIONS = ("1", "2", "3", "3.1", "3.2")
 # model size -> model-parallel shards Meta ships it in (the converter's table)
@@ -66,7 +67,8 @@ def read_params(path: Path) -> LlamaParams:
                          "Point --input-dir at the folder Meta's download put params.json in.") \
             from None
     except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read it as JSON ({e})") from None
+        wrong = what_it_is(path, JSON_FILE) if isinstance(e, ValueError) else None
+        raise wrong or InputError(f"{path}: cannot read it as JSON ({e})") from None
     if not isinstance(doc, dict):
         raise InputError(f"{path}: expected a JSON object, found {type(doc).__name__}")
     doc = doc.get("model", doc)  # some releases nest the model arguments

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from weightkit.errors import InputError
+from weightkit.io.sniff import JSON_FILE, what_it_is
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")  # peft's preference order
@@ -176,7 +177,7 @@ def read_config(folder: Path) -> AdapterConfig:
     try:
         doc = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+        raise what_it_is(path, JSON_FILE) or InputError(f"{path}: not valid JSON ({e})") from None
     return parse_config(doc, str(path))
 
 

@@ -25,42 +25,40 @@ from such a diff (`LosslessRecoveredView`, a source that `recover` writes); the 
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import zstandard
 
-from weightkit.dtypes import short_name
+from weightkit.dtypes import SAME_WIDTH, SIGNED, UNSIGNED, bit_patterns, output_dtype, short_name
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
-from weightkit.io.output import OutputFolder
+from weightkit.io.lossless_diff import file_names as lossless_file_names
 from weightkit.io.reader import folder_config
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor
+from weightkit.io.writer import CheckpointFiles, PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops.pairing import Pair, Pairing, pair_checkpoints
-from weightkit.pipeline import WriteResult, identity, output_error, preflight
-from weightkit.progress import ByteProgress, human_bytes, human_time, say
+from weightkit.pipeline import WriteResult, identity, write_checkpoint
+from weightkit.progress import human_bytes, human_time
 from weightkit.sources.open import local_paths, open_source
 from weightkit.sources.source import Node, SideFiles, Source, View, folder_files
 from weightkit.sources.write import check_output
 
 DEFAULT_LEVEL = 1
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-_INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
-_TORCH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def encode(raw: torch.Tensor, tuned: torch.Tensor, level: int = DEFAULT_LEVEL) -> bytes:
     """The payload that gives `tuned` back from `raw`; both must have the same dtype."""
     if raw.dtype != tuned.dtype:
         raise ValueError(f"raw is {raw.dtype}, tuned is {tuned.dtype}")
-    d = _bits(tuned).copy()
+    d = bit_patterns(tuned).copy()
     shared = d[: raw.numel()]  # the flat prefix: extra vocabulary rows come last
-    np.subtract(shared, _bits(raw), out=shared)
+    np.subtract(shared, bit_patterns(raw), out=shared)
     # threads >= 1 always (never 0): zstd's multi-threaded output is the same for any number
     # of workers, so the diff's bytes do not depend on the machine that made it
     zstd = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
@@ -87,8 +85,8 @@ def unpack(payload: bytes | memoryview | np.ndarray, dtype: torch.dtype, numel: 
         raise zstandard.ZstdError(f"frame holds {size} bytes, the tensor needs {want}")
     planes = (empty_bytes(want) if scratch is None else scratch).numpy()
     _decompress_into(payload, planes)
-    out = empty_bytes(want).view(_TORCH_INT[width])  # pooled buffer inside a pipeline run
-    z = out.numpy().view(_UINT[width])
+    out = empty_bytes(want).view(SAME_WIDTH[width])  # pooled buffer inside a pipeline run
+    z = out.numpy().view(UNSIGNED[width])
     planes = planes.reshape(width, numel)
     # shift-or, plane by plane: 8x faster than a transposed copy
     np.copyto(z, planes[width - 1])
@@ -115,26 +113,19 @@ def _decompress_into(payload: bytes | memoryview | np.ndarray, out: np.ndarray) 
 
 def add_back(raw: torch.Tensor, packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """tuned = raw + unzigzag(packed), built in packed's buffer (the cheap half of decode)."""
-    z = packed.numpy().view(_UINT[raw.dtype.itemsize])
+    z = packed.numpy().view(UNSIGNED[raw.dtype.itemsize])
     sign = np.bitwise_and(z, 1)
     np.negative(sign, out=sign)  # 0 or all ones (unsigned negation wraps)
     np.right_shift(z, 1, out=z)
     np.bitwise_xor(z, sign, out=z)
     shared = z[: raw.numel()]
-    np.add(shared, _bits(raw), out=shared)
+    np.add(shared, bit_patterns(raw), out=shared)
     return packed.view(raw.dtype).reshape(shape)
-
-
-def _bits(t: torch.Tensor) -> np.ndarray:
-    """The tensor's bit patterns as flat unsigned integers of its width (a view when possible)."""
-    width = t.dtype.itemsize
-    flat = t.detach().cpu().contiguous().reshape(-1)
-    return flat.view(_TORCH_INT[width]).numpy().view(_UINT[width])
 
 
 def _zigzag(d: np.ndarray) -> np.ndarray:
     """Small signed differences to small unsigned numbers, in place."""
-    sign = d.view(_INT[d.itemsize]) >> (8 * d.itemsize - 1)  # arithmetic: 0 or -1
+    sign = d.view(SIGNED[d.itemsize]) >> (8 * d.itemsize - 1)  # arithmetic: 0 or -1
     np.left_shift(d, 1, out=d)
     np.bitwise_xor(d, sign.view(d.dtype), out=d)
     return d
@@ -169,8 +160,12 @@ def diff_lossless(
 
     Besides the compressed tensors, `out` gets the tuned model's tensor manifest
     (weightkit.target-manifest.json) and its config and tokenizer files. `level` is zstd's.
+    It runs on write_checkpoint's outline: the jobs load the tuned tensors (so the run's
+    manifest is the target manifest) and the writer encodes each against raw's; a killed run
+    resumes after its last finished file.
     """
-    check_output(out, local_paths(raw, tuned), overwrite, "safetensors")
+    check_output(out, local_paths(raw, tuned), overwrite, "safetensors",
+                 max_shard_size=max_shard_size)
     raw_ckpt = open_source(raw, role="raw", dry_run=dry_run, quiet=quiet)
     tuned_ckpt = open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet)
     pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
@@ -178,59 +173,81 @@ def diff_lossless(
     _check_dtypes(pairing, "the tuned model",
                   "A lossless diff stores bit patterns, so both models need the same dtype per "
                   "tensor. Use --dtype fp32 instead of --lossless (a plain fp32 diff).")
-    plan = [PlannedTensor(p.name, p.other.dtype, p.other.shape) for p in pairing.pairs]
-    if not plan:
-        raise InputError("diff: nothing to write (the inputs hold no tensors)")
-    total = sum(t.nbytes for t in plan)  # the most it can take: incompressible tensors
-    folder = OutputFolder(out, inputs=[*raw_ckpt.inputs, *tuned_ckpt.inputs],
-                          overwrite=overwrite, needed_bytes=total)
-    if dry_run:
-        say(preflight("diff --lossless", folder.out, plan, torch.device("cpu")), quiet)
-        return WriteResult(folder.out, [], len(plan), total, 0.0, Manifest(), notes=notes)
-    side_files = tuned_ckpt.side_files()
-    try:
-        with folder as tmp:
-            _clear(tmp)  # no resuming here: a killed run's files are not ours to keep
-            result = _write_diff(tmp, pairing, raw_ckpt, tuned_ckpt, plan, level,
-                                 max_shard_size, quiet)
-            result.notes = notes + [n for write in side_files for n in write(tmp)]
-    except OSError as e:
-        raise output_error(e, folder.out, total) from None
-    result.out = folder.out
-    say(_summary(result, total), quiet)
-    return result
+    jobs = [_diff_node(tuned_ckpt, p.name) for p in pairing.pairs]
+    total = sum(j.out.nbytes for j in jobs)
+    files = _LosslessFiles(raw_ckpt, {p.name: p.raw.shape for p in pairing.pairs}, level)
+    return write_checkpoint(
+        out, jobs, title="diff --lossless", inputs=[*raw_ckpt.inputs, *tuned_ckpt.inputs],
+        side_files=() if dry_run else tuned_ckpt.side_files(), max_shard_size=max_shard_size,
+        overwrite=overwrite, device="cpu", quiet=quiet, dry_run=dry_run, notes=notes,
+        files=files, summarize=lambda result: _summary(result, total),
+    )
 
 
-def _write_diff(tmp: Path, pairing: Pairing, raw: Source, tuned: Source,
-                plan: list[PlannedTensor], level: int, max_shard_size: int | str,
-                quiet: bool) -> WriteResult:
-    target = Manifest()
-    writer = LosslessDiffWriter(tmp, plan, {p.name: p.raw.shape for p in pairing.pairs},
-                                max_shard_size)
-    with ByteProgress("diff --lossless", sum(t.nbytes for t in plan), len(plan),
-                      quiet) as progress:
-        for p in pairing.pairs:
-            r, t = p.read(raw, tuned)
-            target.add(p.name, ManifestEntry.of(t))
-            writer.write(p.name, encode(r, t, level))
-            progress.advance(t.nbytes)
-        files = [f.name for f in writer.close()]
-    target.write(tmp, TARGET_MANIFEST_NAME)
-    return WriteResult(tmp, files, len(plan), writer.bytes_written, progress.elapsed, target)
+def _diff_node(tuned: Source, name: str) -> Node:
+    """The tuned tensor as its source gives it (a raw Meta folder's converted), whole: the
+    writer encodes whole tensors."""
+    return dataclasses.replace(tuned.node(name), load_rows=None)
 
 
-def _clear(folder: Path) -> None:
-    for f in folder.iterdir():
-        if f.is_dir():
-            shutil.rmtree(f)
-        else:
-            f.unlink()
+class _LosslessFiles(CheckpointFiles):
+    """What `diff --lossless` writes, for write_checkpoint: lossless diff files, in which each
+    tuned tensor the jobs give is encoded against raw's as it is written."""
+
+    manifest_name = TARGET_MANIFEST_NAME  # the jobs' tensors are the tuned model's
+
+    def __init__(self, raw: Source, raw_shapes: dict[str, tuple[int, ...]],
+                 level: int) -> None:
+        self.raw, self.raw_shapes, self.level = raw, raw_shapes, level
+        self.key = f"lossless-diff level {level}"  # another level gives other bytes
+
+    def file_names(self, shards: int) -> list[str]:
+        return lossless_file_names(shards)
+
+    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int | str,
+               done: set[int], on_shard_done: Callable[[int], None]) -> _EncodingWriter:
+        container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size, done,
+                                       on_shard_done)
+        return _EncodingWriter(container, self.raw, self.level)
+
+    def open(self, path: Path) -> _DecodedFile:
+        return _DecodedFile(LosslessDiffReader(path), self.raw)
+
+
+class _EncodingWriter:
+    """The pipeline's writer: each tuned tensor, encoded against raw's, into the container."""
+
+    def __init__(self, container: LosslessDiffWriter, raw: Source, level: int) -> None:
+        self.container, self.raw, self.level = container, raw, level
+        self.total_size = container.total_size  # of the tuned tensors: what progress counts
+
+    @property
+    def bytes_written(self) -> int:
+        return self.container.bytes_written
+
+    def write(self, name: str, tuned: torch.Tensor, rows: None = None) -> None:
+        self.container.write(name, encode(self.raw.read(name), tuned, self.level))
+
+    def close(self) -> list[Path]:
+        return self.container.close()
+
+
+class _DecodedFile:
+    """A finished file of a killed run, re-checked on resume by what it decodes to."""
+
+    def __init__(self, packed: LosslessDiffReader, raw: Source) -> None:
+        self.packed, self.raw = packed, raw
+
+    def manifest_entry(self, name: str) -> ManifestEntry:
+        shape = self.packed.info(name).shape
+        return ManifestEntry.of(decode(self.raw.read(name), self.packed.read(name).numpy(), shape))
 
 
 class LosslessRecoveredView(View):
     """The tuned model a lossless diff was made from, bit for bit: each tensor decoded while it
     is loaded (integer work, in the reader thread). Its tensors are checked against the diff's
-    target manifest by whoever reads them. `forced` converts every floating-point tensor."""
+    target manifest by whoever reads them. `forced` converts the plain float tensors (fp32, fp16,
+    bf16; see weightkit.dtypes.output_dtype)."""
 
     lossless = True
 
@@ -298,7 +315,7 @@ def _check_raw_shape(p: Pair, packed: LosslessDiffReader) -> None:
 
 
 def _recovered_dtype(p: Pair, dtype: torch.dtype | None) -> torch.dtype:
-    return dtype if dtype is not None and p.other.dtype.is_floating_point else p.other.dtype
+    return output_dtype(p.other.dtype, dtype)
 
 
 def _check_dtypes(pairing: Pairing, other: str, hint: str) -> None:

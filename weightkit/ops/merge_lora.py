@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from weightkit.dtypes import parse_dtype
+from weightkit.dtypes import FLOAT_DTYPES, output_dtype, parse_dtype, short_name
 from weightkit.errors import InputError
 from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.reader import Checkpoint, open_checkpoint
@@ -71,7 +71,7 @@ def merge_lora(
     any tensor is read; a mismatch raises InputError and nothing is written.
     """
     forced = None if dtype == "auto" else parse_dtype(dtype)
-    check_output(out, local_paths(base, lora), overwrite, fmt)
+    check_output(out, local_paths(base, lora), overwrite, fmt, max_shard_size=max_shard_size)
     base_src = open_source(base, role="base", dtype=forced, dry_run=dry_run, quiet=quiet)
     return write_merged(base_src, lora, out, forced, title="merge-lora", fmt=fmt,
                         max_shard_size=max_shard_size, overwrite=overwrite, device=device,
@@ -134,8 +134,8 @@ class MergedView(View):
         self.infos = {}
         for name in base.names():
             info = base.info(name)
-            dtype = forced if forced is not None and info.dtype.is_floating_point else info.dtype
-            self.infos[name] = TensorInfo(name, dtype, info.shape, info.file)
+            self.infos[name] = TensorInfo(name, output_dtype(info.dtype, forced), info.shape,
+                                          info.file)
         self.notes = [*base.notes,
                       *adapter.config.warnings(str(adapter.folder / lora_adapter.CONFIG_NAME)),
                       *self.plan.notes]
@@ -273,11 +273,13 @@ def _base_tensor(base: Source, adapter: Checkpoint, name: str, key: str) -> None
             f"base model ({base.label}) does not have",
             "Check that --base is the model this adapter was trained on.",
         )
-    if not base.info(name).dtype.is_floating_point:
-        raise InputError(f"base tensor {name!r} ({base.where(name)}) is "
-                         f"{base.info(name).dtype}; a LoRA "
-                         "adapter can only change floating-point weights",
-                         "Merge into an unquantized base model.")
+    dtype = base.info(name).dtype
+    if dtype not in FLOAT_DTYPES:
+        raise InputError(
+            f"base tensor {name!r} ({base.where(name)}) is {short_name(dtype)}; a LoRA "
+            "adapter can only change fp32, fp16, bf16 or fp64 weights",
+            "Quantized weights (8-bit floats, integers) come with scales a merge would have to "
+            "apply first: merge into an unquantized (bf16 or fp16) copy of the base model.")
 
 
 def _mismatch(base: Source, adapter: Checkpoint, name: str, key: str, want: tuple,

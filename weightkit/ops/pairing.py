@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from weightkit.dtypes import short_name
+from weightkit.dtypes import is_float, short_name
 from weightkit.errors import InputError
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor
@@ -45,9 +45,12 @@ class Pair:
         return [(min(start, shared), min(stop, shared)), (start, stop)]
 
     def node(self, raw: Source, other: Source, out: PlannedTensor,
-             compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Node:
-        """The result `compute(raw tensor, other tensor)` as a node, streaming in row pieces."""
-        return combine(out, [raw.node(self.name), other.node(self.name)], compute, self.rows)
+             compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+             check_finite: bool = True) -> Node:
+        """The result `compute(raw tensor, other tensor)` as a node, streaming in row pieces;
+        `check_finite` as the pipeline's Job has it (False for bit-pattern arithmetic)."""
+        return combine(out, [raw.node(self.name), other.node(self.name)], compute, self.rows,
+                       check_finite=check_finite)
 
 
 @dataclass
@@ -98,13 +101,19 @@ def pair_checkpoints(raw: Source, other: Source, other_role: str) -> Pairing:
 
 def _check_dtypes(p: Pair, other_role: str) -> None:
     a, b = p.raw.dtype, p.other.dtype
-    if a == b or (a.is_floating_point and b.is_floating_point):
+    if a == b or (is_float(a) and is_float(b)):
         return
+    if a.is_floating_point and b.is_floating_point:  # one of them has no value arithmetic
+        packed = a if not is_float(a) else b
+        hint = (f"weightkit adds and subtracts {short_name(packed)} tensors bit for bit only, "
+                "so both sides need that dtype")
+    else:
+        hint = ("Weight arithmetic needs floating-point tensors on both sides (or the same "
+                "integer dtype)")
     raise InputError(
         f"tensor {p.name!r}: dtype {short_name(b)} in the {other_role} ({p.other.file}) does not "
         f"fit dtype {short_name(a)} in the raw model ({p.raw.file})",
-        "Weight arithmetic needs floating-point tensors on both sides (or the same integer "
-        f"dtype); the {other_role} was not made against this raw model.",
+        f"{hint}; the {other_role} was not made against this raw model.",
     )
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import SAFETENSORS_DTYPES, parse_dtype, wider
+from weightkit.dtypes import is_float, output_dtype, parse_dtype, torch_dtype, wider
+from weightkit.errors import InputError, OptionConflict
 from weightkit.io.lossless_diff import is_lossless_diff
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor
@@ -42,16 +43,21 @@ def recover(
     """Write tuned = raw + diff (added in fp32) into `out`.
 
     dtype "auto" writes what the diff's target manifest says the tuned model was, or else the
-    wider of the raw and diff dtypes, so no precision is lost. `fp16=True` is KnowLM's spelling
-    of "the diff is fp16" and writes fp16 (the same as dtype "fp16").
+    wider of the raw and diff dtypes, so no precision is lost; another dtype converts the plain
+    float tensors (fp32, fp16, bf16). `fp16=True` is KnowLM's spelling of "the diff is fp16" and
+    writes fp16; with another `dtype` it is refused (OptionConflict). Tensors that are not floats
+    are added bit for bit (weightkit.ops.delta).
 
     Each input is any model source (weightkit.sources): a raw Meta folder as `raw` is read as
     `convert --dtype DTYPE` writes it. With `lora`, that adapter is merged into the recovered
     model in the same pass: the bytes of `recover` then `merge-lora --dtype DTYPE`, without the
     recovered model on disk; its tensors are still checked against the diff's target manifest.
     """
+    if fp16 and dtype not in ("auto", "fp16"):
+        raise OptionConflict(f"--fp16 writes fp16 and --dtype {dtype} asks for {dtype}: "
+                             "give one of them")
     forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
-    check_output(out, local_paths(raw, diff, lora), overwrite, fmt)
+    check_output(out, local_paths(raw, diff, lora), overwrite, fmt, max_shard_size=max_shard_size)
     options = dict(fmt=fmt, max_shard_size=max_shard_size, overwrite=overwrite, quiet=quiet,
                    dry_run=dry_run)
     tuned = open_recovered(raw, diff, forced, dry_run=dry_run, quiet=quiet)
@@ -83,23 +89,24 @@ def open_recovered(raw: str | Path, diff: str | Path, forced: torch.dtype | None
         from weightkit.ops.lossless import LosslessRecoveredView
 
         return LosslessRecoveredView(raw_src, diff_path, forced, target)
-    return RecoveredView(raw_src, open_path(diff_path, quiet=quiet), forced, target)
+    return RecoveredView(raw_src, open_path(diff_path, quiet=quiet), forced, target, folder)
 
 
 class RecoveredView(View):
-    """tuned = raw + diff, a tensor at a time (added in fp32, rounded once to the output dtype).
-    Every key and shape is paired from headers when it is made."""
+    """tuned = raw + diff, a tensor at a time (added in fp32, rounded once to the output dtype;
+    non-floats bit for bit). Every key and shape is paired from headers when it is made; `folder`
+    holds the diff and its target manifest `target` (for messages)."""
 
     lossless = False
 
     def __init__(self, raw: Source, diff: Source, forced: torch.dtype | None,
-                 target: Manifest | None) -> None:
+                 target: Manifest | None, folder: Path) -> None:
         self.raw, self.diff = raw, diff
         self.label = f"recovered from {raw.label} and {diff.label}"
         pairing = pair_checkpoints(raw, diff, "diff")
         self.expected = target
         self.pairs = {p.name: p for p in pairing.pairs}
-        self.infos = {p.name: TensorInfo(p.name, _out_dtype(p, forced, self.expected),
+        self.infos = {p.name: TensorInfo(p.name, _out_dtype(p, forced, target, folder),
                                          p.other.shape, p.other.file) for p in pairing.pairs}
         self.notes = [*raw.notes, *diff.notes, *pairing.notes()]
 
@@ -107,9 +114,10 @@ class RecoveredView(View):
         out = PlannedTensor(name, self.infos[name].dtype, self.infos[name].shape)
 
         def add(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-            return delta.add(r, d, out.dtype, reuse_diff=True)
+            return delta.add_any(r, d, out.dtype, name, reuse_diff=True)
 
-        return self.pairs[name].node(self.raw, self.diff, out, add)
+        return self.pairs[name].node(self.raw, self.diff, out, add,
+                                     check_finite=is_float(out.dtype))
 
     @property
     def inputs(self) -> list[Path]:
@@ -124,11 +132,20 @@ class RecoveredView(View):
         return [*self.diff.side_files(), *self.raw.side_files()]
 
 
-def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None) -> torch.dtype:
-    if not (p.raw.dtype.is_floating_point and p.other.dtype.is_floating_point):
-        return wider(p.raw.dtype, p.other.dtype)
-    if forced is not None:
-        return forced
+def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None,
+               folder: Path) -> torch.dtype:
+    """The tuned model's dtype (from the target manifest), else the wider of raw's and the
+    diff's; --dtype converts it when that is a plain float. A tensor that is not a float keeps
+    its dtype (pairing made it the same on both sides)."""
+    if not is_float(p.raw.dtype):
+        return p.other.dtype
     if target is not None and p.name in target:
-        return SAFETENSORS_DTYPES[target.entries[p.name].dtype]
-    return wider(p.raw.dtype, p.other.dtype)
+        name = target.entries[p.name].dtype
+        where = f"tensor {p.name!r} in {folder / TARGET_MANIFEST_NAME}"
+        try:
+            return output_dtype(torch_dtype(name, where), forced)
+        except KeyError:
+            raise InputError(f"{where} has dtype {name!r}, which is not a safetensors dtype",
+                             "The target manifest is damaged; download the diff again.") from None
+    return output_dtype(wider(p.raw.dtype, p.other.dtype), forced)
+

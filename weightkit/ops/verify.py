@@ -1,6 +1,11 @@
 """`weightkit verify` and `weightkit checksum`: check files against published md5/sha256 sums (or
 a weightkit output tensor by tensor against its manifest), and write sums for a folder.
 
+`verify org/name` audits a repo's snapshot in the Hugging Face cache instead: each blob is hashed
+against the name the cache gave it (the sha256 of an LFS file, the git blob sha1 of a small one),
+since huggingface_hub itself trusts whatever bytes lie there; `fix` removes the damaged blobs and
+their links, so that the next run that reads the repo downloads them again.
+
 Checking files needs no torch, so this module imports it only for the tensor-manifest check and a
 download check starts at once. Files are hashed in a thread pool: reads and hashlib both release
 the GIL on large blocks, so N threads hash N files at N cores' speed.
@@ -15,20 +20,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from weightkit.catalog import known_manifests
-from weightkit.errors import InputError, OutputError
+from weightkit.errors import InputError, OptionConflict, OutputError
 from weightkit.manifest import MANIFEST_NAME, ManifestEntry
 from weightkit.progress import ByteProgress, human_bytes, human_time
 
 if TYPE_CHECKING:
-    from weightkit.io.reader import Checkpoint
+    from weightkit.hub.cache import CachedFile, Snapshot
 
 OK, MISMATCH, MISSING, EXTRA = "ok", "MISMATCH", "missing", "extra"
 ALGOS = {"md5": 32, "sha256": 64}  # algorithm -> hex digits of its hash
+GIT_SHA1 = "git-sha1"  # not a checksum-file algorithm: the cache's name for small files
+CACHE = "cache"  # the report's kind for a Hub repo's snapshot in the Hugging Face cache
 CHECKLIST_NAME = "checklist.chk"  # Meta's md5 list next to consolidated.*.pth
 # looked for inside PATH, in this order, when neither --manifest nor --known is given
 AUTO_SOURCES = (MANIFEST_NAME, CHECKLIST_NAME, "checksums.md5", "checksums.sha256")
@@ -51,11 +58,12 @@ class Row:
 class VerifyReport:
     path: Path
     source: Path  # the checksum file or tensor manifest checked against
-    kind: str  # "files" or "tensors"
+    kind: str  # "files", "tensors", or "cache" (a snapshot in the Hugging Face cache)
     algo: str
     rows: list[Row]
     bytes_hashed: int = 0
     seconds: float = 0.0
+    removed: list[str] = field(default_factory=list)  # cache --fix: paths in the repo's folder
 
     @property
     def ok(self) -> bool:
@@ -66,22 +74,32 @@ class VerifyReport:
         return {v: sum(r.verdict == v for r in self.rows) for v in (OK, MISMATCH, MISSING, EXTRA)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "source": str(self.source), "kind": self.kind,
-                "algo": self.algo, "ok": self.ok, "counts": self.counts(),
-                "bytes_hashed": self.bytes_hashed, "seconds": round(self.seconds, 3),
-                "rows": [asdict(r) for r in self.rows]}
+        doc = {"path": str(self.path), "source": str(self.source), "kind": self.kind,
+               "algo": self.algo, "ok": self.ok, "counts": self.counts(),
+               "bytes_hashed": self.bytes_hashed, "seconds": round(self.seconds, 3),
+               "rows": [asdict(r) for r in self.rows]}
+        return {**doc, "removed": self.removed} if self.kind == CACHE else doc
 
     def summary(self) -> str:
         c = self.counts()
         rate = self.bytes_hashed / self.seconds if self.seconds > 0 else 0.0
+        what = (f"the blobs of {self.path} checked against their names in {self.source}"
+                if self.kind == CACHE else f"{self.kind} of {self.path} checked against "
+                f"{self.source}")
         text = (f"{c[OK]} ok, {c[MISMATCH]} MISMATCH, {c[MISSING]} missing, {c[EXTRA]} extra: "
-                f"{self.kind} of {self.path} checked against {self.source} ({self.algo}), "
-                f"{human_bytes(self.bytes_hashed)} in {human_time(self.seconds)} "
-                f"({human_bytes(rate)}/s).")
+                f"{what} ({self.algo}), {human_bytes(self.bytes_hashed)} in "
+                f"{human_time(self.seconds)} ({human_bytes(rate)}/s).")
         if self.ok:
             return f"{text} Everything listed matches."
         if self.kind == "files":
             return f"{text} FAILED: download the MISMATCH and missing files again."
+        if self.kind == CACHE and self.removed:
+            return (f"{text} FAILED: removed {', '.join(self.removed)}; the next run that reads "
+                    "the repo downloads them again.")
+        if self.kind == CACHE:
+            return (f"{text} FAILED: the files marked MISMATCH or missing are damaged in the "
+                    "cache; run the same command with --fix to remove them, and the next run "
+                    "that reads the repo downloads them again.")
         return f"{text} FAILED: the tensors marked MISMATCH or missing are not the ones expected."
 
 
@@ -100,13 +118,25 @@ def verify(
     algo: str | None = None,
     jobs: int | None = None,
     quiet: bool = False,
+    fix: bool = False,
 ) -> VerifyReport:
     """Check PATH (a folder, or one file in it) against checksums; never raises on a mismatch.
 
     The source is `manifest` (an md5sum/sha256sum file, or a weightkit tensor manifest), else the
     shipped manifest called `known`, else the first of AUTO_SOURCES found in the folder.
+
+    A PATH that does not exist but is a Hub repo id (`org/name[@revision]`) or a catalog release
+    is looked up in the Hugging Face cache, never downloaded: with `manifest` or `known` its
+    snapshot is checked as a folder; without, each blob against its name (`fix`: the damaged
+    ones and their links are removed).
     """
+    spec = str(path)
     path = Path(path)
+    if not path.exists() and _is_hub_spec(spec):
+        return _check_hub(spec, manifest, known, algo, jobs, quiet, fix)
+    if fix:
+        raise InputError(f"{path}: --fix repairs a Hub repo's files in the Hugging Face cache; "
+                         "this is a folder", "Drop --fix, and download the files named again.")
     folder, only = _scope(path)
     source = _source(folder, manifest, known)
     if _is_tensor_manifest(source):
@@ -174,14 +204,25 @@ def read_checksums(path: str | Path, algo: str | None = None) -> Checksums:
     return Checksums(_algo_of(entries.values(), algo, path), entries)
 
 
+def new_hash(algo: str, size: int) -> Any:
+    """A hash object for `algo` over content of `size` bytes: md5, sha256, or git-sha1 (git's
+    blob id, which the Hub and its cache name small files by: sha1 of `blob SIZE\\0`, then the
+    content)."""
+    if algo != GIT_SHA1:
+        return hashlib.new(algo)
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % size)
+    return h
+
+
 def hash_file(path: Path, algo: str, on_block: Callable[[int], None] | None = None,
               stop: threading.Event | None = None) -> str:
     """Hex digest of a file, read in large blocks; `on_block(nbytes)` after each block."""
-    h = hashlib.new(algo)
     buf = bytearray(_BLOCK)
     view = memoryview(buf)
     try:
         with open(path, "rb", buffering=0) as f:
+            h = new_hash(algo, os.fstat(f.fileno()).st_size)
             while n := f.readinto(buf):
                 h.update(view[:n])
                 if on_block is not None:
@@ -207,7 +248,7 @@ def _scope(path: Path) -> tuple[Path, str | None]:
 
 def _source(folder: Path, manifest: str | Path | None, known: str | None) -> Path:
     if manifest is not None and known is not None:
-        raise InputError("give --manifest or --known, not both")
+        raise OptionConflict("give --manifest or --known, not both")
     if manifest is not None:
         if not Path(manifest).is_file():
             raise InputError(f"{manifest}: no such checksum file")
@@ -337,16 +378,90 @@ def _file_row(name: str, want: str, got: str | None) -> Row:
 
 def _hash_files(folder: Path, names: list[str], algo: str, jobs: int | None, quiet: bool,
                 title: str) -> dict[str, str]:
-    sizes = {n: (folder / n).stat().st_size for n in names}
+    return _hash_paths({n: (folder / n, algo) for n in names}, jobs, quiet, title)
+
+
+def _hash_paths(todo: dict[str, tuple[Path, str]], jobs: int | None, quiet: bool,
+                title: str) -> dict[str, str]:
+    """{key: hex digest} of each (file, algorithm) in `todo`, hashed in parallel."""
+    sizes = {k: path.stat().st_size for k, (path, _) in todo.items()}
     # largest first, so the workers run out of files at about the same time
-    order = sorted(names, key=lambda n: sizes[n], reverse=True)
-    with ByteProgress(title, sum(sizes.values()), len(names), quiet, unit="files") as progress:
-        def one(name: str, stop: threading.Event) -> str:
-            digest = hash_file(folder / name, algo, lambda n: progress.advance(n, 0), stop)
+    order = sorted(todo, key=lambda k: sizes[k], reverse=True)
+    with ByteProgress(title, sum(sizes.values()), len(todo), quiet, unit="files") as progress:
+        def one(key: str, stop: threading.Event) -> str:
+            path, algo = todo[key]
+            digest = hash_file(path, algo, lambda n: progress.advance(n, 0), stop)
             progress.advance(0, 1)
             return digest
 
         return _parallel(one, order, jobs)
+
+
+# --- checking a snapshot in the Hugging Face cache --------------------------------------------
+
+
+def _is_hub_spec(spec: str) -> bool:
+    from weightkit.hub.cache import is_hub_spec  # huggingface_hub: loaded only for a Hub id
+
+    return is_hub_spec(spec)
+
+
+def _check_hub(spec: str, manifest: str | Path | None, known: str | None, algo: str | None,
+               jobs: int | None, quiet: bool, fix: bool) -> VerifyReport:
+    from weightkit.hub.cache import cached_snapshot
+
+    snapshot = cached_snapshot(spec)
+    if manifest is not None or known is not None:
+        if fix:
+            raise InputError("--fix removes what does not match the cache's own hashes; "
+                             "it does not go with --manifest or --known", "Drop one of them.")
+        return verify(snapshot.folder, manifest=manifest, known=known, algo=algo, jobs=jobs,
+                      quiet=quiet)
+    if algo is not None:
+        raise InputError(f"the Hugging Face cache names each file of {spec} by its sha256 or git "
+                         f"sha1; --algo {algo} has nothing to check", "Drop --algo.")
+    return _check_cache(snapshot, jobs, quiet, fix)
+
+
+def _check_cache(snapshot: Snapshot, jobs: int | None, quiet: bool, fix: bool) -> VerifyReport:
+    files = snapshot.files()
+    blobs = {f.blob_name: (f.blob, f.algo) for f in files
+             if f.blob is not None and f.algo is not None and f.blob.is_file()}
+    start = time.perf_counter()
+    digests = _hash_paths(blobs, jobs, quiet, title="verify")
+    seconds = time.perf_counter() - start
+    sizes = snapshot.listed_sizes()
+    rows = [_cache_row(f, digests.get(f.blob_name or ""), sizes.get(f.path)) for f in files]
+    nbytes = sum(path.stat().st_size for path, _ in blobs.values())
+    removed = []
+    if fix:
+        damaged = {r.expected for r in rows if r.verdict in (MISMATCH, MISSING) and r.expected}
+        removed = [p.relative_to(snapshot.store.path).as_posix()
+                   for name in sorted(damaged) for p in snapshot.store.remove_blob(name)]
+    return VerifyReport(snapshot.folder, snapshot.store.path / "blobs", CACHE,
+                        f"sha256/{GIT_SHA1}", rows, nbytes, seconds, sorted(removed))
+
+
+def _cache_row(f: CachedFile, got: str | None, listed_size: int | None) -> Row:
+    """One file of a cached snapshot: its blob's bytes against the blob's name."""
+    if f.blob is None:
+        return Row(f.path, None, None, EXTRA, f.note)
+    if f.algo is None:
+        return Row(f.path, f.blob_name, None, EXTRA,
+                   "its blob's name is no sha256 or git sha1: not checked")
+    if got is None:
+        return Row(f.path, f.blob_name, None, MISSING, f"a dangling link: blobs/{f.blob_name} "
+                                                       "is gone")
+    if got == f.blob_name:
+        return Row(f.path, f.blob_name, got, OK)
+    size = f.blob.stat().st_size
+    if listed_size is not None and size < listed_size:
+        note = f"truncated: {size} of {listed_size} bytes"
+    elif listed_size is not None and size != listed_size:
+        note = f"{size} bytes, the Hub listed {listed_size}"
+    else:
+        note = f"{size} bytes, not the ones its name is the hash of"
+    return Row(f.path, f.blob_name, got, MISMATCH, note)
 
 
 # --- checking tensors ------------------------------------------------------------------------
@@ -365,7 +480,7 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     start = time.perf_counter()
     with ByteProgress("verify", nbytes, len(present), quiet, unit="tensors") as progress:
         def one(name: str, stop: threading.Event) -> ManifestEntry:
-            entry = _tensor_entry(ckpt, name)
+            entry = ckpt.manifest_entry(name)
             progress.advance(ckpt.info(name).nbytes, 1)
             return entry
 
@@ -374,10 +489,6 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     rows = [_tensor_row(n, expected.entries[n], actual.get(n)) for n in listed]
     rows += [Row(n, None, None, EXTRA) for n in ckpt.names() if n not in expected]
     return VerifyReport(path, source, "tensors", "sha256", rows, nbytes, seconds)
-
-
-def _tensor_entry(ckpt: Checkpoint, name: str) -> ManifestEntry:
-    return ckpt.manifest_entry(name)
 
 
 def _tensor_row(name: str, want: ManifestEntry, got: ManifestEntry | None) -> Row:

@@ -141,10 +141,12 @@ def stored_node(out: PlannedTensor, read: Callable[[], torch.Tensor],
 
 
 def combine(out: PlannedTensor, parts: list[Node], compute: Callable[..., torch.Tensor],
-            rows: Callable[[int, int], list[tuple[int, int]]] | None = None) -> Node:
+            rows: Callable[[int, int], list[tuple[int, int]]] | None = None, *,
+            check_finite: bool = True) -> Node:
     """A tensor computed from other sources' tensors: `compute` gets each part's value, in order,
     on the device. With `rows` (output rows [start, stop) -> the rows each part needs), it
-    streams in row pieces when every part does."""
+    streams in row pieces when every part does. `check_finite` is the Job's (False where the
+    arithmetic is on bit patterns, which have no NaN/Inf to refuse)."""
 
     def load() -> tuple[torch.Tensor, ...]:
         return tuple(x for p in parts for x in p.load())
@@ -161,7 +163,8 @@ def combine(out: PlannedTensor, parts: list[Node], compute: Callable[..., torch.
         return compute(*values)
 
     streams = rows is not None and all(p.load_rows is not None for p in parts)
-    return Node(out, load, run, load_rows=load_rows if streams else None,
+    return Node(out, load, run, check_finite=check_finite,
+                load_rows=load_rows if streams else None,
                 row_multiple=math.lcm(*(p.row_multiple for p in parts)),
                 arity=sum(p.arity for p in parts))
 

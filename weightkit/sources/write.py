@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from weightkit.io.output import OutputFolder
-from weightkit.io.writer import check_format
+from weightkit.io.writer import check_format, parse_size
 from weightkit.pipeline import WriteResult, write_checkpoint
 from weightkit.sources.source import Source
 
@@ -24,8 +24,9 @@ def write_source(source: Source, out: str | Path, *, title: str, notes: Sequence
 
 
 def check_output(out: str | Path, inputs: list[Path], overwrite: bool, fmt: str,
-                 needed_bytes: int = 0) -> None:
-    """Refuse a wrong --out or --format before work that takes long (hashing a raw Meta
-    folder's shards, downloading); the writer checks again, with every input."""
+                 needed_bytes: int = 0, max_shard_size: int | str = 0) -> None:
+    """Refuse a wrong --out, --format or --max-shard-size before work that takes long (hashing
+    a raw Meta folder's shards, downloading); the writer checks again, with every input."""
     OutputFolder(out, inputs=inputs, overwrite=overwrite, needed_bytes=needed_bytes)
     check_format(fmt)
+    parse_size(max_shard_size)
