@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from ops.meta_checkpoints import RawCheckpoint
 
 
 def build_model(kind: str, dtype: torch.dtype, seed: int = 0, vocab: int = 128):
@@ -176,3 +181,62 @@ def make_fused_inputs(tmp: Path) -> tuple[Path, Path, Path]:
                for i in range(6) for part, shape in (("lora_A", (8, 512)), ("lora_B", (1536, 8)))},
               lora / "adapter_model.safetensors")
     return meta, tmp / "diff", lora
+
+
+# ---------------------------------------------------------------- a world for the fused chains
+
+CHAIN_LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class World:
+    meta: RawCheckpoint  # raw Meta LLaMA 2 (bf16, 2 model-parallel shards, tokenizer one up)
+    converted: Path  # `weightkit convert` of it
+    meta_b: RawCheckpoint  # another raw model of the same shapes (another seed)
+    converted_b: Path
+    tuned: Path  # the converted model fine-tuned (save_pretrained: config, no tokenizer)
+    diff: Path  # `weightkit diff --raw converted --tuned tuned` (fp32, with a target manifest)
+    adapter: Path  # a LoRA trained on the tuned model
+    base_adapter: Path  # a LoRA trained on the converted model
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> World:
+    """Every kind of input of every role (tests/ops/test_chains.py, tests/hub/test_sources.py);
+    no test writes into it."""
+    from ops.lora_models import make_adapter
+    from ops.meta_checkpoints import build_raw
+    from transformers import AutoModelForCausalLM
+
+    from weightkit.ops.convert_llama import convert_llama
+    from weightkit.ops.diff import diff
+
+    root = tmp_path_factory.mktemp("world")
+    meta = build_raw(root / "a", "llama2")
+    meta_b = build_raw(root / "b", "llama2", seed=1)
+    convert_llama(meta.folder, root / "converted", quiet=True)
+    convert_llama(meta_b.folder, root / "converted-b", quiet=True)
+    model = AutoModelForCausalLM.from_pretrained(root / "converted", dtype=torch.bfloat16)
+    fine_tune(model).save_pretrained(root / "tuned")
+    diff(root / "converted", root / "tuned", root / "diff", quiet=True)
+    make_adapter(root / "tuned", root / "adapter", torch.bfloat16, **CHAIN_LORA)
+    make_adapter(root / "converted", root / "base-adapter", torch.bfloat16, seed=2, **CHAIN_LORA)
+    return World(meta, root / "converted", meta_b, root / "converted-b", root / "tuned",
+                 root / "diff", root / "adapter", root / "base-adapter")
+
+
+def run_role(world: World, role: str, given: str | Path, out: Path):
+    """The command that takes a model in `role`, with `given` there and the world elsewhere."""
+    from weightkit.ops.diff import diff
+    from weightkit.ops.merge_lora import merge_lora
+    from weightkit.ops.recover import recover
+
+    if role == "raw":
+        return recover(given, world.diff, out, quiet=True)
+    if role == "diff":
+        return recover(world.converted, given, out, quiet=True)
+    if role == "tuned":
+        return diff(world.converted, given, out, quiet=True)
+    if role == "base":
+        return merge_lora(given, world.base_adapter, out, quiet=True)
+    return merge_lora(world.converted, given, out, quiet=True)

@@ -22,6 +22,7 @@ _API = {
     "push": "weightkit.hub.push",
     "open_checkpoint": "weightkit.io.reader",
     "open_source": "weightkit.sources.open",
+    "resolve_model": "weightkit.hub.cache",
     "WeightkitError": "weightkit.errors",
 }
 

@@ -6,18 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import file_bytes, fine_tune, make_fused_inputs
-from lora_models import make_adapter
-from meta_checkpoints import RawCheckpoint, build_raw
+from conftest import World, file_bytes, make_fused_inputs, run_role
 from safetensors.torch import load_file, save_file
 
-import weightkit.hub
+import weightkit.hub.cache
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.ops.convert_llama import MetaView, convert_llama, open_meta
@@ -26,60 +22,6 @@ from weightkit.ops.merge_lora import merge_lora
 from weightkit.ops.recover import recover
 from weightkit.sources import Source
 from weightkit.sources.open import open_source
-
-LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
-
-
-@dataclass
-class World:
-    meta: RawCheckpoint  # raw Meta LLaMA 2 (bf16, 2 model-parallel shards, tokenizer one up)
-    converted: Path  # `weightkit convert` of it
-    meta_b: RawCheckpoint  # another raw model of the same shapes (another seed)
-    converted_b: Path
-    tuned: Path  # the converted model fine-tuned (save_pretrained: config, no tokenizer)
-    diff: Path  # `weightkit diff --raw converted --tuned tuned` (fp32, with a target manifest)
-    adapter: Path  # a LoRA trained on the tuned model
-    base_adapter: Path  # a LoRA trained on the converted model
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    from transformers import AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("world")
-    meta = build_raw(root / "a", "llama2")
-    meta_b = build_raw(root / "b", "llama2", seed=1)
-    convert_llama(meta.folder, root / "converted", quiet=True)
-    convert_llama(meta_b.folder, root / "converted-b", quiet=True)
-    model = AutoModelForCausalLM.from_pretrained(root / "converted", dtype=torch.bfloat16)
-    fine_tune(model).save_pretrained(root / "tuned")
-    diff(root / "converted", root / "tuned", root / "diff", quiet=True)
-    make_adapter(root / "tuned", root / "adapter", torch.bfloat16, **LORA)
-    make_adapter(root / "converted", root / "base-adapter", torch.bfloat16, seed=2, **LORA)
-    return World(meta, root / "converted", meta_b, root / "converted-b", root / "tuned",
-                 root / "diff", root / "adapter", root / "base-adapter")
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """A stand-in for weightkit.hub.cache (the Hub half of the source layer): repo id -> the
-    snapshot folder it resolves to; every call is recorded."""
-    repos: dict[str, Path] = {}
-    calls: list[tuple[str, str, bool]] = []
-    cache = types.ModuleType("weightkit.hub.cache")
-
-    def resolve_model(spec, *, role, endpoint=None, token=None, quiet=True, dry_run=False):
-        calls.append((spec, role, dry_run))
-        missing = ["model.safetensors"] if spec.endswith("-not-cached") else []
-        return types.SimpleNamespace(folder=repos.get(spec), missing=missing, repo=spec,
-                                     commit="0" * 40)
-
-    cache.is_hub_spec = lambda spec: spec.startswith("org/")
-    cache.resolve_model = resolve_model
-    monkeypatch.setitem(sys.modules, "weightkit.hub.cache", cache)
-    monkeypatch.setattr(weightkit.hub, "cache", cache, raising=False)
-    return repos, calls
-
 
 # ---------------------------------------------------------------- the raw Meta folder as a source
 
@@ -125,59 +67,29 @@ def test_a_meta_download_with_model_folders_names_them(world):
 # ---------------------------------------------------------------- every kind in every role
 
 
-def run_role(world: World, role: str, given: str | Path, out: Path):
-    """The command that takes a model in `role`, with `given` there and the world elsewhere."""
-    if role == "raw":
-        return recover(given, world.diff, out, quiet=True)
-    if role == "diff":
-        return recover(world.converted, given, out, quiet=True)
-    if role == "tuned":
-        return diff(world.converted, given, out, quiet=True)
-    if role == "base":
-        return merge_lora(given, world.base_adapter, out, quiet=True)
-    return merge_lora(world.converted, given, out, quiet=True)
-
-
-# (role, kind) -> (what is given, the HF folder it stands for)
+# (role, kind) -> (what is given, the HF folder it stands for); a Hub repo id in each role is in
+# tests/hub/test_sources.py, read from a real Hugging Face cache
 KINDS = {
     ("raw", "meta"): ("meta", "converted"),
-    ("raw", "hub"): ("org/llama-2-13b-hf", "converted"),
-    ("raw", "hub of a raw Meta repo"): ("org/llama-2-13b", "converted"),
     ("diff", "meta"): ("meta_b", "converted_b"),
-    ("diff", "hub"): ("org/diff", "diff"),
     ("tuned", "meta"): ("meta_b", "converted_b"),
-    ("tuned", "hub"): ("org/tuned", "tuned"),
     ("base", "meta"): ("meta", "converted"),
-    ("base", "hub"): ("org/llama-2-13b-hf", "converted"),
-    ("base", "hub of a raw Meta repo"): ("org/llama-2-13b", "converted"),
     ("lora", "weight file"): ("adapter file", "base_adapter"),
-    ("lora", "hub"): ("org/lora", "base_adapter"),
 }
 
 
 @pytest.mark.parametrize(("role", "kind"), KINDS)
-def test_every_kind_of_input_in_every_role(world, hub, tmp_path, role, kind):
-    repos, calls = hub
-    repos.update({"org/llama-2-13b-hf": world.converted, "org/llama-2-13b": world.meta.folder,
-                  "org/diff": world.diff, "org/tuned": world.tuned, "org/lora": world.base_adapter})
+def test_every_kind_of_input_in_every_role(world, tmp_path, monkeypatch, role, kind):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a path that exists is read as a path, not looked up on the Hub")
+
+    monkeypatch.setattr(weightkit.hub.cache, "resolve_model", no_hub)
     given, stands_for = KINDS[role, kind]
     given = {"meta": world.meta.folder, "meta_b": world.meta_b.folder,
-             "adapter file": world.base_adapter / "adapter_model.safetensors"}.get(given, given)
+             "adapter file": world.base_adapter / "adapter_model.safetensors"}[given]
     run_role(world, role, getattr(world, stands_for), tmp_path / "want")
     run_role(world, role, given, tmp_path / "got")
     assert file_bytes(tmp_path / "got") == file_bytes(tmp_path / "want")
-    assert calls == ([(given, role, False)] if kind.startswith("hub") else [])
-
-
-def test_a_hub_model_missing_from_the_cache_on_a_dry_run_is_one_message(world, hub, tmp_path):
-    with pytest.raises(InputError) as e:
-        recover("org/llama-not-cached", world.diff, tmp_path / "out", dry_run=True, quiet=True)
-    assert str(e.value) == (
-        "org/llama-not-cached: 1 file(s) of org/llama-not-cached are not in the Hugging Face "
-        "cache yet (model.safetensors); a dry run does not download them, so the inputs cannot "
-        "be checked\nRun the command without --dry-run: it downloads them into the cache first.")
-    assert hub[1] == [("org/llama-not-cached", "raw", True)]
-    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- the fused chains

@@ -3,15 +3,13 @@ model that is read and not written, and telling inputs apart."""
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-import weightkit.hub
+import weightkit.hub.cache
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import open_checkpoint
 from weightkit.io.tensor_info import TensorInfo
@@ -19,7 +17,7 @@ from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import Manifest, ManifestEntry
 from weightkit.pipeline import identity
 from weightkit.sources import Node, Source, View
-from weightkit.sources.open import open_source, resolve
+from weightkit.sources.open import resolve
 from weightkit.sources.source import checked, combine, retyped, stored_node
 
 
@@ -130,29 +128,14 @@ def test_a_view_reads_any_rows_though_it_computes_whole_multiples():
 # ---------------------------------------------------------------- telling inputs apart
 
 
-def test_a_missing_path_without_the_hub_layer_is_one_message(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "weightkit.hub.cache", None)  # import fails
+@pytest.mark.parametrize("spec", ["/no/such/model", "./gone", "a/b/c", "org/name@.."])
+def test_a_missing_path_that_is_no_hub_id_is_one_message(spec, tmp_path, monkeypatch):
+    """Told apart by weightkit.hub.cache.is_hub_spec: neither the Hub nor the cache is asked."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(weightkit.hub.cache, "resolve_model", None)  # a call would fail
     with pytest.raises(InputError) as e:
-        resolve("org/name", role="raw")
-    assert str(e.value) == ("org/name: no such file or folder\nGive an HF model folder, a raw Meta "
+        resolve(spec, role="raw")
+    assert str(e.value) == (f"{spec}: no such file or folder\nGive an HF model folder, a raw Meta "
                             "LLaMA folder (params.json and consolidated.*.pth) or a Hub repo id "
                             "(org/name).")
-
-
-def test_a_hub_id_is_resolved_in_the_cache_and_a_path_is_a_path(tmp_path, monkeypatch):
-    save_file({"w": torch.ones(2)}, tmp_path / "model.safetensors")
-    calls = []
-    cache = types.ModuleType("weightkit.hub.cache")
-    cache.is_hub_spec = lambda spec: "/" in spec and not spec.startswith("/")
-
-    def resolve_model(spec, *, role, endpoint=None, token=None, quiet=True, dry_run=False):
-        calls.append((spec, role, quiet, dry_run))
-        return types.SimpleNamespace(folder=tmp_path, missing=[], repo="org/name", commit="c")
-
-    cache.resolve_model = resolve_model
-    monkeypatch.setitem(sys.modules, "weightkit.hub.cache", cache)
-    monkeypatch.setattr(weightkit.hub, "cache", cache, raising=False)
-    assert open_source("org/name@v1", role="base").names() == ["w"]
-    assert calls == [("org/name@v1", "base", True, False)]
-    assert open_source(tmp_path, role="base").label == str(tmp_path)  # no Hub call for a path
-    assert len(calls) == 1
+    assert not (tmp_path / "cache").exists()

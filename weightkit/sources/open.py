@@ -26,20 +26,22 @@ _NOT_FOUND_HINT = ("Give an HF model folder, a raw Meta LLaMA folder (params.jso
 def resolve(spec: str | Path, *, role: str, dry_run: bool = False, quiet: bool = True) -> Path:
     """Where the model `spec` lies on this machine: the path itself when it exists, else the
     snapshot folder of a Hub repo id or release in the Hugging Face cache (fetched into the
-    cache if it is not complete there). `role` (raw, diff, tuned, base, lora) says which release
-    repo a release name stands for."""
+    cache if it is not complete there; with HF_HUB_OFFLINE, a repo or file the cache lacks is
+    one error naming the repo). `role` (raw, diff, tuned, base, lora) says which files are read
+    and which release repo a release name stands for."""
     path = Path(spec)
     if path.exists():
         return path
-    try:  # the Hub's half of the source layer; a bare path needs none of it
-        from weightkit.hub import cache
-    except ImportError:
-        cache = None
-    if cache is None or not cache.is_hub_spec(str(spec)):
+    # the Hub's half of the source layer, imported here: a bare path needs none of it
+    from weightkit.hub.cache import is_hub_spec, resolve_model
+
+    if not is_hub_spec(str(spec)):
         raise InputError(f"{spec}: no such file or folder", _NOT_FOUND_HINT)
-    model = cache.resolve_model(str(spec), role=role, quiet=quiet, dry_run=dry_run)
-    if model.missing:  # only a dry run leaves files to fetch
-        names = [str(m) for m in model.missing]
+    model = resolve_model(str(spec), role=role, quiet=quiet, dry_run=dry_run)
+    # `missing` is what the cache lacked: fetched by now, unless this is a dry run (which has
+    # said what it would download, and how much)
+    if dry_run and model.missing:
+        names = [f.path for f in model.missing]
         raise InputError(
             f"{spec}: {len(names)} file(s) of {model.repo} are not in the Hugging Face cache yet "
             f"({', '.join(names[:3])}{', …' if len(names) > 3 else ''}); a dry run does not "
