@@ -18,19 +18,23 @@ seconds = time.perf_counter() - start
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": done.returncode, "seconds": seconds, "rss_kb": usage.ru_maxrss,
                   "user": usage.ru_utime, "sys": usage.ru_stime, "minflt": usage.ru_minflt,
-                  "majflt": usage.ru_majflt, "stderr": done.stderr.decode()[-2000:]}))
+                  "majflt": usage.ru_majflt, "stderr": done.stderr.decode()[-2000:],
+                  "read_bytes": 512 * usage.ru_inblock, "write_bytes": 512 * usage.ru_oublock}))
 """
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run `cmd` (in `env`, if given); returns {"seconds", "cpu" (user + sys), "user", "sys",
-    "minflt", "majflt", "rss_kb", "rss_gb"}; exits with its stderr if it failed."""
+    "minflt", "majflt", "rss_kb", "rss_gb", "read_bytes", "write_bytes"} (bytes the command
+    read from and wrote to the disk: ru_inblock and ru_oublock, 512 each; a read served by the
+    page cache is not counted); exits with its stderr if it failed."""
     out = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True,
                          check=True, env=env)
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         sys.exit(f"{' '.join(cmd)} failed ({result['rc']}):\n{result['stderr']}")
-    return {**{k: result[k] for k in ("seconds", "user", "sys", "minflt", "majflt", "rss_kb")},
+    keys = ("seconds", "user", "sys", "minflt", "majflt", "rss_kb", "read_bytes", "write_bytes")
+    return {**{k: result[k] for k in keys},
             "cpu": result["user"] + result["sys"], "rss_gb": result["rss_kb"] / 2**20}
 
 

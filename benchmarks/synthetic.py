@@ -17,6 +17,8 @@ SHAPES = {
     "0.3B": (1024, 2816, 22, 16, 4, 32000),
     "1.1B": (2048, 5632, 22, 32, 4, 32000),
     "1.4B": (2048, 5632, 29, 32, 4, 32000),  # issue 14's family: 1.41B parameters
+    # the LLaMA 1/2 layout (no GQA) that bench_convert.make_raw writes raw: dim 2048, 19 layers
+    "1.1B-mha": (2048, 5632, 19, 32, 32, 32000),
     "3B": (3200, 8640, 26, 32, 32, 32000),
 }
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from ops.meta_checkpoints import RawCheckpoint
 
 
 def build_model(kind: str, dtype: torch.dtype, seed: int = 0, vocab: int = 128):
@@ -119,3 +125,118 @@ def small_pieces(monkeypatch):
 def file_bytes(folder: Path) -> dict[str, bytes]:
     """Every file of an output folder, by name."""
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def make_meta(tmp: Path) -> Path:
+    """A raw Meta LLaMA-2-shaped checkpoint in 2 model-parallel shards (no tokenizer)."""
+    dim, layers, inter, vocab = 512, 6, 1536, 2048
+    gen = torch.Generator().manual_seed(5)
+    folder = tmp / "meta"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps(
+        {"dim": dim, "n_layers": layers, "n_heads": 8, "n_kv_heads": 8, "multiple_of": 256,
+         "norm_eps": 1e-5, "vocab_size": vocab}))
+    for shard in range(2):
+        state = {"tok_embeddings.weight": torch.randn(vocab, dim // 2, generator=gen),
+                 "norm.weight": torch.ones(dim), "output.weight": torch.randn(vocab // 2, dim)}
+        for i in range(layers):
+            p = f"layers.{i}."
+            for w in ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1",
+                      "feed_forward.w3"):
+                rows = dim // 2 if w.startswith("attention") else inter // 2
+                state[p + w + ".weight"] = torch.randn(rows, dim, generator=gen)
+            state[p + "attention.wo.weight"] = torch.randn(dim, dim // 2, generator=gen)
+            state[p + "feed_forward.w2.weight"] = torch.randn(dim, inter // 2, generator=gen)
+            state[p + "attention_norm.weight"] = torch.ones(dim)
+            state[p + "ffn_norm.weight"] = torch.ones(dim)
+        torch.save({k: v.half() for k, v in state.items()}, folder / f"consolidated.0{shard}.pth")
+    return folder
+
+
+def make_fused_inputs(tmp: Path) -> tuple[Path, Path, Path]:
+    """(raw Meta folder, diff, LoRA adapter) for a 45 MB convert -> recover -> merge-lora: the
+    diff made by `weightkit diff` against the converted model (so it carries a target manifest),
+    the adapter on every up_proj."""
+    from safetensors.torch import load_file, save_file
+
+    from weightkit.ops.convert_llama import convert_llama
+    from weightkit.ops.diff import diff
+
+    meta = make_meta(tmp)
+    convert_llama(meta, tmp / "converted", quiet=True)
+    state = load_file(tmp / "converted" / "model.safetensors")
+    gen = torch.Generator().manual_seed(1)
+    (tmp / "tuned").mkdir()
+    save_file({n: (t.float() + torch.randn(t.shape, generator=gen) * 1e-3).half()
+               for n, t in state.items()}, tmp / "tuned" / "model.safetensors")
+    diff(tmp / "converted", tmp / "tuned", tmp / "diff", quiet=True)
+    shutil.rmtree(tmp / "converted")
+    shutil.rmtree(tmp / "tuned")
+    lora = tmp / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["up_proj"]}))
+    save_file({f"base_model.model.model.layers.{i}.mlp.up_proj.{part}.weight":
+               torch.randn(shape, generator=gen) * 1e-2
+               for i in range(6) for part, shape in (("lora_A", (8, 512)), ("lora_B", (1536, 8)))},
+              lora / "adapter_model.safetensors")
+    return meta, tmp / "diff", lora
+
+
+# ---------------------------------------------------------------- a world for the fused chains
+
+CHAIN_LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class World:
+    meta: RawCheckpoint  # raw Meta LLaMA 2 (bf16, 2 model-parallel shards, tokenizer one up)
+    converted: Path  # `weightkit convert` of it
+    meta_b: RawCheckpoint  # another raw model of the same shapes (another seed)
+    converted_b: Path
+    tuned: Path  # the converted model fine-tuned (save_pretrained: config, no tokenizer)
+    diff: Path  # `weightkit diff --raw converted --tuned tuned` (fp32, with a target manifest)
+    adapter: Path  # a LoRA trained on the tuned model
+    base_adapter: Path  # a LoRA trained on the converted model
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> World:
+    """Every kind of input of every role (tests/ops/test_chains.py, tests/hub/test_sources.py);
+    no test writes into it."""
+    from ops.lora_models import make_adapter
+    from ops.meta_checkpoints import build_raw
+    from transformers import AutoModelForCausalLM
+
+    from weightkit.ops.convert_llama import convert_llama
+    from weightkit.ops.diff import diff
+
+    root = tmp_path_factory.mktemp("world")
+    meta = build_raw(root / "a", "llama2")
+    meta_b = build_raw(root / "b", "llama2", seed=1)
+    convert_llama(meta.folder, root / "converted", quiet=True)
+    convert_llama(meta_b.folder, root / "converted-b", quiet=True)
+    model = AutoModelForCausalLM.from_pretrained(root / "converted", dtype=torch.bfloat16)
+    fine_tune(model).save_pretrained(root / "tuned")
+    diff(root / "converted", root / "tuned", root / "diff", quiet=True)
+    make_adapter(root / "tuned", root / "adapter", torch.bfloat16, **CHAIN_LORA)
+    make_adapter(root / "converted", root / "base-adapter", torch.bfloat16, seed=2, **CHAIN_LORA)
+    return World(meta, root / "converted", meta_b, root / "converted-b", root / "tuned",
+                 root / "diff", root / "adapter", root / "base-adapter")
+
+
+def run_role(world: World, role: str, given: str | Path, out: Path):
+    """The command that takes a model in `role`, with `given` there and the world elsewhere."""
+    from weightkit.ops.diff import diff
+    from weightkit.ops.merge_lora import merge_lora
+    from weightkit.ops.recover import recover
+
+    if role == "raw":
+        return recover(given, world.diff, out, quiet=True)
+    if role == "diff":
+        return recover(world.converted, given, out, quiet=True)
+    if role == "tuned":
+        return diff(world.converted, given, out, quiet=True)
+    if role == "base":
+        return merge_lora(given, world.base_adapter, out, quiet=True)
+    return merge_lora(world.converted, given, out, quiet=True)

@@ -21,6 +21,8 @@ _API = {
     "download": "weightkit.hub.download",
     "push": "weightkit.hub.push",
     "open_checkpoint": "weightkit.io.reader",
+    "open_source": "weightkit.sources.open",
+    "resolve_model": "weightkit.hub.cache",
     "WeightkitError": "weightkit.errors",
 }
 

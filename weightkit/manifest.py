@@ -50,6 +50,29 @@ def sha256_bytes(data: memoryview | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class RowHasher:
+    """A tensor's manifest entry, hashed as its pieces of rows arrive (in row order), or whole."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.rows_left = shape[0] if shape else 1
+        self.digest = hashlib.sha256()
+
+    def add(self, piece: torch.Tensor) -> bool:
+        """Hash one piece; True once the last one is in."""
+        from weightkit.io.tensor_info import tensor_bytes
+
+        self.digest.update(tensor_bytes(piece))
+        self.rows_left -= piece.shape[0] if self.shape else 1
+        return self.rows_left == 0
+
+    def entry(self, dtype: torch.dtype, recovers_to: str | None = None) -> ManifestEntry:
+        from weightkit.dtypes import safetensors_name
+
+        return ManifestEntry(safetensors_name(dtype), self.shape, self.digest.hexdigest(),
+                             recovers_to)
+
+
 class Manifest:
     def __init__(self, entries: dict[str, ManifestEntry] | None = None) -> None:
         self.entries: dict[str, ManifestEntry] = dict(entries or {})

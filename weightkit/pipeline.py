@@ -17,7 +17,7 @@ import hashlib
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from weightkit.dtypes import NON_FINITE_BITS, count_non_finite, safetensors_name
 from weightkit.errors import InputError, OutputError
 from weightkit.io.buffers import BufferPool, use_pool
 from weightkit.io.journal import Journal, run_key
-from weightkit.io.output import OutputFolder, copy_side_files, free_bytes
+from weightkit.io.output import OutputFolder, free_bytes
 from weightkit.io.tensor_info import PIECE_BYTES, row_ranges, tensor_bytes
 from weightkit.io.writer import (
     CheckpointFiles,
@@ -449,7 +449,7 @@ def write_checkpoint(
     *,
     title: str,
     inputs: list[Path],
-    side_files_from: list[Path] = (),
+    side_files: Sequence[Callable[[Path], list[str]]] = (),
     finish: Callable[[Path], list[str]] | None = None,
     fmt: str = "safetensors",
     max_shard_size: int | str = "5GB",
@@ -466,9 +466,10 @@ def write_checkpoint(
 ) -> WriteResult:
     """Run `jobs` into a new checkpoint folder at `out`, atomically, with its tensor manifest.
 
-    Config/tokenizer files are copied from `side_files_from` (first one wins). `finish`, if
-    given, runs on the still-hidden folder after the tensors are written (to add files of the
-    command's own) and returns notes for the summary, which goes to stderr unless quiet.
+    `finish`, if given, runs on the still-hidden folder after the tensors are written (to add
+    files of the command's own) and returns notes for the summary, which goes to stderr unless
+    quiet. Then each of `side_files` (the inputs' config and tokenizer files: see
+    weightkit.sources) writes into it what is not there yet, so the first one wins.
     A killed or interrupted run of the same command is resumed after its last finished shard;
     `side_manifest`, which the jobs fill as they compute (diff's target manifest), is kept in
     the journal with each shard and refilled on resume.
@@ -494,7 +495,8 @@ def write_checkpoint(
             result = _write_into(tmp, jobs, plan, title, inputs, files, max_shard_size, dev,
                                  quiet, expected, folder.out, side_manifest)
             result.notes = [*notes, *result.notes, *(finish(tmp) if finish else [])]
-            copy_side_files(list(side_files_from), tmp)
+            for write_side_files in side_files:
+                result.notes += write_side_files(tmp)
     except OSError as e:
         raise output_error(e, folder.out, needed) from None
     result.out = folder.out
@@ -579,13 +581,19 @@ def summary(title: str, r: WriteResult, had_expected: bool, expected_what: str) 
             f"({', '.join(dtypes)}) in {len(r.files)} file(s) to {r.out} in "
             f"{human_time(r.seconds)} ({human_bytes(rate)}/s).")
     if had_expected:
-        exact = r.checked - len(r.within_rounding)
-        text += f" Checked against the manifest of {expected_what}: {exact} tensors match exactly"
-        if r.within_rounding:
-            text += (f", {len(r.within_rounding)} match the within-one-rounding result the diff "
-                     "predicted")
-        unchecked = r.tensors - r.checked
-        text += f"{f', {unchecked} not checked (other dtype)' if unchecked else ''}."
+        text += " " + checked_text(r.checked, r.within_rounding, r.tensors, expected_what)
     else:
         text += f" Its tensor manifest is in {MANIFEST_NAME}."
     return " ".join([text, *r.notes])
+
+
+def checked_text(checked: int, within_rounding: list[str], tensors: int, expected_what: str
+                 ) -> str:
+    """What the check of `tensors` tensors against a manifest found, for the summary."""
+    text = (f"Checked against the manifest of {expected_what}: {checked - len(within_rounding)} "
+            "tensors match exactly")
+    if within_rounding:
+        text += (f", {len(within_rounding)} match the within-one-rounding result the diff "
+                 "predicted")
+    unchecked = tensors - checked
+    return text + f"{f', {unchecked} not checked (other dtype)' if unchecked else ''}."

@@ -44,10 +44,15 @@ def test_help_runs_in_a_bare_interpreter():
     assert out.stdout.startswith("False\nUsage: weightkit [OPTIONS] COMMAND [ARGS]...")
 
 
-def test_missing_input_is_a_usage_error():
-    r = run("recover", "--raw", "/nonexistent", "--diff", "/nonexistent", "--out", "/tmp/x")
-    assert r.returncode == 2
-    assert "Path '/nonexistent' does not exist" in r.stderr
+def test_missing_input_is_one_message(tmp_path):
+    """Inputs are plain strings (a Hub repo id is not a path): one that is neither says so."""
+    r = run("recover", "--raw", "/nonexistent", "--diff", "/nonexistent",
+            "--out", str(tmp_path / "x"))
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == ("Error: /nonexistent: no such file or folder\n"
+                        "Give an HF model folder, a raw Meta LLaMA folder (params.json and "
+                        "consolidated.*.pth) or a Hub repo id (org/name).\n")
+    assert not (tmp_path / "x").exists()
 
 
 def test_error_is_one_message_without_traceback(model_pair, tmp_path):

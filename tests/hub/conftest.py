@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -36,6 +37,34 @@ def git_sha1(data: bytes) -> str:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HF_HUB_CACHE, empty, for this test alone."""
+    root = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def state(root: Path) -> dict[str, tuple]:
+    """Everything under `root`: links with their targets, files with size, mtime and sha256."""
+    found = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            found[rel] = ("link", os.readlink(p), st.st_mtime_ns)
+        elif p.is_dir():
+            found[rel] = ("dir", st.st_mtime_ns)
+        else:
+            found[rel] = ("file", st.st_size, st.st_mtime_ns, sha256(p.read_bytes()))
+    return found
 
 
 def kill_once_grown(cmd: list[str], env: dict[str, str], part: Path,

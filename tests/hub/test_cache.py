@@ -26,7 +26,7 @@ from weightkit.hub.cache import (
 )
 from weightkit.hub.client import HubError, RemoteFile
 
-from .conftest import FakeHub, git_sha1, kill_once_grown, sha256
+from .conftest import FakeHub, git_sha1, kill_once_grown, sha256, state
 
 # a model repo: *.safetensors are LFS (>= 1 KiB), the rest are small files
 MODEL = {
@@ -39,34 +39,6 @@ LORA = {
     "adapter_config.json": b'{"r": 8, "lora_alpha": 16}',
     "adapter_model.safetensors": bytes(reversed(range(256))) * 8,
 }
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """HF_HUB_CACHE, empty, for this test alone."""
-    root = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(root))
-    return root
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def state(root: Path) -> dict[str, tuple]:
-    """Everything under `root`: links with their targets, files with size, mtime and sha256."""
-    found = {}
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            found[rel] = ("link", os.readlink(p), st.st_mtime_ns)
-        elif p.is_dir():
-            found[rel] = ("dir", st.st_mtime_ns)
-        else:
-            found[rel] = ("file", st.st_size, st.st_mtime_ns, sha256(p.read_bytes()))
-    return found
 
 
 def layout(root: Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_fused_inputs, make_meta
 from safetensors.torch import load_file, save_file
 
 KILLS_PER_COMMAND = 7
@@ -34,32 +35,6 @@ def make_pair(tmp: Path) -> tuple[Path, Path]:
     save_file({n: torch.randn(ROWS, COLS, generator=gen) * 1e-3 for n in names},
               diff / "model.safetensors")
     return raw, diff
-
-
-def make_meta(tmp: Path) -> Path:
-    """A raw Meta LLaMA-2-shaped checkpoint in 2 model-parallel shards (no tokenizer)."""
-    dim, layers, inter, vocab = 512, 6, 1536, 2048
-    gen = torch.Generator().manual_seed(5)
-    folder = tmp / "meta"
-    folder.mkdir()
-    (folder / "params.json").write_text(json.dumps(
-        {"dim": dim, "n_layers": layers, "n_heads": 8, "n_kv_heads": 8, "multiple_of": 256,
-         "norm_eps": 1e-5, "vocab_size": vocab}))
-    for shard in range(2):
-        state = {"tok_embeddings.weight": torch.randn(vocab, dim // 2, generator=gen),
-                 "norm.weight": torch.ones(dim), "output.weight": torch.randn(vocab // 2, dim)}
-        for i in range(layers):
-            p = f"layers.{i}."
-            for w in ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1",
-                      "feed_forward.w3"):
-                rows = dim // 2 if w.startswith("attention") else inter // 2
-                state[p + w + ".weight"] = torch.randn(rows, dim, generator=gen)
-            state[p + "attention.wo.weight"] = torch.randn(dim, dim // 2, generator=gen)
-            state[p + "feed_forward.w2.weight"] = torch.randn(dim, inter // 2, generator=gen)
-            state[p + "attention_norm.weight"] = torch.ones(dim)
-            state[p + "ffn_norm.weight"] = torch.ones(dim)
-        torch.save({k: v.half() for k, v in state.items()}, folder / f"consolidated.0{shard}.pth")
-    return folder
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -90,7 +65,8 @@ def run_and_kill_at(args: list[str], partial: Path, offset: int) -> bool:
     return False
 
 
-def kill_and_resume(tmp_path: Path, common: list[str], seed: str) -> None:
+def kill_and_resume(tmp_path: Path, common: list[str], seed: str) -> str:
+    """Returns what the final, resumed run printed to stderr."""
     subprocess.run([sys.executable, "-m", "weightkit", *common, "--out", str(tmp_path / "ref")],
                    check=True)
     want = hashes(tmp_path / "ref")
@@ -106,9 +82,11 @@ def kill_and_resume(tmp_path: Path, common: list[str], seed: str) -> None:
             assert hashes(out) == want, f"incomplete output after a kill at byte {offset}"
             shutil.rmtree(out)
     assert killed >= KILLS_PER_COMMAND - 2  # a few may land after the last byte
-    subprocess.run([sys.executable, "-m", "weightkit", *common, "--out", str(out)], check=True)
+    final = subprocess.run([sys.executable, "-m", "weightkit", *common, "--out", str(out)],
+                           check=True, capture_output=True, text=True)
     assert hashes(out) == want
     assert not partial.exists()
+    return " ".join(final.stderr.split())
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
@@ -150,6 +128,27 @@ def test_merge_lora_killed_at_random_points_resumes_to_identical_bytes(tmp_path)
     kill_and_resume(tmp_path, ["--quiet", "merge-lora", "--base", str(raw), "--lora",
                                str(adapter), "--max-shard-size", "2MB", "--dtype", "fp32"],
                     "merge-lora")
+
+
+def test_fused_chain_killed_at_random_points_resumes_to_identical_bytes(tmp_path):
+    """convert -> recover -> merge-lora in one run. The recovered tensors (checked against the
+    diff's target manifest, never written) keep their entries in the journal: a resumed run
+    reports all 57 checked."""
+    meta, diff, lora = make_fused_inputs(tmp_path)
+    common = ["recover", "--raw", str(meta), "--diff", str(diff), "--lora", str(lora),
+              "--max-shard-size", "3MB", "--device", "cpu"]
+    checked = ("Checked against the manifest of the tuned model (the recovered tensors, before "
+               "the merge): 57 tensors match exactly.")
+    assert checked in kill_and_resume(tmp_path, common, "fused")
+    out, partial = tmp_path / "out", tmp_path / ".out.weightkit-partial"
+    shutil.rmtree(out)
+    half = sum(p.stat().st_size for p in (tmp_path / "ref").iterdir()) // 2
+    assert run_and_kill_at([*common, "--out", str(out)], partial, half)
+    final = subprocess.run([sys.executable, "-m", "weightkit", *common, "--out", str(out)],
+                           check=True, capture_output=True, text=True)
+    text = " ".join(final.stderr.split())
+    assert "Resumed a killed run: " in text and checked in text
+    assert hashes(out) == hashes(tmp_path / "ref")
 
 
 def test_diff_lossless_killed_at_random_points_resumes_to_identical_bytes(tmp_path):

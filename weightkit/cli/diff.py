@@ -14,8 +14,10 @@ from weightkit.cli.options import (
 
 
 @click.command("diff")
-@click.option("--raw", required=True, type=click.Path(exists=True), help="The base model.")
-@click.option("--tuned", required=True, type=click.Path(exists=True), help="The fine-tuned model.")
+@click.option("--raw", required=True, metavar="MODEL",
+              help="The base model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.")
+@click.option("--tuned", required=True, metavar="MODEL",
+              help="The fine-tuned model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the diff into.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
               show_default=True, help="How the diff is stored (it is computed in fp32).")

@@ -15,11 +15,12 @@ from weightkit.cli.options import (
 
 
 @click.command("merge-lora")
-@click.option("--base", required=True, type=click.Path(exists=True),
-              help="The base model the adapter was trained on (HF format).")
-@click.option("--lora", required=True, type=click.Path(exists=True),
-              help="peft adapter folder: adapter_config.json plus adapter_model.safetensors "
-                   "or adapter_model.bin.")
+@click.option("--base", required=True, metavar="MODEL",
+              help="The base model the adapter was trained on: an HF folder, a raw Meta LLaMA "
+                   "folder (converted in the same pass) or a Hub repo id.")
+@click.option("--lora", required=True, metavar="ADAPTER",
+              help="peft adapter folder (adapter_config.json plus adapter_model.safetensors "
+                   "or adapter_model.bin), a Hub repo id or a release name.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the model into.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Output dtype; auto = the base model's. The merge is computed in fp32 and "

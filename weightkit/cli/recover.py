@@ -16,10 +16,14 @@ from weightkit.cli.options import (
 
 
 @click.command("recover")
-@click.option("--raw", required=True, type=click.Path(exists=True),
-              help="The base model the diff was made against (HF format).")
-@click.option("--diff", "diff_path", required=True, type=click.Path(exists=True),
-              help="The published weight diff.")
+@click.option("--raw", required=True, metavar="MODEL",
+              help="The base model the diff was made against: an HF folder, a raw Meta LLaMA "
+                   "folder (converted in the same pass) or a Hub repo id.")
+@click.option("--diff", "diff_path", required=True, metavar="DIFF",
+              help="The published weight diff: a folder, a Hub repo id or a release name.")
+@click.option("--lora", default=None, metavar="ADAPTER",
+              help="A LoRA adapter to merge into the recovered model in the same pass (a folder, "
+                   "a Hub repo id or a release name); the recovered model is not written.")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write the model into.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Output dtype; auto = the tuned model's (from the diff's manifest), else the "
@@ -30,12 +34,12 @@ from weightkit.cli.options import (
 @dry_run_option
 @quiet_option
 @refuses_conflicts
-def command(raw: str, diff_path: str, out: str, dtype: str, fp16: bool, out_format: str,
-            max_shard_size: str, overwrite: bool, device: str, dry_run: bool,
+def command(raw: str, diff_path: str, lora: str | None, out: str, dtype: str, fp16: bool,
+            out_format: str, max_shard_size: str, overwrite: bool, device: str, dry_run: bool,
             quiet: bool) -> None:
-    """Rebuild a fine-tuned model: OUT = RAW + DIFF, checked tensor by tensor."""
+    """Rebuild a fine-tuned model: OUT = RAW + DIFF (+ LORA), checked tensor by tensor."""
     from weightkit.ops.recover import recover
 
-    recover(raw, diff_path, out, dtype=dtype, fp16=fp16, fmt=out_format,
+    recover(raw, diff_path, out, lora=lora, dtype=dtype, fp16=fp16, fmt=out_format,
             max_shard_size=max_shard_size, overwrite=overwrite, device=device,
             dry_run=dry_run, quiet=is_quiet(quiet))

@@ -150,6 +150,7 @@ class LosslessDiffReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.label = str(self.path)
         self.files = lossless_files(self.path)
         if not self.files:
             raise InputError(f"{self.path}: no {PREFIX}*.safetensors files here")
@@ -165,6 +166,9 @@ class LosslessDiffReader:
 
     def info(self, name: str) -> TensorInfo:
         return self.infos[name]
+
+    def where(self, name: str) -> str:
+        return str(self.infos[name].file)
 
     def read(self, name: str) -> torch.Tensor:
         return self._where[name].read(name)

@@ -3,23 +3,28 @@
 Accepted: an HF model folder (single or sharded safetensors, or `pytorch_model*.bin`, with or
 without an index), a folder of `consolidated.*.pth` or `adapter_model.*` files, or a single file.
 Listing names, shapes and dtypes reads headers only; `read(name)` reads one tensor.
+A `Checkpoint` is the stored kind of `weightkit.sources.Source`, the interface of every input.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from weightkit.dtypes import safetensors_name
 from weightkit.errors import InputError
 from weightkit.io.safetensors_file import SafetensorsFile
-from weightkit.io.tensor_info import PIECE_BYTES, TensorInfo, row_ranges, tensor_bytes
+from weightkit.io.tensor_info import PIECE_BYTES, Listing, TensorInfo, row_ranges, tensor_bytes
 from weightkit.io.torch_file import TorchFile
-from weightkit.manifest import ManifestEntry
+from weightkit.manifest import Manifest, ManifestEntry
+
+if TYPE_CHECKING:  # the source layer builds on the pipeline, which imports this module
+    from weightkit.sources.source import Node
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TORCH_SUFFIXES = (".bin", ".pth", ".pt")  # torch.save zips
@@ -31,12 +36,16 @@ _FOLDER_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "consolidated.*.pth",
 _SUFFIX_LIST = ", ".join(f"*{s}" for s in WEIGHT_SUFFIXES)
 
 
-class Checkpoint:
+class Checkpoint(Listing):
     """Tensors of one model, wherever they are stored; read one at a time."""
+
+    expected: Manifest | None = None  # nothing to check its tensors against
 
     def __init__(self, path: Path, files: list[Path]) -> None:
         self.path = path
         self.files = files
+        self.label = str(path)
+        self.notes: list[str] = []
         self._backends = [_open_file(f) for f in files]
         self._where: dict[str, int] = {}
         self.infos: dict[str, TensorInfo] = {}
@@ -51,20 +60,8 @@ class Checkpoint:
                 self._where[name] = i
                 self.infos[name] = info
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.infos
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.infos)
-
-    def __len__(self) -> int:
-        return len(self.infos)
-
-    def names(self) -> list[str]:
-        return list(self.infos)
-
-    def info(self, name: str) -> TensorInfo:
-        return self.infos[name]
+    def where(self, name: str) -> str:
+        return str(self.infos[name].file)
 
     def read(self, name: str) -> torch.Tensor:
         """The tensor's values on the CPU, in its stored dtype, in a buffer of their own (no
@@ -91,12 +88,43 @@ class Checkpoint:
         return ManifestEntry(safetensors_name(info.dtype), info.shape, digest.hexdigest())
 
     @property
-    def total_bytes(self) -> int:
-        return sum(i.nbytes for i in self.infos.values())
-
-    @property
     def folder(self) -> Path:
         return self.path if self.path.is_dir() else self.path.parent
+
+    def node(self, name: str) -> Node:
+        """The tensor as the pipeline reads it: as stored, in row pieces when large."""
+        # here, not at the top: the writer reads finished files back with this module
+        from weightkit.io.writer import PlannedTensor
+        from weightkit.sources.source import stored_node
+
+        info = self.infos[name]
+        return stored_node(PlannedTensor(name, info.dtype, info.shape), lambda: self.read(name),
+                           lambda start, stop: self.read_rows(name, start, stop))
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.path]
+
+    def config(self) -> dict[str, Any] | None:
+        return folder_config(self.folder)
+
+    def side_files(self) -> list[Callable[[Path], list[str]]]:
+        from weightkit.sources.source import folder_files
+
+        return [folder_files(self.folder)]
+
+
+def folder_config(folder: Path) -> dict[str, Any] | None:
+    """The folder's config.json; None without one, {} when it is not a JSON object (a model
+    whose config cannot be read has no settings weightkit could use)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -5,12 +5,16 @@ Meta splits every matrix over its model-parallel shards. For each output tensor 
 tensor from each shard, joins the pieces and permutes q/k into HF's rotary layout; nothing else is
 held, so memory stays at a few tensors whatever the model size. Names and joins follow the
 transformers converter (`convert_llama_weights_to_hf.py`); the dtype is kept unless asked.
+
+`MetaView` is that conversion as a source (weightkit.sources): `convert` writes it, and the
+other commands read a raw Meta folder through it, converted in the same pass, never written.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +24,15 @@ import torch
 from weightkit.dtypes import output_dtype, parse_dtype, short_name
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_tensor, release
-from weightkit.io.output import OutputFolder
+from weightkit.io.output import copy_side_files
 from weightkit.io.reader import Checkpoint, open_checkpoint
-from weightkit.io.writer import PlannedTensor, check_format, parse_size
+from weightkit.io.tensor_info import TensorInfo
+from weightkit.io.writer import PlannedTensor
 from weightkit.ops import llama_params, llama_tokenizer
 from weightkit.ops.llama_params import LlamaParams
-from weightkit.pipeline import Job, WriteResult, identity, write_checkpoint
+from weightkit.pipeline import WriteResult, identity
+from weightkit.sources.source import Node, SideFiles, View
+from weightkit.sources.write import check_output, write_source
 
 PARAMS_NAME = "params.json"
 CHECKLIST_NAME = "checklist.chk"  # Meta's md5sum list of the shards and params.json
@@ -121,10 +128,29 @@ def convert_llama(
     writes. Every input is checked before anything is written; with `verify`, checklist.chk (and
     tokenizer_checklist.chk) are checked too.
     """
+    forced = None if dtype == "auto" else parse_dtype(dtype)
+    view = open_meta(input_dir, model_size=model_size, llama_version=llama_version,
+                     dtype=forced, instruct=instruct)
+    # a wrong --out, --format or --max-shard-size fails now, not after minutes of hashing
+    check_output(out, view.inputs, overwrite, fmt, view.total_bytes, max_shard_size)
+    if verify:
+        view.verify(quiet)
+    return write_source(
+        view, out, title="convert", fmt=fmt, max_shard_size=max_shard_size,
+        overwrite=overwrite, device="cpu", quiet=quiet, dry_run=dry_run,
+        notes=[f"Cast to {short_name(forced)} as asked."] if forced is not None else [],
+    )
+
+
+def open_meta(input_dir: str | Path, *, model_size: str | None = None,
+              llama_version: str = "auto", dtype: torch.dtype | None = None,
+              instruct: bool = False) -> MetaView:
+    """The raw Meta LLaMA in `input_dir` (or `input_dir/model_size`) as the HF checkpoint
+    convert writes, in `dtype` (None: the raw weights' own). Everything is checked from
+    headers; no tensor is read."""
     folder = find_model_folder(Path(input_dir), model_size)
     params = llama_params.read_params(folder / PARAMS_NAME)
-    files = shard_files(folder, model_size)
-    shards = [open_checkpoint(f) for f in files]
+    shards = [open_checkpoint(f) for f in shard_files(folder, model_size)]
     check_shards(shards)
     tok_path = llama_tokenizer.find_tokenizer(folder)
     tok_kind = llama_tokenizer.tokenizer_kind(tok_path) if tok_path else None
@@ -136,47 +162,96 @@ def convert_llama(
     parts = plan_parts(shards, params, tied)
     shapes = joined_shapes(parts, shards, params)
     vocab_size = shapes["model.embed_tokens.weight"][0]
-    forced = None if dtype == "auto" else parse_dtype(dtype)
-    jobs = [_job(p, shards, shapes[p.name], forced, tied) for p in parts]
-    out_dtype = jobs[0].out.dtype  # the embeddings'
     config = llama_params.hf_config(params, version, vocab_size, instruct)
+    tokenizer = None
     if tok_path is not None:
         check_tokenizer_size(tok_path, tok_kind, vocab_size)
+        tokenizer = Tokenizer(tok_path, tok_kind, version, instruct, vocab_size)
     else:
         notes.append("No tokenizer.model next to the weights or in the folder above: wrote the "
                      "model without a tokenizer.")
-    inputs = [folder, *([tok_path] if tok_path else [])]
-    # a wrong --out, --format or --max-shard-size fails now, not after minutes of hashing
-    OutputFolder(out, inputs=inputs, overwrite=overwrite,
-                 needed_bytes=sum(j.out.nbytes for j in jobs))
-    check_format(fmt)
-    parse_size(max_shard_size)
-    if verify:
-        notes += verify_checklists(folder, tok_path, quiet)
-    if forced is not None:
-        notes.append(f"Cast to {short_name(forced)} as asked.")
+    return MetaView(folder, shards, parts, shapes, dtype, tied, config, tokenizer, notes)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="weightkit-tokenizer") as background:
-        # importing transformers and converting the tokenizer take seconds: done in a thread
-        # while the weights stream (the work there is I/O and torch, which free the GIL)
-        prepared = (background.submit(_tokenizer, tok_path, tok_kind, version, instruct,
-                                      vocab_size) if tok_path is not None and not dry_run else None)
 
-        def finish(tmp: Path) -> list[str]:
-            llama_params.write_config_files(tmp, config, str(out_dtype).removeprefix("torch."))
-            tokenizer, tok_notes = prepared.result() if prepared is not None else (None, [])
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-                if tok_kind == llama_tokenizer.SENTENCEPIECE:
-                    # sentencepiece users (slow tokenizer, llama.cpp) read the original model
-                    shutil.copyfile(tok_path, tmp / llama_tokenizer.TOKENIZER_NAME)
-            return tok_notes
+@dataclass(frozen=True)
+class Tokenizer:
+    """Meta's tokenizer.model and what converting it needs."""
 
-        return write_checkpoint(
-            out, jobs, title="convert", inputs=inputs, finish=finish, fmt=fmt,
-            max_shard_size=max_shard_size, overwrite=overwrite, device="cpu", quiet=quiet,
-            notes=notes, dry_run=dry_run,
-        )
+    path: Path
+    kind: str
+    version: str
+    instruct: bool
+    vocab_size: int
+
+
+class MetaView(View):
+    """A raw Meta LLaMA folder read as the HF checkpoint `convert` writes, a tensor at a time:
+    HF names, model-parallel shards joined, q/k permuted for HF's rotary layout, in the asked
+    dtype; with the config.json, generation_config.json and tokenizer files convert makes.
+    Nothing is written: `convert` writes this view, and other commands read it as their input.
+    """
+
+    def __init__(self, folder: Path, shards: list[Checkpoint], parts: list[Part],
+                 shapes: dict[str, tuple[int, ...]], dtype: torch.dtype | None, tied: bool,
+                 config: dict, tokenizer: Tokenizer | None, notes: list[str]) -> None:
+        self.folder = folder
+        self.label = str(folder)
+        self.shards = shards
+        self.parts = {p.name: p for p in parts}
+        self.shapes = shapes
+        self.tied = tied
+        self.hf_config = config
+        self.tokenizer = tokenizer
+        self.notes = notes
+        self.infos = {}
+        for p in parts:
+            raw_dtype = shards[0].info(p.raw).dtype
+            self.infos[p.name] = TensorInfo(p.name, output_dtype(raw_dtype, dtype),
+                                            shapes[p.name], folder)
+        self.dtype_name = str(self.infos[parts[0].name].dtype).removeprefix("torch.")  # embeddings'
+
+    def node(self, name: str) -> Node:
+        return _node(self.parts[name], self.shards, self.infos[name], self.tied)
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.folder, *([self.tokenizer.path] if self.tokenizer else [])]
+
+    def verify(self, quiet: bool) -> None:
+        """Check Meta's md5 lists (checklist.chk, tokenizer_checklist.chk), where the download
+        has them; ChecksumError on a mismatch."""
+        self.notes += verify_checklists(self.folder, self.tokenizer and self.tokenizer.path,
+                                        quiet)
+
+    def config(self) -> dict:
+        return llama_params.config_json(self.hf_config, self.dtype_name)
+
+    def side_files(self) -> list[SideFiles]:
+        prepared = None
+        if self.tokenizer is not None:
+            # importing transformers and converting the tokenizer take seconds: done in a thread
+            # from now on, while the weights stream (that work is I/O and torch, which free the GIL)
+            background = ThreadPoolExecutor(1, thread_name_prefix="weightkit-tokenizer")
+            prepared = background.submit(_tokenizer, self.tokenizer)
+            background.shutdown(wait=False)
+
+        def write(dest: Path) -> list[str]:
+            # made in a folder of their own, then copied where an earlier input has not put a
+            # file of that name: a diff's tokenizer files win over the raw model's, as they do
+            # when recover copies them from a converted folder
+            with tempfile.TemporaryDirectory(prefix="weightkit-meta-") as tmp:
+                made = Path(tmp)
+                llama_params.write_config_files(made, self.hf_config, self.dtype_name)
+                tokenizer, notes = prepared.result() if prepared is not None else (None, [])
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(made)
+                    if self.tokenizer.kind == llama_tokenizer.SENTENCEPIECE:
+                        # sentencepiece users (slow tokenizer, llama.cpp) read the original model
+                        shutil.copyfile(self.tokenizer.path, made / llama_tokenizer.TOKENIZER_NAME)
+                copy_side_files([made], dest)
+            return notes
+
+        return [write]
 
 
 def _version(asked: str, params: LlamaParams, tok_kind: str | None, notes: list[str]) -> str:
@@ -385,25 +460,22 @@ def check_tokenizer_size(path: Path, kind: str, vocab_size: int) -> None:
         )
 
 
-def _tokenizer(path: Path, kind: str, version: str, instruct: bool, vocab_size: int
-               ) -> tuple[object, list[str]]:
+def _tokenizer(t: Tokenizer) -> tuple[object, list[str]]:
     """The converted tokenizer and the notes about it."""
-    tokenizer = llama_tokenizer.convert_tokenizer(path, kind, version, instruct)
+    tokenizer = llama_tokenizer.convert_tokenizer(t.path, t.kind, t.version, t.instruct)
     notes = []
-    if len(tokenizer) != vocab_size:
-        notes.append(f"The tokenizer has {len(tokenizer)} tokens, the embeddings {vocab_size} "
+    if len(tokenizer) != t.vocab_size:
+        notes.append(f"The tokenizer has {len(tokenizer)} tokens, the embeddings {t.vocab_size} "
                      "rows; config.json follows the embeddings.")
-    notes.append(f"Converted the {kind} tokenizer.")
+    notes.append(f"Converted the {t.kind} tokenizer.")
     return tokenizer, notes
 
 
 # ------------------------------------------------------------------ the jobs
 
 
-def _job(p: Part, shards: list[Checkpoint], shape: tuple[int, ...], forced: torch.dtype | None,
-         tied: bool) -> Job:
-    raw_dtype = shards[0].info(p.raw).dtype
-    out_dtype = output_dtype(raw_dtype, forced)
+def _node(p: Part, shards: list[Checkpoint], info: TensorInfo, tied: bool) -> Node:
+    shape = info.shape
     check_tied = tied and p.name == "model.embed_tokens.weight" and "output.weight" in shards[0]
     head_rows = shape[0] // p.rotary_heads if p.rotary_heads else 1  # pieces keep heads whole
 
@@ -421,8 +493,8 @@ def _job(p: Part, shards: list[Checkpoint], shape: tuple[int, ...], forced: torc
             joined = permuted
         return (joined,)
 
-    return Job(PlannedTensor(p.name, out_dtype, shape), load, identity,
-               load_rows=lambda start, stop: load((start, stop)), row_multiple=head_rows)
+    return Node(PlannedTensor(p.name, info.dtype, shape), load, identity,
+                load_rows=lambda start, stop: load((start, stop)), row_multiple=head_rows)
 
 
 def read_joined(shards: list[Checkpoint], raw: str, join: str,

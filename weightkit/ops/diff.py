@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections import deque
 from pathlib import Path
 
 import torch
 
-from weightkit.dtypes import is_float, parse_dtype, safetensors_name
+from weightkit.dtypes import is_float, parse_dtype
 from weightkit.errors import InputError, OptionConflict
 from weightkit.io.buffers import release
-from weightkit.io.reader import Checkpoint, open_checkpoint
-from weightkit.io.tensor_info import tensor_bytes
+from weightkit.io.tensor_info import TensorInfo, tensor_bytes
 from weightkit.io.writer import PlannedTensor, parse_size
 from weightkit.kernels import same_bytes
-from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
+from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry, RowHasher
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
-from weightkit.ops.pairing import Pair, pair_checkpoints
-from weightkit.pipeline import Job, WriteResult, canonical_result, write_checkpoint
+from weightkit.ops.pairing import pair_checkpoints
+from weightkit.pipeline import WriteResult, canonical_result
+from weightkit.sources.open import local_paths, open_source
+from weightkit.sources.source import Node, SideFiles, Source, View
+from weightkit.sources.write import check_output, write_source
 
 # options that describe the other kind of diff (the command line also refuses them when given
 # with their default value)
@@ -52,7 +52,8 @@ def diff(
 
     `lossless=True` writes a lossless diff instead (weightkit.ops.lossless: compressed bit
     patterns at zstd `level`; `device` does not apply, and another `dtype` or `fmt` than the
-    default is refused, as is a `level` for a plain diff: OptionConflict).
+    default is refused, as is a `level` for a plain diff: OptionConflict). Either input is any
+    model source (weightkit.sources): a raw Meta folder is read as `convert` writes it.
     """
     if lossless and (dtype != "fp32" or fmt != "safetensors"):
         raise OptionConflict(LOSSLESS_OWN_FORMAT)
@@ -65,13 +66,13 @@ def diff(
         parse_size(max_shard_size)  # refused by a dry run too, as the real run refuses it
         return diff_lossless(raw, tuned, out, level=level, max_shard_size=max_shard_size,
                              overwrite=overwrite, quiet=quiet, dry_run=dry_run)
-    raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)
-    diff_dtype = parse_dtype(dtype)
-    pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
-    target = Manifest()
-    jobs = [_job(p, raw_ckpt, tuned_ckpt, diff_dtype, target) for p in pairing.pairs]
+    check_output(out, local_paths(raw, tuned), overwrite, fmt, max_shard_size=max_shard_size)
+    view = DiffView(open_source(raw, role="raw", dry_run=dry_run, quiet=quiet),
+                    open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet),
+                    parse_dtype(dtype))
 
     def finish(folder: Path) -> list[str]:
+        target = view.target
         target.write(folder, TARGET_MANIFEST_NAME)
         inexact = sum(1 for e in target.entries.values() if e.recovers_to)
         if not inexact:
@@ -80,47 +81,55 @@ def diff(
                 f"{dtype} diff (within one rounding); the target manifest records the result "
                 "recovery must give."]
 
-    return write_checkpoint(
-        out, jobs, title="diff", inputs=[raw_ckpt.path, tuned_ckpt.path],
-        side_files_from=[tuned_ckpt.folder], fmt=fmt, max_shard_size=max_shard_size,
-        overwrite=overwrite, device=device, quiet=quiet, dry_run=dry_run, notes=pairing.notes(),
-        finish=finish, side_manifest=target,
+    return write_source(
+        view, out, title="diff", fmt=fmt, max_shard_size=max_shard_size, overwrite=overwrite,
+        device=device, quiet=quiet, dry_run=dry_run, finish=finish, side_manifest=view.target,
     )
 
 
-def _job(p: Pair, raw: Checkpoint, tuned: Checkpoint, diff_dtype: torch.dtype,
-         target: Manifest) -> Job:
-    # a tensor that is not a float is stored as the difference of its bit patterns, in its own
-    # dtype (weightkit.ops.delta); --dtype is the dtype of the float ones
-    out_dtype = diff_dtype if is_float(p.other.dtype) else p.other.dtype
-    entry = _TargetEntry(p.other.shape)
+class DiffView(View):
+    """diff = tuned - raw, a tensor at a time (in fp32, stored in `diff_dtype`). As each tensor
+    is computed, the tuned model's manifest entry goes into `target`: what recovery from the
+    stored diff must give."""
 
-    def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return delta.subtract_any(r, t, out_dtype, p.name)
+    def __init__(self, raw: Source, tuned: Source, diff_dtype: torch.dtype) -> None:
+        self.raw, self.tuned = raw, tuned
+        self.label = f"the diff of {tuned.label} against {raw.label}"
+        pairing = pair_checkpoints(raw, tuned, "tuned model")
+        self.pairs = {p.name: p for p in pairing.pairs}
+        # a tensor that is not a float is stored as the difference of its bit patterns, in its
+        # own dtype (weightkit.ops.delta); `diff_dtype` is the dtype of the float ones
+        self.infos = {p.name: TensorInfo(
+            p.name, diff_dtype if is_float(p.other.dtype) else p.other.dtype,
+            p.other.shape, p.other.file) for p in pairing.pairs}
+        self.notes = [*raw.notes, *tuned.notes, *pairing.notes()]
+        self.target = Manifest()
 
-    def after(inputs: tuple[torch.Tensor, torch.Tensor], d: torch.Tensor) -> None:
-        # on the CPU copies, whatever the device: what recover will give (the same bytes on
-        # every device), compared with the tuned bytes here and hashed, where it must be, by
-        # the writer thread (hashing took a quarter of diff's compute thread)
-        r, t = inputs
-        recovered = canonical_result(delta.add_any(r, d, t.dtype, p.name))
-        if not entry.add(t, recovered):
+    def node(self, name: str) -> Node:
+        p, info = self.pairs[name], self.infos[name]
+        entry = _TargetEntry(info.shape)
+
+        def compute(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            d = delta.subtract_any(r, t, info.dtype, name)
+            # what recover will give, its NaNs canonical as the pipeline writes them
+            recovered = canonical_result(delta.add_any(r, d, t.dtype, name))
+            if entry.add(t, recovered):
+                self.target.add(name, entry.result(t.dtype))
             release(recovered)
-            recovered = None
-        pending.append(recovered)
+            return d
 
-    def written(inputs: tuple[torch.Tensor, torch.Tensor], d: torch.Tensor) -> None:
-        recovered = pending.popleft()
-        if entry.add_recovered(inputs[1], recovered):
-            target.add(p.name, entry.result(p.other.dtype))
-        if recovered is not None:
-            release(recovered)
+        return p.node(self.raw, self.tuned, PlannedTensor(name, info.dtype, info.shape), compute,
+                      check_finite=is_float(info.dtype))
 
-    pending: deque[torch.Tensor | None] = deque()  # after() -> written(), piece by piece
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), lambda: p.read(raw, tuned),
-               compute, check_finite=is_float(out_dtype),
-               load_rows=lambda start, stop: p.read_rows(raw, tuned, start, stop),
-               after=after, written=written)
+    @property
+    def inputs(self) -> list[Path]:
+        return [*self.raw.inputs, *self.tuned.inputs]
+
+    def config(self) -> dict | None:
+        return self.tuned.config()
+
+    def side_files(self) -> list[SideFiles]:
+        return self.tuned.side_files()
 
 
 class _TargetEntry:
@@ -128,30 +137,25 @@ class _TargetEntry:
     tuned bytes, and the bytes recovery from the stored diff will give."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-        self.rows_left = shape[0] if shape else 1
-        self.want = hashlib.sha256()
+        self.want = RowHasher(shape)
         self.got = None  # the recovered bytes' hash, from the first piece that differs on
 
     def add(self, tuned: torch.Tensor, recovered: torch.Tensor) -> bool:
-        """Hash one tuned piece (on the compute thread); True if its recovered bytes must be
-        hashed too. While every piece recovers exactly, one hash serves both (comparing bytes
-        costs a tenth of hashing them)."""
-        if self.got is None and not same_bytes(tuned, recovered):
-            self.got = self.want.copy()  # the pieces so far were the same bytes
-        self.want.update(tensor_bytes(tuned))
-        return self.got is not None
-
-    def add_recovered(self, tuned: torch.Tensor, recovered: torch.Tensor | None) -> bool:
-        """Hash the piece's recovered bytes if add() said so (on the writer thread, in order);
-        True once the last piece is in."""
-        if recovered is not None:
+        """Hash one piece; True once the last one is in. While every piece recovers exactly,
+        one hash serves both (comparing bytes costs a tenth of hashing them)."""
+        if self.got is None and not _same(tuned, recovered):
+            self.got = self.want.digest.copy()  # the pieces so far were the same bytes
+        if self.got is not None:
             self.got.update(tensor_bytes(recovered))
-        self.rows_left -= tuned.shape[0] if self.shape else 1
-        return self.rows_left == 0
+        return self.want.add(tuned)
 
     def result(self, dtype: torch.dtype) -> ManifestEntry:
-        want = self.want.hexdigest()
+        want = self.want.digest.hexdigest()
         got = want if self.got is None else self.got.hexdigest()
-        return ManifestEntry(safetensors_name(dtype), self.shape, want,
-                             None if got == want else got)
+        return self.want.entry(dtype, None if got == want else got)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.device.type != "cpu" or b.device.type != "cpu":  # memcmp reads host memory only
+        return bool(torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8)))
+    return same_bytes(a, b)

@@ -18,12 +18,14 @@ out of the high byte, and then they save 20-25 %; zstd level 1 compresses these 
 zstd (python-zstandard, binding the reference C library) is the one extra dependency: fast,
 multi-threaded, checksummed frames with their size in the header, wheels for every platform.
 
-The second half of this module is the `diff --lossless` and `recover` of such diffs; the container
+The second half of this module is the `diff --lossless` of two models and the model recovered
+from such a diff (`LosslessRecoveredView`, a source that `recover` writes); the container
 (safetensors of zstd frames) is weightkit.io.lossless_diff.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,17 +38,16 @@ from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
 from weightkit.io.lossless_diff import file_names as lossless_file_names
-from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.reader import folder_config
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import CheckpointFiles, PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops.pairing import Pair, Pairing, pair_checkpoints
-from weightkit.pipeline import (
-    Job,
-    WriteResult,
-    identity,
-    write_checkpoint,
-)
+from weightkit.pipeline import WriteResult, identity, write_checkpoint
 from weightkit.progress import human_bytes, human_time
+from weightkit.sources.open import local_paths, open_source
+from weightkit.sources.source import Node, SideFiles, Source, View, folder_files
+from weightkit.sources.write import check_output
 
 DEFAULT_LEVEL = 1
 
@@ -163,25 +164,30 @@ def diff_lossless(
     manifest is the target manifest) and the writer encodes each against raw's; a killed run
     resumes after its last finished file.
     """
-    raw_ckpt, tuned_ckpt = open_checkpoint(raw), open_checkpoint(tuned)
+    check_output(out, local_paths(raw, tuned), overwrite, "safetensors",
+                 max_shard_size=max_shard_size)
+    raw_ckpt = open_source(raw, role="raw", dry_run=dry_run, quiet=quiet)
+    tuned_ckpt = open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet)
     pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
+    notes = [*raw_ckpt.notes, *tuned_ckpt.notes, *pairing.notes()]
     _check_dtypes(pairing, "the tuned model",
                   "A lossless diff stores bit patterns, so both models need the same dtype per "
                   "tensor. Use --dtype fp32 instead of --lossless (a plain fp32 diff).")
-    jobs = [_diff_job(p, tuned_ckpt) for p in pairing.pairs]
+    jobs = [_diff_node(tuned_ckpt, p.name) for p in pairing.pairs]
     total = sum(j.out.nbytes for j in jobs)
     files = _LosslessFiles(raw_ckpt, {p.name: p.raw.shape for p in pairing.pairs}, level)
     return write_checkpoint(
-        out, jobs, title="diff --lossless", inputs=[raw_ckpt.path, tuned_ckpt.path],
-        side_files_from=[tuned_ckpt.folder], max_shard_size=max_shard_size,
-        overwrite=overwrite, device="cpu", quiet=quiet, dry_run=dry_run, notes=pairing.notes(),
+        out, jobs, title="diff --lossless", inputs=[*raw_ckpt.inputs, *tuned_ckpt.inputs],
+        side_files=() if dry_run else tuned_ckpt.side_files(), max_shard_size=max_shard_size,
+        overwrite=overwrite, device="cpu", quiet=quiet, dry_run=dry_run, notes=notes,
         files=files, summarize=lambda result: _summary(result, total),
     )
 
 
-def _diff_job(p: Pair, tuned: Checkpoint) -> Job:
-    return Job(PlannedTensor(p.name, p.other.dtype, p.other.shape), lambda: (tuned.read(p.name),),
-               identity)
+def _diff_node(tuned: Source, name: str) -> Node:
+    """The tuned tensor as its source gives it (a raw Meta folder's converted), whole: the
+    writer encodes whole tensors."""
+    return dataclasses.replace(tuned.node(name), load_rows=None)
 
 
 class _LosslessFiles(CheckpointFiles):
@@ -190,7 +196,7 @@ class _LosslessFiles(CheckpointFiles):
 
     manifest_name = TARGET_MANIFEST_NAME  # the jobs' tensors are the tuned model's
 
-    def __init__(self, raw: Checkpoint, raw_shapes: dict[str, tuple[int, ...]],
+    def __init__(self, raw: Source, raw_shapes: dict[str, tuple[int, ...]],
                  level: int) -> None:
         self.raw, self.raw_shapes, self.level = raw, raw_shapes, level
         self.key = f"lossless-diff level {level}"  # another level gives other bytes
@@ -211,7 +217,7 @@ class _LosslessFiles(CheckpointFiles):
 class _EncodingWriter:
     """The pipeline's writer: each tuned tensor, encoded against raw's, into the container."""
 
-    def __init__(self, container: LosslessDiffWriter, raw: Checkpoint, level: int) -> None:
+    def __init__(self, container: LosslessDiffWriter, raw: Source, level: int) -> None:
         self.container, self.raw, self.level = container, raw, level
         self.total_size = container.total_size  # of the tuned tensors: what progress counts
 
@@ -229,7 +235,7 @@ class _EncodingWriter:
 class _DecodedFile:
     """A finished file of a killed run, re-checked on resume by what it decodes to."""
 
-    def __init__(self, packed: LosslessDiffReader, raw: Checkpoint) -> None:
+    def __init__(self, packed: LosslessDiffReader, raw: Source) -> None:
         self.packed, self.raw = packed, raw
 
     def manifest_entry(self, name: str) -> ManifestEntry:
@@ -237,38 +243,68 @@ class _DecodedFile:
         return ManifestEntry.of(decode(self.raw.read(name), self.packed.read(name).numpy(), shape))
 
 
-def recover_lossless(
-    raw: str | Path,
-    diff: str | Path,
-    out: str | Path,
-    *,
-    dtype: torch.dtype | None = None,
-    fmt: str = "safetensors",
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-    quiet: bool = False,
-    dry_run: bool = False,
-) -> WriteResult:
-    """Write the tuned model a lossless diff was made from, bit for bit, checked against its
-    manifest. `dtype` converts every floating-point tensor (it is then not checked)."""
-    raw_ckpt, packed = open_checkpoint(raw), LosslessDiffReader(diff)
-    pairing = pair_checkpoints(raw_ckpt, packed, "diff")
-    _check_dtypes(pairing, "the lossless diff",
-                  "A lossless diff adds bit patterns to the raw model's own; use the raw model "
-                  "in the dtypes it was made against (see weightkit.target-manifest.json).")
-    jobs = [_recover_job(p, raw_ckpt, packed, dtype) for p in pairing.pairs]
-    return write_checkpoint(
-        out, jobs, title="recover", inputs=[raw_ckpt.path, packed.path],
-        side_files_from=[packed.folder, raw_ckpt.folder], fmt=fmt,
-        max_shard_size=max_shard_size, overwrite=overwrite,
-        device="cpu",  # integer work, done while loading: a GPU would only add copies
-        quiet=quiet, dry_run=dry_run, expected=Manifest.find(packed.folder, TARGET_MANIFEST_NAME),
-        expected_what="the tuned model", notes=pairing.notes(),
-    )
+class LosslessRecoveredView(View):
+    """The tuned model a lossless diff was made from, bit for bit: each tensor decoded while it
+    is loaded (integer work, in the reader thread). Its tensors are checked against the diff's
+    target manifest by whoever reads them. `forced` converts the plain float tensors (fp32, fp16,
+    bf16; see weightkit.dtypes.output_dtype)."""
+
+    lossless = True
+
+    def __init__(self, raw: Source, diff: Path, forced: torch.dtype | None,
+                 target: Manifest | None) -> None:
+        self.raw, self.packed = raw, LosslessDiffReader(diff)
+        self.label = f"recovered from {raw.label} and {self.packed.path}"
+        pairing = pair_checkpoints(raw, self.packed, "diff")
+        _check_dtypes(pairing, "the lossless diff",
+                      "A lossless diff adds bit patterns to the raw model's own; use the raw "
+                      "model in the dtypes it was made against (see "
+                      "weightkit.target-manifest.json).")
+        for p in pairing.pairs:
+            _check_raw_shape(p, self.packed)
+        self.expected = target
+        self.pairs = {p.name: p for p in pairing.pairs}
+        self.infos = {p.name: TensorInfo(p.name, _recovered_dtype(p, forced), p.other.shape,
+                                         p.other.file) for p in pairing.pairs}
+        self.notes = [*raw.notes, *pairing.notes()]
+
+    def node(self, name: str) -> Node:
+        p, raw, packed = self.pairs[name], self.raw, self.packed
+
+        def load() -> tuple[torch.Tensor, ...]:
+            # all the work happens here, in the reader thread, overlapping compute and writing
+            r, payload = raw.read(p.name), packed.read(p.name)
+            scratch = empty_bytes(p.other.nbytes)
+            try:
+                packed_ints = unpack(payload.numpy(), p.other.dtype, p.other.numel, scratch)
+            except zstandard.ZstdError as e:
+                raise ChecksumError(
+                    f"tensor {p.name!r} in {p.other.file}: the compressed data is damaged ({e})",
+                    "Download the diff again (weightkit verify can tell which files are "
+                    "damaged).",
+                ) from None
+            tuned = add_back(r, packed_ints, p.other.shape)  # built in packed_ints' buffer
+            for spent in (r, scratch, payload):  # reused by the next tensors: no fresh pages
+                release(spent)
+            return (tuned,)
+
+        # decoded in load(): nothing left to compute (and no NaN/Inf check on the publisher's bits)
+        return Node(PlannedTensor(p.name, self.infos[name].dtype, p.other.shape), load, identity)
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [*self.raw.inputs, self.packed.path]
+
+    def config(self) -> dict | None:
+        config = folder_config(self.packed.folder)
+        return config if config is not None else self.raw.config()
+
+    def side_files(self) -> list[SideFiles]:
+        """The diff's config and tokenizer files, then the raw model's where the diff has none."""
+        return [folder_files(self.packed.folder), *self.raw.side_files()]
 
 
-def _recover_job(p: Pair, raw: Checkpoint, packed: LosslessDiffReader,
-                 dtype: torch.dtype | None) -> Job:
+def _check_raw_shape(p: Pair, packed: LosslessDiffReader) -> None:
     raw_shape = packed.raw_shapes[p.name]
     if p.raw.shape != raw_shape:
         raise InputError(
@@ -277,25 +313,9 @@ def _recover_job(p: Pair, raw: Checkpoint, packed: LosslessDiffReader,
             "Check that --raw is the base model this diff was made against.",
         )
 
-    def load() -> tuple[torch.Tensor, ...]:
-        # all the work happens here, in the reader thread, overlapping compute and writing
-        r, payload = raw.read(p.name), packed.read(p.name)
-        scratch = empty_bytes(p.other.nbytes)
-        try:
-            packed_ints = unpack(payload.numpy(), p.other.dtype, p.other.numel, scratch)
-        except zstandard.ZstdError as e:
-            raise ChecksumError(
-                f"tensor {p.name!r} in {p.other.file}: the compressed data is damaged ({e})",
-                "Download the diff again (weightkit verify can tell which files are damaged).",
-            ) from None
-        tuned = add_back(r, packed_ints, p.other.shape)  # built in packed_ints' buffer
-        for spent in (r, scratch, payload):  # reused by the next tensors: no fresh pages
-            release(spent)
-        return (tuned,)
 
-    out_dtype = output_dtype(p.other.dtype, dtype)
-    # decoded in load(): nothing left to compute (and no NaN/Inf check on the publisher's bits)
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), load, identity)
+def _recovered_dtype(p: Pair, dtype: torch.dtype | None) -> torch.dtype:
+    return output_dtype(p.other.dtype, dtype)
 
 
 def _check_dtypes(pairing: Pairing, other: str, hint: str) -> None:

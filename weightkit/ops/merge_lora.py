@@ -5,13 +5,16 @@ loads one base tensor and the few adapter tensors that belong to it. The arithme
 peft's merge (peft/tuners/lora/layer.py, dora.py, variants.py) op for op in fp32 and rounds once
 to the output dtype, so it equals peft's merge bit for bit in fp32, and in fp16/bf16 too except
 for embedding LoRA, where peft rounds the delta to the weight's dtype before adding it.
+
+The base is any source (weightkit.sources): a stored model, a raw Meta folder read as converted,
+or a recovered model; `MergedView` computes it in the same pass, and nothing between is written.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,12 +22,26 @@ from weightkit.dtypes import FLOAT_DTYPES, output_dtype, parse_dtype, short_name
 from weightkit.errors import InputError
 from weightkit.io.buffers import empty_tensor
 from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor
 from weightkit.kernels import BLOCK, DEFAULT_THREADS, intra_op_threads, scratch
+from weightkit.manifest import Manifest
 from weightkit.ops import lora_adapter
 from weightkit.ops.delta import accumulate_dtype
 from weightkit.ops.lora_adapter import AdapterConfig, LoraModule
-from weightkit.pipeline import Job, WriteResult, identity, write_checkpoint
+from weightkit.pipeline import WriteResult, checked_text
+from weightkit.sources.open import local_paths, open_source, resolve
+from weightkit.sources.source import (
+    Node,
+    SideFiles,
+    Source,
+    View,
+    checked,
+    combine,
+    retyped,
+    tally,
+)
+from weightkit.sources.write import check_output, write_source
 
 _EMPTY_HINT = (
     "An adapter_model.bin of a few hundred bytes is the empty file alpaca-lora's finetune.py "
@@ -49,26 +66,112 @@ def merge_lora(
     """Write base + LoRA adapter into `out`, computed in fp32 and rounded once.
 
     `lora` is a peft adapter folder (adapter_config.json and adapter_model.safetensors or the
-    legacy adapter_model.bin). dtype "auto" keeps each base tensor's dtype. Every name and shape
-    is checked from the headers before any tensor is read; a mismatch raises InputError and
-    nothing is written.
+    legacy adapter_model.bin). dtype "auto" keeps each base tensor's dtype. `base` is any model
+    source (weightkit.sources): a raw Meta folder is read as `convert --dtype DTYPE` writes it,
+    converted and merged in one pass. Every name and shape is checked from the headers before
+    any tensor is read; a mismatch raises InputError and nothing is written.
     """
-    base_ckpt = open_checkpoint(base)
-    folder = Path(lora)
+    forced = None if dtype == "auto" else parse_dtype(dtype)
+    check_output(out, local_paths(base, lora), overwrite, fmt, max_shard_size=max_shard_size)
+    base_src = open_source(base, role="base", dtype=forced, dry_run=dry_run, quiet=quiet)
+    return write_merged(base_src, lora, out, forced, title="merge-lora", fmt=fmt,
+                        max_shard_size=max_shard_size, overwrite=overwrite, device=device,
+                        quiet=quiet, dry_run=dry_run)
+
+
+def write_merged(base: Source, lora: str | Path, out: str | Path, forced: torch.dtype | None,
+                 *, title: str, dry_run: bool = False, quiet: bool = False,
+                 **options: Any) -> WriteResult:
+    """Merge adapter `lora` into `base` and write the result (`options`: write_checkpoint's).
+
+    A base whose tensors have a manifest to match (a recovered model: its diff's target
+    manifest) has each tensor checked as it is computed, before the merge; those entries are
+    kept with the output's journal, so a resumed run reports them too.
+    """
+    merged = MergedView(base, open_adapter(lora, dry_run=dry_run, quiet=quiet), forced)
+    if base.expected is None:
+        return write_source(merged, out, title=title, dry_run=dry_run, quiet=quiet, **options)
+    expected = base.expected
+    counts: list[tuple[int, list[str]]] = []
+
+    def finish(folder: Path) -> list[str]:
+        counts.append(tally(expected, merged.base_entries, f"the model {base.label}"))
+        return [checked_text(*counts[0], len(merged), "the tuned model (the recovered tensors, "
+                             "before the merge)")]
+
+    result = write_source(merged, out, title=title, dry_run=dry_run, quiet=quiet, finish=finish,
+                          side_manifest=merged.base_entries, **options)
+    if counts:
+        result.checked, result.within_rounding = counts[0]
+    return result
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A peft adapter: its folder, config and weights."""
+
+    folder: Path
+    config: AdapterConfig
+    weights: Checkpoint
+
+
+def open_adapter(spec: str | Path, *, dry_run: bool = False, quiet: bool = True) -> Adapter:
+    """The adapter folder `spec` names (a folder, its weight file, a Hub repo id or release)."""
+    folder = resolve(spec, role="lora", dry_run=dry_run, quiet=quiet)
     if folder.is_file():  # the weight file was given; its config sits next to it
         folder = folder.parent
     config = lora_adapter.read_config(folder)
-    adapter = open_checkpoint(lora_adapter.weights_file(folder))
-    plan = plan_merge(base_ckpt, adapter, config)
-    forced = None if dtype == "auto" else parse_dtype(dtype)
-    jobs = [_job(name, base_ckpt, adapter, plan.steps.get(name, []), forced)
-            for name in base_ckpt.names()]
-    return write_checkpoint(
-        out, jobs, title="merge-lora", inputs=[base_ckpt.path, folder],
-        side_files_from=[base_ckpt.folder], fmt=fmt, max_shard_size=max_shard_size,
-        overwrite=overwrite, device=device, quiet=quiet, dry_run=dry_run,
-        notes=[*config.warnings(str(folder / lora_adapter.CONFIG_NAME)), *plan.notes],
-    )
+    return Adapter(folder, config, open_checkpoint(lora_adapter.weights_file(folder)))
+
+
+class MergedView(View):
+    """base + LoRA adapter, a tensor at a time: the tensors the adapter changes are computed
+    whole, in fp32, and rounded once; the others stream through in row pieces."""
+
+    def __init__(self, base: Source, adapter: Adapter, forced: torch.dtype | None) -> None:
+        self.base, self.adapter, self.forced = base, adapter, forced
+        self.label = f"{base.label} with {adapter.folder} merged in"
+        self.plan = plan_merge(base, adapter.weights, adapter.config)
+        self.infos = {}
+        for name in base.names():
+            info = base.info(name)
+            self.infos[name] = TensorInfo(name, output_dtype(info.dtype, forced), info.shape,
+                                          info.file)
+        self.notes = [*base.notes,
+                      *adapter.config.warnings(str(adapter.folder / lora_adapter.CONFIG_NAME)),
+                      *self.plan.notes]
+        self.base_entries = Manifest()  # of the base's tensors, where they are checked
+
+    def node(self, name: str) -> Node:
+        info = self.infos[name]
+        out = PlannedTensor(name, info.dtype, info.shape)
+        base = self.base.node(name)
+        if self.base.expected is not None:
+            base = checked(base, self.base.expected, self.base_entries,
+                           f"the model {self.base.label}")
+        steps = self.plan.steps.get(name, [])
+        if not steps:
+            return retyped(base, out)
+        keys = [k for s in steps for k in s.tensors]
+
+        def compute(w: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+            return apply_steps(w, tensors, steps)
+
+        node = combine(out, [base, *(self.adapter.weights.node(k) for k in keys)], compute)
+        # on the CPU whatever --device says: the rank-r product and DoRA's norm must be taken
+        # there (see lora_delta), and what is left (a widening add) would not pay for the copies
+        node.cpu_only = True
+        return node
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [*self.base.inputs, self.adapter.folder]
+
+    def config(self) -> dict | None:
+        return self.base.config()
+
+    def side_files(self) -> list[SideFiles]:
+        return self.base.side_files()
 
 
 # ---------------------------------------------------------------- planning, from headers only
@@ -97,7 +200,7 @@ class MergePlan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_merge(base: Checkpoint, adapter: Checkpoint, config: AdapterConfig) -> MergePlan:
+def plan_merge(base: Source, adapter: Checkpoint, config: AdapterConfig) -> MergePlan:
     """Map every adapter tensor onto the base tensor it changes and check that it fits."""
     source = str(adapter.path)
     if len(adapter) == 0:
@@ -152,7 +255,7 @@ TIED_HEADS = {
 }
 
 
-def _target(base: Checkpoint, name: str, tied: dict[str, str]) -> str:
+def _target(base: Source, name: str, tied: dict[str, str]) -> str:
     """The base tensor `name` is stored as: itself, or the embedding a missing head is tied to."""
     if name in base or name not in TIED_HEADS or _unties(base):
         return name
@@ -163,44 +266,39 @@ def _target(base: Checkpoint, name: str, tied: dict[str, str]) -> str:
     return name
 
 
-def _unties(base: Checkpoint) -> bool:
+def _unties(base: Source) -> bool:
     """True when the base config says tie_word_embeddings=false (a missing head is then missing)."""
-    path = base.folder / "config.json"
-    try:
-        config = json.loads(path.read_text()) if path.is_file() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(config, dict) and config.get("tie_word_embeddings") is False
+    return (base.config() or {}).get("tie_word_embeddings") is False
 
 
-def _base_tensor(base: Checkpoint, adapter: Checkpoint, name: str, key: str) -> None:
+def _base_tensor(base: Source, adapter: Checkpoint, name: str, key: str) -> None:
     if name not in base:
         raise InputError(
             f"adapter tensor {key!r} ({adapter.path}) changes base tensor {name!r}, which the "
-            f"base model ({base.path}) does not have",
+            f"base model ({base.label}) does not have",
             "Check that --base is the model this adapter was trained on.",
         )
     dtype = base.info(name).dtype
     if dtype not in FLOAT_DTYPES:
         raise InputError(
-            f"base tensor {name!r} ({base.info(name).file}) is {short_name(dtype)}; a LoRA "
+            f"base tensor {name!r} ({base.where(name)}) is {short_name(dtype)}; a LoRA "
             "adapter can only change fp32, fp16, bf16 or fp64 weights",
             "Quantized weights (8-bit floats, integers) come with scales a merge would have to "
             "apply first: merge into an unquantized (bf16 or fp16) copy of the base model.")
 
 
-def _mismatch(base: Checkpoint, adapter: Checkpoint, name: str, key: str, want: tuple,
+def _mismatch(base: Source, adapter: Checkpoint, name: str, key: str, want: tuple,
               why: str) -> InputError:
     return InputError(
         f"adapter tensor {key!r} ({adapter.path}) does not fit base tensor {name!r}: {why} "
         f"{list(want)}, the base model has {list(base.info(name).shape)} "
-        f"({base.info(name).file})",
+        f"({base.where(name)})",
         "The adapter was trained on a different base model (or another size of it); "
         "check --base.",
     )
 
 
-def _check_full(base: Checkpoint, adapter: Checkpoint, name: str, key: str) -> None:
+def _check_full(base: Source, adapter: Checkpoint, name: str, key: str) -> None:
     _base_tensor(base, adapter, name, key)
     shape, have = adapter.info(key).shape, base.info(name).shape
     if shape == have:
@@ -208,7 +306,7 @@ def _check_full(base: Checkpoint, adapter: Checkpoint, name: str, key: str) -> N
     if len(shape) == len(have) >= 1 and shape[1:] == have[1:] and shape[0] > have[0]:
         raise InputError(
             f"adapter tensor {key!r} ({adapter.path}) has {shape[0]} rows, base tensor "
-            f"{name!r} has {have[0]} ({base.info(name).file}): the adapter was trained with an "
+            f"{name!r} has {have[0]} ({base.where(name)}): the adapter was trained with an "
             "extended vocabulary",
             "Resize the base model's embeddings to the adapter's vocabulary first "
             f"(model.resize_token_embeddings({shape[0]}), then save_pretrained) and merge into "
@@ -233,7 +331,7 @@ def _check_rank(adapter: Checkpoint, config: AdapterConfig, m: LoraModule) -> No
         )
 
 
-def _orientation(base: Checkpoint, adapter: Checkpoint, config: AdapterConfig,
+def _orientation(base: Source, adapter: Checkpoint, config: AdapterConfig,
                  m: LoraModule, target: str) -> bool:
     """Whether the delta is transpose(B @ A): always for embeddings, else per fan_in_fan_out,
     unless only the other orientation fits (peft decides by layer type: Conv1D is fan-in-first)."""
@@ -252,19 +350,19 @@ def _orientation(base: Checkpoint, adapter: Checkpoint, config: AdapterConfig,
                     "lora_B @ lora_A gives a delta of shape")
 
 
-def _check_magnitude(base: Checkpoint, adapter: Checkpoint, m: LoraModule, target: str,
+def _check_magnitude(base: Source, adapter: Checkpoint, m: LoraModule, target: str,
                      out: int) -> None:
     if m.magnitude is not None and adapter.info(m.magnitude).shape != (out,):
         raise _mismatch(base, adapter, target, m.magnitude, adapter.info(m.magnitude).shape,
                         f"the DoRA magnitude must have {out} entries, it has shape")
 
 
-def _check_bias(base: Checkpoint, adapter: Checkpoint, m: LoraModule) -> str:
+def _check_bias(base: Source, adapter: Checkpoint, m: LoraModule) -> str:
     name = f"{m.module}.bias"
     if name not in base:
         raise InputError(
             f"adapter tensor {m.bias!r} ({adapter.path}) adds a LoRA bias to {name!r}, but the "
-            f"base layer has no bias ({base.path})",
+            f"base layer has no bias ({base.label})",
             "peft cannot merge lora_bias=True into a layer without bias either; check --base.",
         )
     _base_tensor(base, adapter, name, m.bias)
@@ -275,27 +373,6 @@ def _check_bias(base: Checkpoint, adapter: Checkpoint, m: LoraModule) -> str:
 
 
 # ---------------------------------------------------------------- jobs and arithmetic
-
-
-def _job(name: str, base: Checkpoint, adapter: Checkpoint, steps: list[Step],
-         forced: torch.dtype | None) -> Job:
-    info = base.info(name)
-    out_dtype = output_dtype(info.dtype, forced)
-    out = PlannedTensor(name, out_dtype, info.shape)
-    if not steps:
-        return Job(out, lambda: (base.read(name),), identity,
-                   load_rows=lambda start, stop: (base.read_rows(name, start, stop),))
-    keys = [k for s in steps for k in s.tensors]
-
-    def load() -> tuple[torch.Tensor, ...]:
-        return (base.read(name), *(adapter.read(k) for k in keys))
-
-    def compute(w: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
-        return apply_steps(w, tensors, steps)
-
-    # on the CPU whatever --device says: the rank-r product and DoRA's norm must be taken there
-    # (see lora_delta), and what is left (a widening add) would not pay for the copies
-    return Job(out, load, compute, cpu_only=True)
 
 
 def apply_steps(w: torch.Tensor, tensors: tuple[torch.Tensor, ...],

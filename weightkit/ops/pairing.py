@@ -6,14 +6,16 @@ files, so a run either starts with inputs that fit or writes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from weightkit.dtypes import is_float, short_name
 from weightkit.errors import InputError
-from weightkit.io.reader import Checkpoint
 from weightkit.io.tensor_info import TensorInfo
+from weightkit.io.writer import PlannedTensor
+from weightkit.sources.source import Node, Source, combine
 
 # Tensors whose first dimension is the vocabulary: a fine-tune may add rows (new tokens).
 _VOCAB_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "tok_embeddings.weight",
@@ -33,16 +35,22 @@ class Pair:
         """Rows the other side has beyond raw's (vocabulary extension); 0 when shapes agree."""
         return self.other.shape[0] - self.raw.shape[0] if self.raw.shape else 0
 
-    def read(self, raw: Checkpoint, other: Checkpoint) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, raw: Source, other: Source) -> tuple[torch.Tensor, torch.Tensor]:
         return raw.read(self.name), other.read(self.name)
 
-    def read_rows(self, raw: Checkpoint, other: Checkpoint, start: int, stop: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows [start, stop) of both; raw's part is a prefix of the other's when the vocabulary
-        was extended (possibly empty)."""
+    def rows(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """The rows of raw and of the other side that rows [start, stop) of the result need;
+        raw's part is a prefix of the other's when the vocabulary was extended (possibly empty)."""
         shared = self.raw.shape[0]
-        return (raw.read_rows(self.name, min(start, shared), min(stop, shared)),
-                other.read_rows(self.name, start, stop))
+        return [(min(start, shared), min(stop, shared)), (start, stop)]
+
+    def node(self, raw: Source, other: Source, out: PlannedTensor,
+             compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+             check_finite: bool = True) -> Node:
+        """The result `compute(raw tensor, other tensor)` as a node, streaming in row pieces;
+        `check_finite` as the pipeline's Job has it (False for bit-pattern arithmetic)."""
+        return combine(out, [raw.node(self.name), other.node(self.name)], compute, self.rows,
+                       check_finite=check_finite)
 
 
 @dataclass
@@ -62,7 +70,7 @@ class Pairing:
         return out
 
 
-def pair_checkpoints(raw: Checkpoint, other: Checkpoint, other_role: str) -> Pairing:
+def pair_checkpoints(raw: Source, other: Source, other_role: str) -> Pairing:
     """Match every tensor of `other` (the tuned model or the diff) with raw's, in other's order."""
     skipped = sorted(n for n in set(raw.infos) ^ set(other.infos) if n.endswith(_DERIVED_SUFFIXES))
     only_other = [n for n in other.infos if n not in raw.infos and n not in skipped]
@@ -70,14 +78,14 @@ def pair_checkpoints(raw: Checkpoint, other: Checkpoint, other_role: str) -> Pai
     if only_other:
         raise InputError(
             f"tensor {only_other[0]!r} is in the {other_role} "
-            f"({other.info(only_other[0]).file}) but not in the raw model ({raw.path})"
+            f"({other.where(only_other[0])}) but not in the raw model ({raw.label})"
             + _more(only_other),
             f"Check that --raw is the base model this {other_role} was made against.",
         )
     if only_raw:
         raise InputError(
-            f"tensor {only_raw[0]!r} is in the raw model ({raw.info(only_raw[0]).file}) "
-            f"but missing from the {other_role} ({other.path})" + _more(only_raw),
+            f"tensor {only_raw[0]!r} is in the raw model ({raw.where(only_raw[0])}) "
+            f"but missing from the {other_role} ({other.label})" + _more(only_raw),
             f"The {other_role} is incomplete or for another model; download it again.",
         )
     pairs = []

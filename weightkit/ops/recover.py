@@ -1,4 +1,9 @@
-"""`weightkit recover`: tuned = raw + diff, streaming, checked against the diff's manifest."""
+"""`weightkit recover`: tuned = raw + diff, streaming, checked against the diff's manifest.
+
+`RecoveredView` is the recovered model as a source (weightkit.sources): `recover` writes it;
+with `--lora` a merged view over it is written instead, the adapter merged into each recovered
+tensor in the same pass, and the recovered model is never written.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,15 @@ import torch
 from weightkit.dtypes import is_float, output_dtype, parse_dtype, torch_dtype, wider
 from weightkit.errors import InputError, OptionConflict
 from weightkit.io.lossless_diff import is_lossless_diff
-from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest
 from weightkit.ops import delta
-from weightkit.ops.lossless import recover_lossless
 from weightkit.ops.pairing import Pair, pair_checkpoints
-from weightkit.pipeline import Job, WriteResult, write_checkpoint
+from weightkit.pipeline import WriteResult
+from weightkit.sources.open import local_paths, open_path, open_source, resolve
+from weightkit.sources.source import Node, SideFiles, Source, View
+from weightkit.sources.write import check_output, write_source
 
 
 def recover(
@@ -23,6 +30,7 @@ def recover(
     diff: str | Path,
     out: str | Path,
     *,
+    lora: str | Path | None = None,
     dtype: str = "auto",
     fp16: bool = False,
     fmt: str = "safetensors",
@@ -39,27 +47,89 @@ def recover(
     float tensors (fp32, fp16, bf16). `fp16=True` is KnowLM's spelling of "the diff is fp16" and
     writes fp16; with another `dtype` it is refused (OptionConflict). Tensors that are not floats
     are added bit for bit (weightkit.ops.delta).
+
+    Each input is any model source (weightkit.sources): a raw Meta folder as `raw` is read as
+    `convert --dtype DTYPE` writes it. With `lora`, that adapter is merged into the recovered
+    model in the same pass: the bytes of `recover` then `merge-lora --dtype DTYPE`, without the
+    recovered model on disk; its tensors are still checked against the diff's target manifest.
     """
     if fp16 and dtype not in ("auto", "fp16"):
         raise OptionConflict(f"--fp16 writes fp16 and --dtype {dtype} asks for {dtype}: "
                              "give one of them")
     forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
-    if is_lossless_diff(diff):  # compressed bit patterns, see weightkit.ops.lossless
-        return recover_lossless(raw, diff, out, dtype=forced, fmt=fmt,
-                                max_shard_size=max_shard_size, overwrite=overwrite, quiet=quiet,
-                                dry_run=dry_run)
-    raw_ckpt, diff_ckpt = open_checkpoint(raw), open_checkpoint(diff)
-    pairing = pair_checkpoints(raw_ckpt, diff_ckpt, "diff")
-    target = Manifest.find(diff_ckpt.folder, TARGET_MANIFEST_NAME)
-    jobs = [_job(p, raw_ckpt, diff_ckpt, _out_dtype(p, forced, target, diff_ckpt.folder))
-            for p in pairing.pairs]
-    return write_checkpoint(
-        out, jobs, title="recover", inputs=[raw_ckpt.path, diff_ckpt.path],
-        side_files_from=[diff_ckpt.folder, raw_ckpt.folder], fmt=fmt,
-        max_shard_size=max_shard_size, overwrite=overwrite, device=device, quiet=quiet,
-        dry_run=dry_run,
-        expected=target, expected_what="the tuned model", notes=pairing.notes(),
-    )
+    check_output(out, local_paths(raw, diff, lora), overwrite, fmt, max_shard_size=max_shard_size)
+    options = dict(fmt=fmt, max_shard_size=max_shard_size, overwrite=overwrite, quiet=quiet,
+                   dry_run=dry_run)
+    tuned = open_recovered(raw, diff, forced, dry_run=dry_run, quiet=quiet)
+    if lora is not None:
+        from weightkit.ops.merge_lora import write_merged
+
+        return write_merged(tuned, lora, out, forced, title="recover + merge-lora",
+                            device=device, **options)
+    return write_source(
+        tuned, out, title="recover",
+        # a lossless diff is integer work, done while loading: a GPU would only add copies
+        device="cpu" if tuned.lossless else device,
+        expected=tuned.expected, expected_what="the tuned model", **options)
+
+
+def open_recovered(raw: str | Path, diff: str | Path, forced: torch.dtype | None, *,
+                   dry_run: bool = False, quiet: bool = True) -> RecoveredView:
+    """The model recovered from `raw` and `diff`, as a source; nothing computed yet.
+
+    `forced` is recover's --dtype (None: auto); a raw Meta folder is read in it too, as
+    `convert --dtype` would have written it.
+    """
+    raw_src = open_source(raw, role="raw", dtype=forced, dry_run=dry_run, quiet=quiet)
+    diff_path = resolve(diff, role="diff", dry_run=dry_run, quiet=quiet)
+    folder = diff_path if diff_path.is_dir() else diff_path.parent
+    # the tuned model's manifest, which `weightkit diff` puts next to the diff's weights
+    target = Manifest.find(folder, TARGET_MANIFEST_NAME)
+    if is_lossless_diff(diff_path):  # compressed bit patterns, see weightkit.ops.lossless
+        from weightkit.ops.lossless import LosslessRecoveredView
+
+        return LosslessRecoveredView(raw_src, diff_path, forced, target)
+    return RecoveredView(raw_src, open_path(diff_path, quiet=quiet), forced, target, folder)
+
+
+class RecoveredView(View):
+    """tuned = raw + diff, a tensor at a time (added in fp32, rounded once to the output dtype;
+    non-floats bit for bit). Every key and shape is paired from headers when it is made; `folder`
+    holds the diff and its target manifest `target` (for messages)."""
+
+    lossless = False
+
+    def __init__(self, raw: Source, diff: Source, forced: torch.dtype | None,
+                 target: Manifest | None, folder: Path) -> None:
+        self.raw, self.diff = raw, diff
+        self.label = f"recovered from {raw.label} and {diff.label}"
+        pairing = pair_checkpoints(raw, diff, "diff")
+        self.expected = target
+        self.pairs = {p.name: p for p in pairing.pairs}
+        self.infos = {p.name: TensorInfo(p.name, _out_dtype(p, forced, target, folder),
+                                         p.other.shape, p.other.file) for p in pairing.pairs}
+        self.notes = [*raw.notes, *diff.notes, *pairing.notes()]
+
+    def node(self, name: str) -> Node:
+        out = PlannedTensor(name, self.infos[name].dtype, self.infos[name].shape)
+
+        def add(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+            return delta.add_any(r, d, out.dtype, name, reuse_diff=True)
+
+        return self.pairs[name].node(self.raw, self.diff, out, add,
+                                     check_finite=is_float(out.dtype))
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [*self.raw.inputs, *self.diff.inputs]
+
+    def config(self) -> dict | None:
+        config = self.diff.config()
+        return config if config is not None else self.raw.config()
+
+    def side_files(self) -> list[SideFiles]:
+        """The diff's config and tokenizer files, then the raw model's where the diff has none."""
+        return [*self.diff.side_files(), *self.raw.side_files()]
 
 
 def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None,
@@ -79,11 +149,3 @@ def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None,
                              "The target manifest is damaged; download the diff again.") from None
     return output_dtype(wider(p.raw.dtype, p.other.dtype), forced)
 
-
-def _job(p: Pair, raw: Checkpoint, diff: Checkpoint, out_dtype: torch.dtype) -> Job:
-    def compute(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return delta.add_any(r, d, out_dtype, p.name, reuse_diff=True)
-
-    return Job(PlannedTensor(p.name, out_dtype, p.other.shape), lambda: p.read(raw, diff),
-               compute, check_finite=is_float(out_dtype),
-               load_rows=lambda start, stop: p.read_rows(raw, diff, start, stop))
