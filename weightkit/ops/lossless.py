@@ -171,10 +171,10 @@ def diff_lossless(
     (weightkit.target-manifest.json) and its config and tokenizer files. `level` is zstd's.
     """
     check_output(out, local_paths(raw, tuned), overwrite, "safetensors")
-    raw_ckpt = open_source(raw, role="raw", dry_run=dry_run, quiet=quiet)
-    tuned_ckpt = open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet)
-    pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
-    notes = [*raw_ckpt.notes, *tuned_ckpt.notes, *pairing.notes()]
+    raw_src = open_source(raw, role="raw", dry_run=dry_run, quiet=quiet)
+    tuned_src = open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet)
+    pairing = pair_checkpoints(raw_src, tuned_src, "tuned model")
+    notes = [*raw_src.notes, *tuned_src.notes, *pairing.notes()]
     _check_dtypes(pairing, "the tuned model",
                   "A lossless diff stores bit patterns, so both models need the same dtype per "
                   "tensor. Use --dtype fp32 instead of --lossless (a plain fp32 diff).")
@@ -182,16 +182,16 @@ def diff_lossless(
     if not plan:
         raise InputError("diff: nothing to write (the inputs hold no tensors)")
     total = sum(t.nbytes for t in plan)  # the most it can take: incompressible tensors
-    folder = OutputFolder(out, inputs=[*raw_ckpt.inputs, *tuned_ckpt.inputs],
+    folder = OutputFolder(out, inputs=[*raw_src.inputs, *tuned_src.inputs],
                           overwrite=overwrite, needed_bytes=total)
     if dry_run:
         say(preflight("diff --lossless", folder.out, plan, torch.device("cpu")), quiet)
         return WriteResult(folder.out, [], len(plan), total, 0.0, Manifest(), notes=notes)
-    side_files = tuned_ckpt.side_files()
+    side_files = tuned_src.side_files()
     try:
         with folder as tmp:
             _clear(tmp)  # no resuming here: a killed run's files are not ours to keep
-            result = _write_diff(tmp, pairing, raw_ckpt, tuned_ckpt, plan, level,
+            result = _write_diff(tmp, pairing, raw_src, tuned_src, plan, level,
                                  max_shard_size, quiet)
             result.notes = notes + [n for write in side_files for n in write(tmp)]
     except OSError as e:
