@@ -121,7 +121,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="rounds, separate then fused each")
     ap.add_argument("--dir", type=Path, default=None, help="where the inputs are made")
     ap.add_argument("--keep", action="store_true", help="keep the inputs in DIR/SIZE for reuse")
+    ap.add_argument("--omp-threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for every command: torch's idle intra-op threads spin "
+                         "between operations, which shows in CPU time as work")
     args = ap.parse_args()
+    if args.omp_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.omp_threads)
     if args.keep and args.dir is None:
         ap.error("--keep needs --dir")
     work = (args.dir / args.size if args.keep
@@ -140,7 +145,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     params = sum(torch.Size(s).numel() for s in tensor_shapes(args.size).values())
     print(f"{args.size}: {params / 1e9:.2f}B parameters; raw Meta fp16 in 2 shards, fp32 diff, "
-          f"LoRA r=16 on 7 modules; --dtype {args.dtype}; {os.cpu_count()} cores; page cache "
+          f"LoRA r=16 on 7 modules; --dtype {args.dtype}; {os.cpu_count()} cores, "
+          f"OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}; page cache "
           f"dropped before each command: {'yes' if drop_caches() else 'no'}; median of "
           f"{args.repeat} round(s).\n")
     print("| run | wall s | CPU s (user+sys) | read GB | written GB | peak RSS GiB |")

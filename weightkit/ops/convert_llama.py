@@ -198,7 +198,6 @@ class MetaView(View):
         self.label = str(folder)
         self.shards = shards
         self.parts = {p.name: p for p in parts}
-        self.shapes = shapes
         self.tied = tied
         self.hf_config = config
         self.tokenizer = tokenizer

@@ -166,19 +166,19 @@ def diff_lossless(
     """
     check_output(out, local_paths(raw, tuned), overwrite, "safetensors",
                  max_shard_size=max_shard_size)
-    raw_ckpt = open_source(raw, role="raw", dry_run=dry_run, quiet=quiet)
-    tuned_ckpt = open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet)
-    pairing = pair_checkpoints(raw_ckpt, tuned_ckpt, "tuned model")
-    notes = [*raw_ckpt.notes, *tuned_ckpt.notes, *pairing.notes()]
+    raw_src = open_source(raw, role="raw", dry_run=dry_run, quiet=quiet)
+    tuned_src = open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet)
+    pairing = pair_checkpoints(raw_src, tuned_src, "tuned model")
+    notes = [*raw_src.notes, *tuned_src.notes, *pairing.notes()]
     _check_dtypes(pairing, "the tuned model",
                   "A lossless diff stores bit patterns, so both models need the same dtype per "
                   "tensor. Use --dtype fp32 instead of --lossless (a plain fp32 diff).")
-    jobs = [_diff_node(tuned_ckpt, p.name) for p in pairing.pairs]
+    jobs = [_diff_node(tuned_src, p.name) for p in pairing.pairs]
     total = sum(j.out.nbytes for j in jobs)
-    files = _LosslessFiles(raw_ckpt, {p.name: p.raw.shape for p in pairing.pairs}, level)
+    files = _LosslessFiles(raw_src, {p.name: p.raw.shape for p in pairing.pairs}, level)
     return write_checkpoint(
-        out, jobs, title="diff --lossless", inputs=[*raw_ckpt.inputs, *tuned_ckpt.inputs],
-        side_files=() if dry_run else tuned_ckpt.side_files(), max_shard_size=max_shard_size,
+        out, jobs, title="diff --lossless", inputs=[*raw_src.inputs, *tuned_src.inputs],
+        side_files=() if dry_run else tuned_src.side_files(), max_shard_size=max_shard_size,
         overwrite=overwrite, device="cpu", quiet=quiet, dry_run=dry_run, notes=notes,
         files=files, summarize=lambda result: _summary(result, total),
     )

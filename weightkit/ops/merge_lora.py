@@ -91,18 +91,16 @@ def write_merged(base: Source, lora: str | Path, out: str | Path, forced: torch.
     merged = MergedView(base, open_adapter(lora, dry_run=dry_run, quiet=quiet), forced)
     if base.expected is None:
         return write_source(merged, out, title=title, dry_run=dry_run, quiet=quiet, **options)
-    expected = base.expected
-    counts: list[tuple[int, list[str]]] = []
+    def counts() -> tuple[int, list[str]]:
+        return tally(base.expected, merged.base_entries, f"the model {base.label}")
 
     def finish(folder: Path) -> list[str]:
-        counts.append(tally(expected, merged.base_entries, f"the model {base.label}"))
-        return [checked_text(*counts[0], len(merged), "the tuned model (the recovered tensors, "
+        return [checked_text(*counts(), len(merged), "the tuned model (the recovered tensors, "
                              "before the merge)")]
 
     result = write_source(merged, out, title=title, dry_run=dry_run, quiet=quiet, finish=finish,
                           side_manifest=merged.base_entries, **options)
-    if counts:
-        result.checked, result.within_rounding = counts[0]
+    result.checked, result.within_rounding = counts()
     return result
 
 
