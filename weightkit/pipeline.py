@@ -340,17 +340,18 @@ def run_jobs(
                 item = _get(computed, stop)
                 if item is _DONE or item is None:
                     return
-                piece, inputs, tensor = item
+                piece, inputs, tensor, digest = item
                 out = piece.job.out
-                if piece.first:
-                    hasher = hashlib.sha256()
-                hasher.update(tensor_bytes(tensor))
+                if digest is None:  # hashed here, unless the compute thread had time for it
+                    if piece.first:
+                        hasher = hashlib.sha256()
+                    hasher.update(tensor_bytes(tensor))
                 writer.write(out.name, tensor, piece.rows)
                 if piece.job.written is not None:
                     piece.job.written(inputs, tensor)
                 if piece.last:
                     entry = ManifestEntry(safetensors_name(out.dtype), out.shape,
-                                          hasher.hexdigest())
+                                          hasher.hexdigest() if digest is None else digest)
                     if _checkable(expected, out.name, entry):
                         stats.checked += 1
                         if not expected.check(out.name, entry, where):
@@ -383,6 +384,7 @@ def _run_stages(read_stage: Callable[[], None], write_stage: Callable[[], None],
     for t in threads:
         t.start()
     use_pool(pool)  # compute's scratch buffers come from the pool too
+    hashing = _ComputeThreadHashes()
     try:
         while True:
             item = _get(loaded, stop)
@@ -390,7 +392,7 @@ def _run_stages(read_stage: Callable[[], None], write_stage: Callable[[], None],
                 break
             piece, inputs = item
             result = piece.run(inputs, device, pool)
-            if not _put(computed, (piece, inputs, result), stop):
+            if not _put(computed, (piece, inputs, result, hashing.update(piece, result)), stop):
                 break
         _put(computed, _DONE, stop)
     except BaseException:
@@ -401,6 +403,25 @@ def _run_stages(read_stage: Callable[[], None], write_stage: Callable[[], None],
         for t in threads:
             t.join()
         pool.close()
+
+
+class _ComputeThreadHashes:
+    """The SHA-256 of tensors that are only copied, taken on the compute thread, which has
+    nothing else to do for them (a convert's writer thread spent two thirds of its time hashing
+    while the compute thread waited); computed tensors are hashed by the writer thread."""
+
+    def __init__(self) -> None:
+        self._hasher = hashlib.sha256()
+
+    def update(self, piece: Piece, result: torch.Tensor) -> str | None:
+        """None: the writer hashes this piece; else "" until the tensor's last piece, whose
+        digest it returns (pieces come in order, one tensor at a time)."""
+        if piece.job.compute is not identity:
+            return None
+        if piece.first:
+            self._hasher = hashlib.sha256()
+        self._hasher.update(tensor_bytes(result))
+        return self._hasher.hexdigest() if piece.last else ""
 
 
 def _checkable(expected: Manifest | None, name: str, entry: ManifestEntry) -> bool:
