@@ -57,14 +57,14 @@ def test_the_finite_check_reads_the_bits_of_small_floats():
     for dtype, nan in ((torch.float8_e4m3fn, 0xFF), (torch.float8_e5m2, 0x7C),
                        (torch.float8_e4m3fnuz, 0x80), (torch.float8_e8m0fnu, 0xFF)):
         x = torch.tensor([1.0, 2.0, 0.5, 4.0]).to(dtype)
-        pipeline._refuse_new_non_finite("w", x, finite)  # finite: passes
+        pipeline.refuse_new_non_finite("w", x, finite)  # finite: passes
         x.view(torch.uint8)[2] = nan
         with pytest.raises(InputError, match="the result has 1 NaN/Inf value"):
-            pipeline._refuse_new_non_finite("w", x, finite)
-        pipeline._refuse_new_non_finite("w", x, (x.clone(),))  # the input had it already
+            pipeline.refuse_new_non_finite("w", x, finite)
+        pipeline.refuse_new_non_finite("w", x, (x.clone(),))  # the input had it already
     packed = torch.full((4,), 0xFF, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
     assert pipeline._all_finite_fast(packed)  # E2M1 has no NaN or Inf
-    pipeline._refuse_new_non_finite("w", packed, finite)
+    pipeline.refuse_new_non_finite("w", packed, finite)
 
 
 NAN16 = {"payload": 0x7E01, "negative": -0x0200, "signalling": 0x7D00}  # 0xFE00 as int16

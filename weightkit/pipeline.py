@@ -76,12 +76,6 @@ class Job:
     # compute stays on the CPU whatever the device (its arithmetic must, or a device would
     # only add copies); identity jobs never move to a device
     cpu_only: bool = False
-    # after(inputs, result): called with each piece's CPU inputs and CPU result, piece by
-    # piece in row order, on the compute thread before the piece is written; written(...) the
-    # same on the writer thread once it is written (work that can run beside compute: diff
-    # predicts recover's bytes in after() and hashes them in written())
-    after: Callable[[tuple[torch.Tensor, ...], torch.Tensor], None] | None = None
-    written: Callable[[tuple[torch.Tensor, ...], torch.Tensor], None] | None = None
 
     def uses(self, device: torch.device) -> bool:
         """Whether this job's compute runs on `device` (else on the CPU)."""
@@ -142,10 +136,8 @@ class Piece:
             result = self._compute(inputs, _CPU, pool)
         if (job.check_finite and job.compute is not identity and result.is_floating_point()
                 and not _all_finite_fast(result)):
-            _refuse_new_non_finite(job.out.name, result, inputs)
+            refuse_new_non_finite(job.out.name, result, inputs)
             canonicalize_nans(result)  # NaN signs and payloads differ between CPUs and GPUs
-        if job.after is not None:
-            job.after(inputs, result)
         return result
 
     def _compute(self, inputs: tuple[torch.Tensor, ...], device: torch.device,
@@ -185,7 +177,7 @@ def _shares_storage(t: torch.Tensor, others: tuple[torch.Tensor, ...]) -> bool:
     return any(o.untyped_storage().data_ptr() == ptr for o in others)
 
 
-def _refuse_new_non_finite(name: str, result: torch.Tensor,
+def refuse_new_non_finite(name: str, result: torch.Tensor,
                            inputs: tuple[torch.Tensor, ...]) -> None:
     """NaN/Inf that the inputs already had pass through; new ones mean the arithmetic broke."""
     if _all_finite_fast(result):
@@ -347,12 +339,10 @@ def run_jobs(
                         hasher = hashlib.sha256()
                     hasher.update(tensor_bytes(tensor))
                 writer.write(out.name, tensor, piece.rows)
-                if piece.job.written is not None:
-                    piece.job.written(inputs, tensor)
                 if piece.last:
                     entry = ManifestEntry(safetensors_name(out.dtype), out.shape,
                                           hasher.hexdigest() if digest is None else digest)
-                    if _checkable(expected, out.name, entry):
+                    if checkable(expected, out.name, entry):
                         stats.checked += 1
                         if not expected.check(out.name, entry, where):
                             stats.within_rounding.append(out.name)
@@ -424,7 +414,7 @@ class _ComputeThreadHashes:
         return self._hasher.hexdigest() if piece.last else ""
 
 
-def _checkable(expected: Manifest | None, name: str, entry: ManifestEntry) -> bool:
+def checkable(expected: Manifest | None, name: str, entry: ManifestEntry) -> bool:
     # a tensor asked for in another dtype than the manifest's cannot be compared by hash
     return expected is not None and (name not in expected
                                      or expected.entries[name].dtype == entry.dtype)
@@ -549,7 +539,7 @@ def _write_into(tmp: Path, jobs: list[Job], plan: list[PlannedTensor], title: st
     writer = files.writer(tmp, plan, max_shard_size, done, shard_done)
     todo = [j for j in jobs if j.out.name not in kept]
     for name, entry in kept.entries.items():  # resumed tensors are checked like the others
-        if _checkable(expected, name, entry):
+        if checkable(expected, name, entry):
             stats.checked += 1
             if not expected.check(name, entry, str(out)):
                 stats.within_rounding.append(name)

@@ -32,7 +32,7 @@ from weightkit.io.output import copy_side_files
 from weightkit.io.tensor_info import Listing, TensorInfo
 from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import Manifest, RowHasher
-from weightkit.pipeline import Job, _checkable, _refuse_new_non_finite, identity
+from weightkit.pipeline import Job, checkable, identity, refuse_new_non_finite
 
 # Writes a source's config and tokenizer files into an output folder, skipping names already
 # there (an earlier source's win); returns notes for the summary.
@@ -192,10 +192,10 @@ def checked(node: Node, expected: Manifest, entries: Manifest, where: str) -> No
     def compute(*loaded: torch.Tensor) -> torch.Tensor:
         t = node.value(*loaded)
         if arithmetic and t.is_floating_point():
-            _refuse_new_non_finite(name, t, loaded)
+            refuse_new_non_finite(name, t, loaded)
         if hasher.add(t):
             entry = hasher.entry(node.out.dtype)
-            if _checkable(expected, name, entry):
+            if checkable(expected, name, entry):
                 expected.check(name, entry, where)
             entries.add(name, entry)
         return t
@@ -207,7 +207,7 @@ def checked(node: Node, expected: Manifest, entries: Manifest, where: str) -> No
 def tally(expected: Manifest, entries: Manifest, where: str) -> tuple[int, list[str]]:
     """(tensors checked, those that matched the predicted within-one-rounding result) among
     `entries` (each was checked when it was computed; resumed ones come from the journal)."""
-    checked_names = [n for n, e in entries.entries.items() if _checkable(expected, n, e)]
+    checked_names = [n for n, e in entries.entries.items() if checkable(expected, n, e)]
     within = [n for n in checked_names if not expected.check(n, entries.entries[n], where)]
     return len(checked_names), within
 
