@@ -112,7 +112,8 @@ class HubOptions:
         "help": "Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co.",
         "metavar": "URL"})
     token: str | None = field(default=None, metadata={"cli": False})
-    jobs: int = field(default=4, metadata={"cli": False})
+    jobs: int = field(default=4, metadata={
+        "help": "Files downloaded at once.", "range": (1, 64), "short": "-j"})
     progress: bool | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:

@@ -86,7 +86,7 @@ def verdicts(report) -> list[tuple[str, str]]:
 
 
 def test_all_listed_files_match(download: Path) -> None:
-    report = verify(download, manifest=download.parent / "sums.md5", quiet=True)
+    report = verify(download, manifest=download.parent / "sums.md5")
     assert report.ok is True
     assert report.algo == "md5"
     assert report.kind == "files"
@@ -101,7 +101,7 @@ def test_all_listed_files_match(download: Path) -> None:
 
 def test_flipped_byte_is_a_mismatch_of_that_file(download: Path) -> None:
     flip(download / "one.bin", len(ONE) - 2)
-    report = verify(download, manifest=download.parent / "sums.md5", quiet=True)
+    report = verify(download, manifest=download.parent / "sums.md5")
     assert report.ok is False
     assert report.rows[0].name == "one.bin"
     assert (report.rows[0].expected, report.rows[0].actual) == (ONE_MD5, ONE_FLIPPED_MD5)
@@ -111,7 +111,7 @@ def test_flipped_byte_is_a_mismatch_of_that_file(download: Path) -> None:
 
 def test_missing_listed_file_fails(download: Path) -> None:
     (download / "sub" / "two.bin").unlink()
-    report = verify(download, manifest=download.parent / "sums.md5", quiet=True)
+    report = verify(download, manifest=download.parent / "sums.md5")
     assert report.ok is False
     assert report.rows[1].name == "sub/two.bin"
     assert (report.rows[1].expected, report.rows[1].actual) == (TWO_MD5, None)
@@ -122,7 +122,7 @@ def test_unlisted_files_are_extra_and_not_a_failure(download: Path) -> None:
     (download / "README.md").write_text("hi\n")
     (download / ".cache").mkdir()
     (download / ".cache" / "x.lock").write_text("")
-    report = verify(download, manifest=download.parent / "sums.md5", quiet=True)
+    report = verify(download, manifest=download.parent / "sums.md5")
     assert report.ok is True
     assert verdicts(report)[-1] == ("README.md", "extra")
     assert report.rows[-1].expected is None and report.rows[-1].actual is None
@@ -132,7 +132,7 @@ def test_unlisted_files_are_extra_and_not_a_failure(download: Path) -> None:
 def test_sha256_is_told_from_the_hash_length(download: Path) -> None:
     sums = download.parent / "sums.sha256"
     sums.write_text(f"{ONE_SHA256}  one.bin\n{TWO_SHA256}  sub/two.bin\n")
-    report = verify(download, manifest=sums, quiet=True)
+    report = verify(download, manifest=sums)
     assert report.algo == "sha256"
     assert [r.actual for r in report.rows[:2]] == [ONE_SHA256, TWO_SHA256]
     assert verdicts(report)[:2] == [("one.bin", "ok"), ("sub/two.bin", "ok")]
@@ -140,9 +140,9 @@ def test_sha256_is_told_from_the_hash_length(download: Path) -> None:
 
 def test_algo_that_does_not_fit_the_hashes_is_refused(download: Path) -> None:
     with pytest.raises(InputError) as e:
-        verify(download, manifest=download.parent / "sums.md5", algo="sha256", quiet=True)
+        verify(download, manifest=download.parent / "sums.md5", algo="sha256")
     assert "sums.md5: holds hashes of 32 hex digits, sha256 hashes have 64" in e.value.message
-    assert e.value.hint == "Drop --algo to tell the algorithm from the hash length."
+    assert e.value.hint == "Drop `algo` to tell the algorithm from the hash length."
 
 
 def test_binary_marker_dot_slash_uppercase_comments_and_crlf(download: Path) -> None:
@@ -150,7 +150,7 @@ def test_binary_marker_dot_slash_uppercase_comments_and_crlf(download: Path) -> 
     sums.write_bytes(f"# published\r\n{ONE_MD5.upper()} *one.bin\r\n\r\n"
                      f"{TWO_MD5} *./sub/two.bin\r\n".encode())
     assert read_checksums(sums).entries == {"one.bin": ONE_MD5, "sub/two.bin": TWO_MD5}
-    report = verify(download, manifest=sums, quiet=True)
+    report = verify(download, manifest=sums)
     assert verdicts(report) == [("one.bin", "ok"), ("sub/two.bin", "ok"),
                                 ("config.json", "extra")]
 
@@ -160,7 +160,7 @@ def test_paths_escaping_the_folder_are_refused(download: Path, name: str) -> Non
     sums = download.parent / "evil.md5"
     sums.write_text(f"{ONE_MD5}  one.bin\n{ONE_MD5}  {name}\n")
     with pytest.raises(InputError) as e:
-        verify(download, manifest=sums, quiet=True)
+        verify(download, manifest=sums)
     assert e.value.message == (f"{sums}:2: {name!r} is not a path inside the folder being "
                                "checked")
 
@@ -181,29 +181,29 @@ def test_malformed_checksum_files_name_the_file(tmp_path: Path, text: str,
 
 
 def test_one_file_is_checked_against_its_line(download: Path) -> None:
-    report = verify(download / "config.json", manifest=download.parent / "sums.md5", quiet=True)
+    report = verify(download / "config.json", manifest=download.parent / "sums.md5")
     assert verdicts(report) == [("config.json", "ok")]
     with pytest.raises(InputError) as e:
-        verify(download / "sub" / "two.bin", manifest=download.parent / "sums.md5", quiet=True)
+        verify(download / "sub" / "two.bin", manifest=download.parent / "sums.md5")
     assert e.value.message == f"{download / 'sub' / 'two.bin'}: not listed in " \
                               f"{download.parent / 'sums.md5'}"
 
 
 def test_jobs_do_not_change_the_result(download: Path) -> None:
     sums = download.parent / "sums.md5"
-    one = verify(download, manifest=sums, jobs=1, quiet=True)
-    three = verify(download, manifest=sums, jobs=3, quiet=True)
+    one = verify(download, manifest=sums, jobs=1)
+    three = verify(download, manifest=sums, jobs=3)
     assert one.rows == three.rows
-    with pytest.raises(InputError, match="--jobs must be at least 1, not 0"):
-        verify(download, manifest=sums, jobs=0, quiet=True)
+    with pytest.raises(InputError, match="`jobs` must be at least 1, not 0"):
+        verify(download, manifest=sums, jobs=0)
 
 
 def test_nothing_to_check_against_lists_the_options(download: Path) -> None:
     with pytest.raises(InputError) as e:
-        verify(download, quiet=True)
+        verify(download)
     assert e.value.message.endswith("nothing to check it against (no weightkit.manifest.json, "
                                     "checklist.chk, checksums.md5, checksums.sha256 in it)")
-    assert "--known NAME (known: zhixi-13b-base-fp16, zhixi-13b-base, " in e.value.hint
+    assert "`known` NAME (known: zhixi-13b-base-fp16, zhixi-13b-base, " in e.value.hint
 
 
 # --- shipped manifests (--known) -------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_shipped_zhixi_manifests_hold_the_published_hashes(name: str) -> None:
 def test_known_resolves_a_shipped_manifest(tmp_path: Path) -> None:
     (tmp_path / "adapter_model.bin").write_bytes(ONE)
     (tmp_path / "adapter_config.json").write_bytes(CONFIG)
-    report = verify(tmp_path, known="zhixi-13b-lora", quiet=True)
+    report = verify(tmp_path, known="zhixi-13b-lora")
     assert report.source == checksums_dir() / "zhixi-13b-lora.md5"
     assert [(r.name, r.expected, r.actual, r.verdict) for r in report.rows] == [
         ("adapter_model.bin", "308f8424b1b6ac8dff343716dd78cde7", ONE_MD5, "MISMATCH"),
@@ -229,21 +229,21 @@ def test_known_resolves_a_shipped_manifest(tmp_path: Path) -> None:
 
 
 def test_known_with_shards_missing_reports_each(tmp_path: Path) -> None:
-    report = verify(tmp_path, known="zhixi-13b-diff-fp16", quiet=True)
+    report = verify(tmp_path, known="zhixi-13b-diff-fp16")
     assert verdicts(report) == [(f"pytorch_model-0000{i}-of-00003.bin", "missing")
                                 for i in (1, 2, 3)]
 
 
 def test_unknown_known_name_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
-        verify(tmp_path, known="zhixi-7b", quiet=True)
+        verify(tmp_path, known="zhixi-7b")
     assert e.value.message == "no known manifest called 'zhixi-7b'"
     assert e.value.hint == ("Known: zhixi-13b-base-fp16, zhixi-13b-base, zhixi-13b-diff-fp16, "
                             "zhixi-13b-diff, zhixi-13b-lora.")
 
 
 def test_manifest_and_known_together_are_refused(download: Path) -> None:
-    with pytest.raises(InputError, match="give --manifest or --known, not both"):
+    with pytest.raises(InputError, match="give `manifest` or `known`, not both"):
         verify(download, manifest=download.parent / "sums.md5", known="zhixi-13b-lora")
 
 
@@ -257,44 +257,46 @@ def test_meta_checklist_is_found_and_checked(tmp_path: Path) -> None:
     (tmp_path / "checklist.chk").write_text(
         f"{ONE_MD5}  consolidated.00.pth\n{TWO_MD5}  consolidated.01.pth\n"
         f"{CONFIG_MD5}  params.json\n")
-    report = verify(tmp_path, quiet=True)
+    report = verify(tmp_path)
     assert report.source == tmp_path / "checklist.chk"
     assert report.ok is True
     assert verdicts(report) == [("consolidated.00.pth", "ok"), ("consolidated.01.pth", "ok"),
                                 ("params.json", "ok")]  # checklist.chk itself is not "extra"
     flip(tmp_path / "consolidated.00.pth", len(ONE) - 2)
-    assert verdicts(verify(tmp_path, quiet=True))[0] == ("consolidated.00.pth", "MISMATCH")
+    assert verdicts(verify(tmp_path))[0] == ("consolidated.00.pth", "MISMATCH")
 
 
 # --- weightkit checksum ----------------------------------------------------------------------
 
 
 def test_checksum_writes_sorted_md5sum_lines_that_verify_accepts(download: Path) -> None:
-    out = write_checksums(download, quiet=True)
+    result = write_checksums(download)
+    out = result.path
     assert out == download / "checksums.md5"
+    assert (result.files, result.bytes_hashed) == (["config.json", "one.bin", "sub/two.bin"],
+                                                   len(CONFIG) + len(ONE) + len(TWO))
+    assert result.summary() == f"checksum: wrote 3 md5 line(s) to {out}."
     assert out.read_text() == (f"{CONFIG_MD5}  config.json\n{ONE_MD5}  one.bin\n"
                                f"{TWO_MD5}  sub/two.bin\n")
-    report = verify(download, quiet=True)  # finds checksums.md5 by itself
+    report = verify(download)  # finds checksums.md5 by itself
     assert report.source == out
     assert verdicts(report) == [("config.json", "ok"), ("one.bin", "ok"), ("sub/two.bin", "ok")]
 
 
 def test_checksum_sha256_to_another_file(download: Path) -> None:
-    out = write_checksums(download, algo="sha256", out=download.parent / "SHA256SUMS",
-                          quiet=True)
+    out = write_checksums(download, algo="sha256", out=download.parent / "SHA256SUMS").path
     assert out.read_text() == (f"{CONFIG_SHA256}  config.json\n{ONE_SHA256}  one.bin\n"
                                f"{TWO_SHA256}  sub/two.bin\n")
-    assert verify(download, manifest=out, quiet=True).ok is True
+    assert verify(download, manifest=out).ok is True
 
 
 def test_checksum_escapes_odd_names_like_md5sum(tmp_path: Path) -> None:
     (tmp_path / "back\\slash.bin").write_bytes(ONE)
     (tmp_path / "new\nline.bin").write_bytes(TWO)
-    out = write_checksums(tmp_path, quiet=True)
+    out = write_checksums(tmp_path).path
     assert out.read_text() == (f"\\{ONE_MD5}  back\\\\slash.bin\n"
                                f"\\{TWO_MD5}  new\\nline.bin\n")
-    assert verdicts(verify(tmp_path, quiet=True)) == [("back\\slash.bin", "ok"),
-                                                      ("new\nline.bin", "ok")]
+    assert verdicts(verify(tmp_path)) == [("back\\slash.bin", "ok"), ("new\nline.bin", "ok")]
 
 
 def test_checksum_of_an_unknown_algorithm_is_refused(download: Path) -> None:
@@ -346,7 +348,7 @@ def tensor_offset(folder: Path, name: str) -> tuple[Path, int]:
 
 
 def test_tensor_manifest_all_ok(output: Path) -> None:
-    report = verify(output, quiet=True)
+    report = verify(output)
     assert report.kind == "tensors"
     assert report.algo == "sha256"
     assert report.source == output / "weightkit.manifest.json"
@@ -358,7 +360,7 @@ def test_tensor_manifest_all_ok(output: Path) -> None:
 def test_tensor_manifest_names_the_tensor_with_a_flipped_byte(output: Path) -> None:
     shard, offset = tensor_offset(output, "model.embed_tokens.weight")
     flip(shard, offset + 5)
-    report = verify(output, quiet=True, jobs=2)
+    report = verify(output, jobs=2)
     assert report.ok is False
     assert [(r.name, r.verdict) for r in report.rows if r.verdict != "ok"] == [
         ("model.embed_tokens.weight", "MISMATCH")]
@@ -376,7 +378,7 @@ def test_tensor_manifest_missing_extra_and_changed_dtype(output: Path) -> None:
     manifest.add("model.norm.weight", ManifestEntry("BF16", norm.shape, norm.sha256))
     del manifest.entries["lm_head.weight"]
     manifest.write(output)
-    report = verify(output, quiet=True)
+    report = verify(output)
     assert [(r.name, r.verdict, r.note) for r in report.rows] == [
         ("model.embed_tokens.weight", "ok", ""),
         ("model.layers.0.weight", "missing", ""),
@@ -387,7 +389,7 @@ def test_tensor_manifest_missing_extra_and_changed_dtype(output: Path) -> None:
 
 def test_one_shard_checks_only_its_tensors(output: Path) -> None:
     shard, _ = tensor_offset(output, "lm_head.weight")
-    report = verify(shard, quiet=True)
+    report = verify(shard)
     assert shard.name == "model-00002-of-00002.safetensors"
     assert [(r.name, r.verdict) for r in report.rows] == [("lm_head.weight", "ok"),
                                                           ("model.norm.weight", "ok")]
@@ -395,14 +397,14 @@ def test_one_shard_checks_only_its_tensors(output: Path) -> None:
 
 def test_tensor_manifest_refuses_md5(output: Path) -> None:
     with pytest.raises(InputError, match="a tensor manifest holds sha256 hashes, not md5"):
-        verify(output, algo="md5", quiet=True)
+        verify(output, algo="md5")
 
 
 def test_file_checks_do_not_import_torch(download: Path) -> None:
     code = ("import sys; import weightkit.cli.verify, weightkit.cli.checksum; "
             "from weightkit.ops.verify import verify, write_checksums; "
             f"r = verify({str(download)!r}, manifest={str(download.parent / 'sums.md5')!r}, "
-            f"quiet=True); write_checksums({str(download)!r}, quiet=True); "
+            f"); write_checksums({str(download)!r}); "
             "print(r.ok, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)

@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: list[str], debug: bool) -> int:
+    from weightkit.cli.errors import flag_text, show_error
     from weightkit.errors import WeightkitError
 
+    as_json = "--json" in args
     try:
         # non-standalone click returns ctx.exit()'s code instead of raising it
         rc = cli.main(args=args, prog_name="weightkit", standalone_mode=False)
@@ -69,21 +71,34 @@ def _run(args: list[str], debug: bool) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
-        e.show()
+        if not as_json:
+            e.show()
+        else:
+            show_error(getattr(e, "message_only", e.format_message()),
+                       getattr(e, "hint", None), as_json)
         return e.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("weightkit: interrupted; no finished output was left behind.", err=True)
+        if as_json:
+            show_error("interrupted; no finished output was left behind.", None, as_json)
+        else:
+            click.echo("weightkit: interrupted; no finished output was left behind.", err=True)
         return 130
     except WeightkitError as e:
         if debug:
             raise
-        click.echo(f"Error: {e.message}", err=True)
-        if e.hint:
-            click.echo(e.hint, err=True)
+        command = _command_of(args)
+        show_error(flag_text(e.message, command), e.hint and flag_text(e.hint, command),
+                   as_json)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - the one place that turns surprises into a message
         if debug:
             raise
-        click.echo(f"Error: unexpected {type(e).__name__}: {e}", err=True)
-        click.echo("Run again with --debug for the full traceback, and report it.", err=True)
+        show_error(f"unexpected {type(e).__name__}: {e}",
+                   "Run again with --debug for the full traceback, and report it.", as_json)
         return 1
+
+
+def _command_of(args: list[str]) -> click.Command | None:
+    """The subcommand `args` runs (its flags name the library's parameters in messages)."""
+    name = next((a for a in args if a in COMMANDS), None)
+    return cli.get_command(click.Context(cli), name) if name else None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from weightkit.cli.options import DTYPES, dry_run_option, is_quiet, output_options, quiet_option
+from weightkit.cli.options import DTYPES, command, write_options
 
 LLAMA_VERSIONS = ["auto", "1", "2", "3", "3.1", "3.2"]
 
 
-@click.command("convert")
+@command("convert")
 @click.option("--input-dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Meta's download: the folder with params.json and consolidated.*.pth, or its "
                    "parent with --model-size.")
@@ -25,17 +27,11 @@ LLAMA_VERSIONS = ["auto", "1", "2", "3", "3.1", "3.2"]
                    "transformers converter writes.")
 @click.option("--instruct", is_flag=True,
               help="LLaMA 3 instruct model: eos <|eot_id|>, the three stop ids, a chat template.")
-@click.option("--no-verify", is_flag=True, help="Do not check checklist.chk before converting.")
-@output_options
-@dry_run_option
-@quiet_option
-def command(input_dir: str, out: str, model_size: str | None, llama_version: str, dtype: str,
-            instruct: bool, no_verify: bool, out_format: str, max_shard_size: str,
-            overwrite: bool, dry_run: bool, quiet: bool) -> None:
+@click.option("--no-verify", "verify", is_flag=True, flag_value=False, default=True,
+              help="Do not check checklist.chk before converting.")
+@write_options(device=False)
+def command(**kwargs: Any) -> Any:
     """Convert Meta's raw LLaMA 1/2/3 checkpoint to HF format, streaming, bit for bit."""
     from weightkit.ops.convert_llama import convert_llama
 
-    convert_llama(input_dir, out, model_size=model_size, llama_version=llama_version,
-                  dtype=dtype, instruct=instruct, fmt=out_format, max_shard_size=max_shard_size,
-                  overwrite=overwrite, verify=not no_verify, dry_run=dry_run,
-                  quiet=is_quiet(quiet))
+    return convert_llama(**kwargs)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from weightkit.cli.options import (
-    dry_run_option,
-    endpoint_option,
-    is_quiet,
-    quiet_option,
-    refuses_conflicts,
-)
+from weightkit.cli.options import command, hub_options
 
 
-@click.command("download")
+@command("download")
 @click.argument("repo_or_release")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Folder to download into; an interrupted download there resumes.")
@@ -25,21 +21,14 @@ from weightkit.cli.options import (
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (repeatable).")
 @click.option("--revision", help="Branch, tag or commit (default: main).")
-@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Files downloaded at once.")
-@click.option("--no-verify", is_flag=True,
+@click.option("--no-verify", "verify", is_flag=True, flag_value=False, default=True,
               help="Skip the catalog manifest check (each file's Hub hash is still checked).")
-@endpoint_option
-@dry_run_option
-@quiet_option
-@refuses_conflicts
-def command(repo_or_release: str, out: str, only_lora: bool, only_base: bool, fp16: bool,
-            include: tuple[str, ...], exclude: tuple[str, ...], revision: str | None, jobs: int,
-            no_verify: bool, endpoint: str | None, dry_run: bool, quiet: bool) -> None:
+@click.option("--dry-run", is_flag=True,
+              help="List what would be downloaded and check the disk; download nothing.")
+@hub_options(jobs=True)
+def command(**kwargs: Any) -> Any:
     """Download a Hub repo (org/name) or a catalog release (e.g. zhixi-13b) into OUT, resuming
     from whatever an earlier run left and checking every file's hash."""
     from weightkit.hub.download import download
 
-    download(repo_or_release, out, only_lora=only_lora, only_base=only_base, fp16=fp16,
-             include=include, exclude=exclude, revision=revision, jobs=jobs,
-             verify=not no_verify, endpoint=endpoint, dry_run=dry_run, quiet=is_quiet(quiet))
+    return download(**kwargs)

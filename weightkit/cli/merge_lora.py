@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from weightkit.cli.options import (
-    DTYPES,
-    device_option,
-    dry_run_option,
-    is_quiet,
-    output_options,
-    quiet_option,
-)
+from weightkit.cli.options import DTYPES, command, hub_options, write_options
 
 
-@click.command("merge-lora")
+@command("merge-lora")
 @click.option("--base", required=True, metavar="MODEL",
               help="The base model the adapter was trained on: an HF folder, a raw Meta LLaMA "
                    "folder (converted in the same pass) or a Hub repo id.")
@@ -25,14 +20,10 @@ from weightkit.cli.options import (
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
               help="Output dtype; auto = the base model's. The merge is computed in fp32 and "
                    "rounded once.")
-@output_options
-@device_option
-@dry_run_option
-@quiet_option
-def command(base: str, lora: str, out: str, dtype: str, out_format: str, max_shard_size: str,
-            overwrite: bool, device: str, dry_run: bool, quiet: bool) -> None:
+@write_options()
+@hub_options()
+def command(**kwargs: Any) -> Any:
     """Merge a LoRA adapter into its base model: OUT = BASE + LoRA, tensor by tensor."""
     from weightkit.ops.merge_lora import merge_lora
 
-    merge_lora(base, lora, out, dtype=dtype, fmt=out_format, max_shard_size=max_shard_size,
-               overwrite=overwrite, device=device, dry_run=dry_run, quiet=is_quiet(quiet))
+    return merge_lora(**kwargs)

@@ -1,84 +1,117 @@
-"""Options shared by several commands, declared once."""
+"""What every command shares: its --quiet and --json, the flags of the option families (built
+from weightkit.options' fields, so a default or choice list is written once), and the step
+that hands the library's result to weightkit.cli.render."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from weightkit.cli.errors import flag_text
 from weightkit.errors import OptionConflict
+from weightkit.options import DTYPES, HubOptions, WriteOptions
 
-DTYPES = ["auto", "fp32", "fp16", "bf16"]
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-
-def refuses_conflicts(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The library refuses options that contradict each other (OptionConflict); a command shows
-    that as click's usage error (exit code 2). Put it right above the command's `def`."""
-
-    @functools.wraps(f)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except OptionConflict as e:
-            raise click.UsageError(str(e)) from None  # with its hint
-
-    return command
+__all__ = ["DTYPES", "command", "hub_options", "is_quiet", "write_options"]
 
 
-def quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")(f)
+class Conflict(click.UsageError):
+    """The library's OptionConflict as click's usage error (exit code 2), hint kept apart."""
+
+    def __init__(self, message: str, hint: str | None) -> None:
+        super().__init__(message if not hint else f"{message}\n{hint}")
+        self.message_only, self.hint = message, hint
 
 
-def is_quiet(quiet: bool) -> bool:
+def command(name: str) -> Decorator:
+    """A weightkit subcommand: its function returns the library's result, which is shown
+    here (the human summary, or one JSON object with --json); --quiet and --json added."""
+
+    def decorate(f: Callable[..., Any]) -> click.Command:
+        @functools.wraps(f)
+        def run(*args: Any, quiet: bool, as_json: bool, **kwargs: Any) -> None:
+            from weightkit.cli.render import render
+
+            ctx = click.get_current_context()
+            root = ctx.find_root()
+            root.obj = {**(root.obj or {}), "quiet": is_quiet(quiet), "json": as_json}
+            try:
+                result = f(*args, **kwargs)
+            except OptionConflict as e:
+                raise Conflict(flag_text(e.message, ctx.command),
+                               e.hint and flag_text(e.hint, ctx.command)) from None
+            code = render(result, ctx.command, as_json=as_json, quiet=root.obj["quiet"])
+            if code:
+                ctx.exit(code)
+
+        run = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result (or an error) as one JSON object on stdout.")(run)
+        run = click.option("--quiet", "-q", is_flag=True,
+                           help="No progress bar or summary.")(run)
+        return click.command(name)(run)
+
+    return decorate
+
+
+def is_quiet(quiet: bool = False) -> bool:
     """True when --quiet was given to the command or to `weightkit` itself."""
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root().obj if ctx is not None else None
     return quiet or bool(root and root.get("quiet"))
 
 
-def device_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--device",
-        type=click.Choice(["auto", "cpu", "cuda"]),
-        default="auto",
-        show_default=True,
-        help="Where the arithmetic runs; auto uses CUDA when present. Output bytes are the same.",
-    )(f)
+def _flags(cls: type, skip: tuple[str, ...]) -> list[tuple[str, Callable[..., Any]]]:
+    """(field name, click.option) for each field of `cls` the command line sets."""
+    made = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("cli", True) is False or f.name in skip:
+            continue
+        kwargs: dict[str, Any] = {"help": meta.get("help"), "default": f.default}
+        if f.type in ("bool", bool):
+            kwargs["is_flag"] = True
+        else:
+            kwargs["show_default"] = f.default is not None
+        if "choices" in meta:
+            kwargs["type"] = click.Choice(list(meta["choices"]))
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        if "range" in meta:
+            kwargs["type"] = click.IntRange(*meta["range"])
+        names = [f"--{f.name.replace('_', '-')}", *([meta["short"]] if "short" in meta else [])]
+        made.append((f.name, click.option(*names, f.name, **kwargs)))
+    return made
 
 
-def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--format, --max-shard-size and --overwrite for commands that write a checkpoint."""
-    f = click.option(
-        "--overwrite", is_flag=True, help="Replace OUT if it already exists."
-    )(f)
-    f = click.option(
-        "--max-shard-size",
-        default="5GB",
-        show_default=True,
-        help="Largest output shard, e.g. 5GB, 500MB, 2GiB.",
-    )(f)
-    f = click.option(
-        "--format",
-        "out_format",
-        type=click.Choice(["safetensors", "bin"]),
-        default="safetensors",
-        show_default=True,
-        help="Output file format.",
-    )(f)
-    return f
+def _family(cls: type, param: str, skip: tuple[str, ...]) -> Decorator:
+    """Add `cls`'s flags to a command; its function gets them as one `param`=cls(...)."""
+    flags = _flags(cls, skip)
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def with_options(*args: Any, **kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name, _ in flags}
+            kwargs[param] = cls(**given, progress=not is_quiet())
+            return f(*args, **kwargs)
+
+        for _, option in reversed(flags):
+            with_options = option(with_options)
+        return with_options
+
+    return decorate
 
 
-def dry_run_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--dry-run", is_flag=True,
-        help="Check inputs and report disk and memory needs from headers; write nothing.",
-    )(f)
+def write_options(*, device: bool = True) -> Decorator:
+    """--format, --max-shard-size, --overwrite, --device (unless `device` is False: the command
+    has no arithmetic to place) and --dry-run, given to the command as `options`."""
+    return _family(WriteOptions, "options", () if device else ("device",))
 
 
-def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--endpoint", metavar="URL",
-        help="Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co.",
-    )(f)
+def hub_options(*, jobs: bool = False) -> Decorator:
+    """--endpoint (and --jobs with `jobs`), given to the command as `hub`."""
+    return _family(HubOptions, "hub", () if jobs else ("jobs",))

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from weightkit.cli.options import endpoint_option, is_quiet, quiet_option
+from weightkit.cli.options import command, hub_options
 
 
-@click.command("push")
+@command("push")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.argument("repo")
 @click.option("--private", is_flag=True, help="Create the repo private (if it does not exist).")
 @click.option("--revision", help="Branch to commit to, created if missing (default: main).")
 @click.option("--message", "-m", help="Commit message.")
-@endpoint_option
-@quiet_option
-def command(folder: str, repo: str, private: bool, revision: str | None, message: str | None,
-            endpoint: str | None, quiet: bool) -> None:
+@hub_options()
+def command(**kwargs: Any) -> Any:
     """Upload FOLDER to the Hub repo REPO (org/name), creating it if needed; files the repo
     already has are not sent again. Prints the commit URL."""
     from weightkit.hub.push import push
 
-    result = push(folder, repo, private=private, revision=revision, message=message,
-                  endpoint=endpoint, quiet=is_quiet(quiet))
-    click.echo(result.commit_url)
+    return push(**kwargs)

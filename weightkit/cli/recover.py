@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from weightkit.cli.options import (
-    DTYPES,
-    device_option,
-    dry_run_option,
-    is_quiet,
-    output_options,
-    quiet_option,
-    refuses_conflicts,
-)
+from weightkit.cli.options import DTYPES, command, hub_options, write_options
 
 
-@click.command("recover")
+@command("recover")
 @click.option("--raw", required=True, metavar="MODEL",
               help="The base model the diff was made against: an HF folder, a raw Meta LLaMA "
                    "folder (converted in the same pass) or a Hub repo id.")
-@click.option("--diff", "diff_path", required=True, metavar="DIFF",
+@click.option("--diff", required=True, metavar="DIFF",
               help="The published weight diff: a folder, a Hub repo id or a release name.")
 @click.option("--lora", default=None, metavar="ADAPTER",
               help="A LoRA adapter to merge into the recovered model in the same pass (a folder, "
@@ -29,17 +23,10 @@ from weightkit.cli.options import (
               help="Output dtype; auto = the tuned model's (from the diff's manifest), else the "
                    "wider of raw and diff.")
 @click.option("--fp16", is_flag=True, help="KnowLM's flag for an fp16 diff: write fp16.")
-@output_options
-@device_option
-@dry_run_option
-@quiet_option
-@refuses_conflicts
-def command(raw: str, diff_path: str, lora: str | None, out: str, dtype: str, fp16: bool,
-            out_format: str, max_shard_size: str, overwrite: bool, device: str, dry_run: bool,
-            quiet: bool) -> None:
+@write_options()
+@hub_options()
+def command(**kwargs: Any) -> Any:
     """Rebuild a fine-tuned model: OUT = RAW + DIFF (+ LORA), checked tensor by tensor."""
     from weightkit.ops.recover import recover
 
-    recover(raw, diff_path, out, lora=lora, dtype=dtype, fp16=fp16, fmt=out_format,
-            max_shard_size=max_shard_size, overwrite=overwrite, device=device,
-            dry_run=dry_run, quiet=is_quiet(quiet))
+    return recover(**kwargs)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from weightkit.catalog import known_manifests
 from weightkit.errors import InputError, OptionConflict, OutputError
 from weightkit.manifest import MANIFEST_NAME, ManifestEntry
+from weightkit.options import show_progress
 from weightkit.progress import ByteProgress, human_bytes, human_time
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ ALGOS = {"md5": 32, "sha256": 64}  # algorithm -> hex digits of its hash
 GIT_SHA1 = "git-sha1"  # not a checksum-file algorithm: the cache's name for small files
 CACHE = "cache"  # the report's kind for a Hub repo's snapshot in the Hugging Face cache
 CHECKLIST_NAME = "checklist.chk"  # Meta's md5 list next to consolidated.*.pth
-# looked for inside PATH, in this order, when neither --manifest nor --known is given
+# looked for inside PATH, in this order, when neither `manifest` nor `known` is given
 AUTO_SOURCES = (MANIFEST_NAME, CHECKLIST_NAME, "checksums.md5", "checksums.sha256")
 
 _BLOCK = 8 * 1024 * 1024  # large reads: few syscalls, and hashlib drops the GIL per block
@@ -63,7 +64,7 @@ class VerifyReport:
     rows: list[Row]
     bytes_hashed: int = 0
     seconds: float = 0.0
-    removed: list[str] = field(default_factory=list)  # cache --fix: paths in the repo's folder
+    removed: list[str] = field(default_factory=list)  # cache `fix`: paths in the repo's folder
 
     @property
     def ok(self) -> bool:
@@ -98,7 +99,7 @@ class VerifyReport:
                     "the repo downloads them again.")
         if self.kind == CACHE:
             return (f"{text} FAILED: the files marked MISMATCH or missing are damaged in the "
-                    "cache; run the same command with --fix to remove them, and the next run "
+                    "cache; run the same command with `fix` to remove them, and the next run "
                     "that reads the repo downloads them again.")
         return f"{text} FAILED: the tensors marked MISMATCH or missing are not the ones expected."
 
@@ -113,12 +114,13 @@ class Checksums:
 
 def verify(
     path: str | Path,
+    *,
     manifest: str | Path | None = None,
     known: str | None = None,
     algo: str | None = None,
     jobs: int | None = None,
-    quiet: bool = False,
     fix: bool = False,
+    progress: bool | None = None,
 ) -> VerifyReport:
     """Check PATH (a folder, or one file in it) against checksums; never raises on a mismatch.
 
@@ -128,36 +130,56 @@ def verify(
     A PATH that does not exist but is a Hub repo id (`org/name[@revision]`) or a catalog release
     is looked up in the Hugging Face cache, never downloaded: with `manifest` or `known` its
     snapshot is checked as a folder; without, each blob against its name (`fix`: the damaged
-    ones and their links are removed).
+    ones and their links are removed). `progress`: a progress bar on stderr (None: on a
+    terminal only); nothing else is printed.
     """
     spec = str(path)
     path = Path(path)
     if not path.exists() and _is_hub_spec(spec):
-        return _check_hub(spec, manifest, known, algo, jobs, quiet, fix)
+        return _check_hub(spec, manifest, known, algo, jobs, progress, fix)
     if fix:
-        raise InputError(f"{path}: --fix repairs a Hub repo's files in the Hugging Face cache; "
-                         "this is a folder", "Drop --fix, and download the files named again.")
+        raise InputError(f"{path}: `fix` repairs a Hub repo's files in the Hugging Face cache; "
+                         "this is a folder", "Drop `fix`, and download the files named again.")
     folder, only = _scope(path)
     source = _source(folder, manifest, known)
     if _is_tensor_manifest(source):
         if algo not in (None, "sha256"):
             raise InputError(f"{source}: a tensor manifest holds sha256 hashes, not {algo}",
-                             "Drop --algo.")
-        return _check_tensors(path, source, jobs, quiet)
-    return _check_files(folder, only, source, algo, jobs, quiet)
+                             "Drop `algo`.")
+        return _check_tensors(path, source, jobs, progress)
+    return _check_files(folder, only, source, algo, jobs, progress)
+
+
+@dataclass
+class ChecksumResult:
+    """What `write_checksums` wrote: the list's path, its algorithm and the files it names."""
+
+    path: Path
+    algo: str
+    files: list[str]
+    bytes_hashed: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "algo": self.algo, "files": self.files,
+                "bytes_hashed": self.bytes_hashed, "seconds": round(self.seconds, 3)}
+
+    def summary(self) -> str:
+        return f"checksum: wrote {len(self.files)} {self.algo} line(s) to {self.path}."
 
 
 def write_checksums(
     path: str | Path,
+    *,
     algo: str = "md5",
     out: str | Path | None = None,
     jobs: int | None = None,
-    quiet: bool = False,
-) -> Path:
+    progress: bool | None = None,
+) -> ChecksumResult:
     """Write an md5sum-format list of every file in PATH (hidden ones aside), sorted by path.
 
     Default `out`: `checksums.<algo>` inside the folder (or `<file>.<algo>` for one file), which
-    `verify` finds by itself.
+    `verify` finds by itself. `progress` as for `verify`.
     """
     if algo not in ALGOS:
         raise InputError(f"unknown hash algorithm {algo!r}", f"Use one of: {', '.join(ALGOS)}.")
@@ -166,13 +188,15 @@ def write_checksums(
     names = [only] if only else _files_in(folder, skip={out.resolve()})
     if not names:
         raise InputError(f"{folder}: no files to list", "Point at the folder to publish.")
-    digests = _hash_files(folder, names, algo, jobs, quiet, title="checksum")
+    start = time.perf_counter()
+    digests = _hash_files(folder, names, algo, jobs, progress, title="checksum")
     text = "".join(_checksum_line(digests[n], n) for n in names)
     try:
         out.write_text(text, encoding="utf-8", newline="\n")
     except OSError as e:
         raise OutputError(f"{out}: cannot write the checksum file ({e.strerror})") from None
-    return out
+    return ChecksumResult(out, algo, names, sum((folder / n).stat().st_size for n in names),
+                          time.perf_counter() - start)
 
 
 def read_checksums(path: str | Path, algo: str | None = None) -> Checksums:
@@ -248,7 +272,7 @@ def _scope(path: Path) -> tuple[Path, str | None]:
 
 def _source(folder: Path, manifest: str | Path | None, known: str | None) -> Path:
     if manifest is not None and known is not None:
-        raise OptionConflict("give --manifest or --known, not both")
+        raise OptionConflict("give `manifest` or `known`, not both")
     if manifest is not None:
         if not Path(manifest).is_file():
             raise InputError(f"{manifest}: no such checksum file")
@@ -260,7 +284,7 @@ def _source(folder: Path, manifest: str | Path | None, known: str | None) -> Pat
             return folder / name
     raise InputError(
         f"{folder}: nothing to check it against (no {', '.join(AUTO_SOURCES)} in it)",
-        "Give --manifest FILE (md5sum/sha256sum format) or --known NAME "
+        "Give `manifest` FILE (md5sum/sha256sum format) or `known` NAME "
         f"(known: {', '.join(known_manifests())}).",
     )
 
@@ -312,7 +336,7 @@ def _algo_of(digests: Iterable[str], algo: str | None, where: Path) -> str:
             raise InputError(
                 f"{where}: holds hashes of {'/'.join(map(str, sorted(lengths)))} hex digits, "
                 f"{algo} hashes have {ALGOS[algo]}",
-                "Drop --algo to tell the algorithm from the hash length.",
+                "Drop `algo` to tell the algorithm from the hash length.",
             )
         return algo
     by_length = {n: a for a, n in ALGOS.items()}
@@ -321,7 +345,7 @@ def _algo_of(digests: Iterable[str], algo: str | None, where: Path) -> str:
     raise InputError(
         f"{where}: cannot tell the algorithm from hashes of "
         f"{'/'.join(map(str, sorted(lengths)))} hex digits (md5 has 32, sha256 64)",
-        "Give --algo, and check that the file is an md5sum/sha256sum list.",
+        "Give `algo`, and check that the file is an md5sum/sha256sum list.",
     )
 
 
@@ -349,7 +373,7 @@ def _files_in(folder: Path, skip: set[Path]) -> list[str]:
 
 
 def _check_files(folder: Path, only: str | None, source: Path, algo: str | None,
-                 jobs: int | None, quiet: bool) -> VerifyReport:
+                 jobs: int | None, progress: bool | None) -> VerifyReport:
     sums = read_checksums(source, algo)
     listed = sums.entries
     if only is not None:
@@ -359,7 +383,7 @@ def _check_files(folder: Path, only: str | None, source: Path, algo: str | None,
         listed = {only: listed[only]}
     present = [n for n in listed if (folder / n).is_file()]
     start = time.perf_counter()
-    digests = _hash_files(folder, present, sums.algo, jobs, quiet, title="verify")
+    digests = _hash_files(folder, present, sums.algo, jobs, progress, title="verify")
     seconds = time.perf_counter() - start
     rows = [_file_row(n, want, digests.get(n)) for n, want in listed.items()]
     if only is None:
@@ -376,22 +400,24 @@ def _file_row(name: str, want: str, got: str | None) -> Row:
     return Row(name, want, got, OK if got == want else MISMATCH)
 
 
-def _hash_files(folder: Path, names: list[str], algo: str, jobs: int | None, quiet: bool,
+def _hash_files(folder: Path, names: list[str], algo: str, jobs: int | None,
+                progress: bool | None,
                 title: str) -> dict[str, str]:
-    return _hash_paths({n: (folder / n, algo) for n in names}, jobs, quiet, title)
+    return _hash_paths({n: (folder / n, algo) for n in names}, jobs, progress, title)
 
 
-def _hash_paths(todo: dict[str, tuple[Path, str]], jobs: int | None, quiet: bool,
+def _hash_paths(todo: dict[str, tuple[Path, str]], jobs: int | None, progress: bool | None,
                 title: str) -> dict[str, str]:
     """{key: hex digest} of each (file, algorithm) in `todo`, hashed in parallel."""
     sizes = {k: path.stat().st_size for k, (path, _) in todo.items()}
     # largest first, so the workers run out of files at about the same time
     order = sorted(todo, key=lambda k: sizes[k], reverse=True)
-    with ByteProgress(title, sum(sizes.values()), len(todo), quiet, unit="files") as progress:
+    with ByteProgress(title, sum(sizes.values()), len(todo), quiet=not show_progress(progress),
+                     unit="files") as bar:
         def one(key: str, stop: threading.Event) -> str:
             path, algo = todo[key]
-            digest = hash_file(path, algo, lambda n: progress.advance(n, 0), stop)
-            progress.advance(0, 1)
+            digest = hash_file(path, algo, lambda n: bar.advance(n, 0), stop)
+            bar.advance(0, 1)
             return digest
 
         return _parallel(one, order, jobs)
@@ -407,28 +433,29 @@ def _is_hub_spec(spec: str) -> bool:
 
 
 def _check_hub(spec: str, manifest: str | Path | None, known: str | None, algo: str | None,
-               jobs: int | None, quiet: bool, fix: bool) -> VerifyReport:
+               jobs: int | None, progress: bool | None, fix: bool) -> VerifyReport:
     from weightkit.hub.cache import cached_snapshot
 
     snapshot = cached_snapshot(spec)
     if manifest is not None or known is not None:
         if fix:
-            raise InputError("--fix removes what does not match the cache's own hashes; "
-                             "it does not go with --manifest or --known", "Drop one of them.")
+            raise InputError("`fix` removes what does not match the cache's own hashes; "
+                             "it does not go with `manifest` or `known`", "Drop one of them.")
         return verify(snapshot.folder, manifest=manifest, known=known, algo=algo, jobs=jobs,
-                      quiet=quiet)
+                      progress=progress)
     if algo is not None:
         raise InputError(f"the Hugging Face cache names each file of {spec} by its sha256 or git "
-                         f"sha1; --algo {algo} has nothing to check", "Drop --algo.")
-    return _check_cache(snapshot, jobs, quiet, fix)
+                         f"sha1; `algo` {algo} has nothing to check", "Drop `algo`.")
+    return _check_cache(snapshot, jobs, progress, fix)
 
 
-def _check_cache(snapshot: Snapshot, jobs: int | None, quiet: bool, fix: bool) -> VerifyReport:
+def _check_cache(snapshot: Snapshot, jobs: int | None, progress: bool | None,
+                 fix: bool) -> VerifyReport:
     files = snapshot.files()
     blobs = {f.blob_name: (f.blob, f.algo) for f in files
              if f.blob is not None and f.algo is not None and f.blob.is_file()}
     start = time.perf_counter()
-    digests = _hash_paths(blobs, jobs, quiet, title="verify")
+    digests = _hash_paths(blobs, jobs, progress, title="verify")
     seconds = time.perf_counter() - start
     sizes = snapshot.listed_sizes()
     rows = [_cache_row(f, digests.get(f.blob_name or ""), sizes.get(f.path)) for f in files]
@@ -467,7 +494,8 @@ def _cache_row(f: CachedFile, got: str | None, listed_size: int | None) -> Row:
 # --- checking tensors ------------------------------------------------------------------------
 
 
-def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> VerifyReport:
+def _check_tensors(path: Path, source: Path, jobs: int | None,
+                   progress: bool | None) -> VerifyReport:
     from weightkit.io.reader import open_checkpoint  # torch: loaded only for this check
     from weightkit.manifest import Manifest
 
@@ -478,10 +506,11 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     present = [n for n in listed if n in ckpt]
     nbytes = sum(ckpt.info(n).nbytes for n in present)
     start = time.perf_counter()
-    with ByteProgress("verify", nbytes, len(present), quiet, unit="tensors") as progress:
+    with ByteProgress("verify", nbytes, len(present), quiet=not show_progress(progress),
+                     unit="tensors") as bar:
         def one(name: str, stop: threading.Event) -> ManifestEntry:
             entry = ckpt.manifest_entry(name)
-            progress.advance(ckpt.info(name).nbytes, 1)
+            bar.advance(ckpt.info(name).nbytes, 1)
             return entry
 
         actual = _parallel(one, present, jobs)
@@ -513,7 +542,7 @@ def _parallel(fn: Callable[[str, threading.Event], Any], items: list[str],
     Ctrl-C, `stop` is set so running calls can give up, and the rest never start."""
     jobs = jobs if jobs is not None else _cores()
     if jobs < 1:
-        raise InputError(f"--jobs must be at least 1, not {jobs}")
+        raise InputError(f"`jobs` must be at least 1, not {jobs}")
     stop = threading.Event()
     results = {}
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="weightkit-hash")
