@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import command, is_quiet
+from weightkit.cli.options import is_quiet, subcommand
 from weightkit.ops.verify import ALGOS
 
 
-@command("checksum")
+@subcommand("checksum")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--algo", type=click.Choice(list(ALGOS)), default="md5", show_default=True,
               help="Hash algorithm.")

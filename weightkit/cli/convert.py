@@ -6,12 +6,12 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import DTYPES, command, write_options
+from weightkit.cli.options import DTYPES, subcommand, write_options
 
 LLAMA_VERSIONS = ["auto", "1", "2", "3", "3.1", "3.2"]
 
 
-@command("convert")
+@subcommand("convert")
 @click.option("--input-dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Meta's download: the folder with params.json and consolidated.*.pth, or its "
                    "parent with --model-size.")

@@ -6,11 +6,11 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import command, hub_options, write_options
+from weightkit.cli.options import hub_options, subcommand, write_options
 from weightkit.options import DIFF_DTYPES
 
 
-@command("diff")
+@subcommand("diff")
 @click.option("--raw", required=True, metavar="MODEL",
               help="The base model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.")
 @click.option("--tuned", required=True, metavar="MODEL",

@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import command, hub_options
+from weightkit.cli.options import hub_options, subcommand
 
 
-@command("download")
+@subcommand("download")
 @click.argument("repo_or_release")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Folder to download into; an interrupted download there resumes.")

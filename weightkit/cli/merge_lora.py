@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import DTYPES, command, hub_options, write_options
+from weightkit.cli.options import DTYPES, hub_options, subcommand, write_options
 
 
-@command("merge-lora")
+@subcommand("merge-lora")
 @click.option("--base", required=True, metavar="MODEL",
               help="The base model the adapter was trained on: an HF folder, a raw Meta LLaMA "
                    "folder (converted in the same pass) or a Hub repo id.")

@@ -17,7 +17,7 @@ from weightkit.options import DTYPES, HubOptions, WriteOptions
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-__all__ = ["DTYPES", "command", "hub_options", "is_quiet", "write_options"]
+__all__ = ["DTYPES", "hub_options", "is_quiet", "subcommand", "write_options"]
 
 
 class Conflict(click.UsageError):
@@ -28,7 +28,7 @@ class Conflict(click.UsageError):
         self.message_only, self.hint = message, hint
 
 
-def command(name: str) -> Decorator:
+def subcommand(name: str) -> Decorator:
     """A weightkit subcommand: its function returns the library's result, which is shown
     here (the human summary, or one JSON object with --json); --quiet and --json added."""
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import command, hub_options
+from weightkit.cli.options import hub_options, subcommand
 
 
-@command("push")
+@subcommand("push")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.argument("repo")
 @click.option("--private", is_flag=True, help="Create the repo private (if it does not exist).")

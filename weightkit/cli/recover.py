@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import DTYPES, command, hub_options, write_options
+from weightkit.cli.options import DTYPES, hub_options, subcommand, write_options
 
 
-@command("recover")
+@subcommand("recover")
 @click.option("--raw", required=True, metavar="MODEL",
               help="The base model the diff was made against: an HF folder, a raw Meta LLaMA "
                    "folder (converted in the same pass) or a Hub repo id.")

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import command
+from weightkit.cli.options import subcommand
 from weightkit.ops.verify import ALGOS
 
 
-@command("verify")
+@subcommand("verify")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--manifest", type=click.Path(path_type=Path), metavar="FILE",
               help="Checksum file to check against: md5sum/sha256sum lines `HASH  NAME`, "

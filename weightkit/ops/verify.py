@@ -452,7 +452,7 @@ def _check_hub(spec: str, manifest: str | Path | None, known: str | None, algo: 
 def _check_cache(snapshot: Snapshot, jobs: int | None, progress: bool | None,
                  fix: bool) -> VerifyReport:
     files = snapshot.files()
-    blobs = {f.blob_name: (f.blob, f.algo) for f in files
+    blobs = {f.blob.name: (f.blob, f.algo) for f in files
              if f.blob is not None and f.algo is not None and f.blob.is_file()}
     start = time.perf_counter()
     digests = _hash_paths(blobs, jobs, progress, title="verify")
