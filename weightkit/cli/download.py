@@ -8,9 +8,14 @@ from weightkit.cli.options import (
     dry_run_option,
     endpoint_option,
     is_quiet,
+    parameters_as_flags,
     quiet_option,
     refuses_conflicts,
 )
+
+FLAGS = {"only_lora": "--only-lora", "only_base": "--only-base", "fp16": "--fp16",
+         "revision": "--revision", "verify": "--no-verify", "out": "--out",
+         "endpoint": "--endpoint", "jobs": "--jobs", "dry_run": "--dry-run"}
 
 
 @click.command("download")
@@ -38,8 +43,19 @@ def command(repo_or_release: str, out: str, only_lora: bool, only_base: bool, fp
             no_verify: bool, endpoint: str | None, dry_run: bool, quiet: bool) -> None:
     """Download a Hub repo (org/name) or a catalog release (e.g. zhixi-13b) into OUT, resuming
     from whatever an earlier run left and checking every file's hash."""
-    from weightkit.hub.download import download
+    from weightkit.hub.download import ManifestMismatch, download
+    from weightkit.options import HubOptions
 
-    download(repo_or_release, out, only_lora=only_lora, only_base=only_base, fp16=fp16,
-             include=include, exclude=exclude, revision=revision, jobs=jobs,
-             verify=not no_verify, endpoint=endpoint, dry_run=dry_run, quiet=is_quiet(quiet))
+    quiet = is_quiet(quiet)
+    with parameters_as_flags(FLAGS):
+        try:
+            result = download(repo_or_release, out, only_lora=only_lora, only_base=only_base,
+                              fp16=fp16, include=include, exclude=exclude, revision=revision,
+                              verify=not no_verify, dry_run=dry_run,
+                              hub=HubOptions(endpoint=endpoint, jobs=jobs, progress=not quiet))
+        except ManifestMismatch as e:  # what was fetched and checked, then the error
+            if not quiet:
+                click.echo(e.result.summary(), err=True)
+            raise
+    if not quiet:
+        click.echo(result.summary(), err=True)

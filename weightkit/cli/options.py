@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
-from weightkit.errors import OptionConflict
+from weightkit.errors import OptionConflict, WeightkitError
 
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 
@@ -82,3 +83,17 @@ def endpoint_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "--endpoint", metavar="URL",
         help="Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co.",
     )(f)
+
+
+@contextmanager
+def parameters_as_flags(flags: dict[str, str]) -> Iterator[None]:
+    """Library messages name parameters in backquotes (`only_lora`); show this command's flag
+    (--only-lora) instead. `flags`: parameter -> flag."""
+    try:
+        yield
+    except WeightkitError as e:
+        for name, flag in flags.items():
+            e.message = e.message.replace(f"`{name}`", flag)
+            e.hint = e.hint and e.hint.replace(f"`{name}`", flag)
+        e.args = (e.message,)
+        raise

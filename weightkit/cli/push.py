@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from weightkit.cli.options import endpoint_option, is_quiet, quiet_option
+from weightkit.cli.options import endpoint_option, is_quiet, parameters_as_flags, quiet_option
+
+FLAGS = {"revision": "--revision", "endpoint": "--endpoint"}
 
 
 @click.command("push")
@@ -20,7 +22,12 @@ def command(folder: str, repo: str, private: bool, revision: str | None, message
     """Upload FOLDER to the Hub repo REPO (org/name), creating it if needed; files the repo
     already has are not sent again. Prints the commit URL."""
     from weightkit.hub.push import push
+    from weightkit.options import HubOptions
 
-    result = push(folder, repo, private=private, revision=revision, message=message,
-                  endpoint=endpoint, quiet=is_quiet(quiet))
+    quiet = is_quiet(quiet)
+    with parameters_as_flags(FLAGS):
+        result = push(folder, repo, private=private, revision=revision, message=message,
+                      hub=HubOptions(endpoint=endpoint, progress=not quiet))
+    if not quiet:
+        click.echo(result.summary(), err=True)
     click.echo(result.commit_url)

@@ -119,6 +119,7 @@ def verify(
     jobs: int | None = None,
     quiet: bool = False,
     fix: bool = False,
+    progress: bool | None = None,
 ) -> VerifyReport:
     """Check PATH (a folder, or one file in it) against checksums; never raises on a mismatch.
 
@@ -130,6 +131,8 @@ def verify(
     snapshot is checked as a folder; without, each blob against its name (`fix`: the damaged
     ones and their links are removed).
     """
+    if progress is not None:  # the coming `progress` parameter, in place of `quiet`
+        quiet = not progress
     spec = str(path)
     path = Path(path)
     if not path.exists() and _is_hub_spec(spec):
