@@ -120,8 +120,9 @@ class HubOptions:
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise InputError(f"`endpoint` {self.endpoint!r} is not an http(s) URL",
                              "Give it like https://hf-mirror.com.")
-        if not 1 <= self.jobs <= 64:
-            raise InputError(f"`jobs` must be 1..64, not {self.jobs}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) \
+                or not 1 <= self.jobs <= 64:
+            raise InputError(f"`jobs` must be 1..64, not {self.jobs!r}")
 
     @property
     def show_progress(self) -> bool:

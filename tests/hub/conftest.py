@@ -26,6 +26,7 @@ import huggingface_hub.constants
 import pytest
 
 import weightkit.hub.download
+from weightkit.options import HubOptions
 
 TOKEN = "hf_test_secret_token_0123456789"
 LFS_THRESHOLD = 1024  # bytes; the real Hub uses 10 MB (plus binary detection)
@@ -150,6 +151,10 @@ class FakeHub:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def options(self, token: str | None = None) -> HubOptions:
+        """The HubOptions that talk to this server (no progress bars)."""
+        return HubOptions(endpoint=self.url, token=token)
 
     def add_repo(self, repo: str, files: dict[str, bytes], *, private: bool = False,
                  gated: bool = False) -> str:

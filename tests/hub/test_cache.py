@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,7 +101,7 @@ def test_missing_repo_offline_is_one_clear_error(hub: FakeHub, cache: Path,
                                                  offline: None) -> None:
     hub.add_repo("org/toy", MODEL)
     with pytest.raises(HubError) as e:
-        resolve_model("org/toy@v2", role="base", endpoint=hub.url)
+        resolve_model("org/toy@v2", role="base", hub=hub.options())
     assert e.value.message == (
         f"org/toy is not in the Hugging Face cache (revision 'v2', {cache}), and HF_HUB_OFFLINE "
         "is set, so it cannot be downloaded")
@@ -114,7 +117,7 @@ def test_missing_file_offline_names_it(hub: FakeHub, cache: Path,
     hub.log.clear()
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")  # huggingface_hub honours it too
     with pytest.raises(HubError) as e:
-        resolve_model("org/toy", endpoint=hub.url)
+        resolve_model("org/toy", hub=hub.options())
     assert e.value.message == (
         f"the cached snapshot of org/toy@main (commit {commit[:8]}) lacks weight files "
         "(*.safetensors, *.bin or consolidated.*.pth), and HF_HUB_OFFLINE is set, so it cannot "
@@ -127,7 +130,7 @@ def test_missing_file_offline_names_it(hub: FakeHub, cache: Path,
 def test_repo_missing_from_the_cache_is_fetched_as_huggingface_hub_lays_it_out(
         hub: FakeHub, cache: Path, tmp_path: Path) -> None:
     commit = hub.add_repo("org/toy", MODEL)
-    got = resolve_model("org/toy", endpoint=hub.url)
+    got = resolve_model("org/toy", hub=hub.options())
 
     read = sorted(set(MODEL) - {"README.md"})  # docs are not fetched
     assert got.downloaded == read and got.nbytes == sum(len(MODEL[n]) for n in read)
@@ -161,7 +164,7 @@ def test_transformers_loads_what_was_fetched_into_the_cache(hub: FakeHub, cache:
     model = build_model("llama", torch.float16)
     model.save_pretrained(tmp_path / "tiny")
     hub.add_repo("org/tiny", {p.name: p.read_bytes() for p in (tmp_path / "tiny").iterdir()})
-    resolve_model("org/tiny", role="base", endpoint=hub.url)
+    resolve_model("org/tiny", role="base", hub=hub.options())
     hub.log.clear()
 
     loaded = AutoModelForCausalLM.from_pretrained("org/tiny", cache_dir=cache,
@@ -178,12 +181,12 @@ def test_partly_cached_repo_fetches_only_what_it_lacks(hub: FakeHub, cache: Path
     hf_hub_download("org/toy", "config.json", cache_dir=cache, endpoint=hub.url)
     hub.log.clear()
 
-    got = resolve_model("org/toy", endpoint=hub.url)
+    got = resolve_model("org/toy", hub=hub.options())
 
     assert sorted(fetched(hub)) == ["model.safetensors", "tokenizer.json"]
     assert got.downloaded == ["model.safetensors", "tokenizer.json"]
     hub.log.clear()
-    assert resolve_model("org/toy", endpoint=hub.url).downloaded == []  # complete: no request
+    assert resolve_model("org/toy", hub=hub.options()).downloaded == []  # complete: no request
     assert hub.log == []
 
 
@@ -194,19 +197,19 @@ def test_a_listing_huggingface_hub_cached_tells_what_is_missing(hub: FakeHub,
                       allow_patterns=["config.json", "*.safetensors"])  # it lists tokenizer.json
     hub.log.clear()
 
-    assert resolve_model("org/toy", endpoint=hub.url).downloaded == ["tokenizer.json"]
+    assert resolve_model("org/toy", hub=hub.options()).downloaded == ["tokenizer.json"]
     assert fetched(hub) == ["tokenizer.json"]
 
 
 def test_new_commit_reuses_the_blobs_it_shares(hub: FakeHub, cache: Path) -> None:
     first = hub.add_repo("org/toy", MODEL)
-    resolve_model("org/toy", endpoint=hub.url)
+    resolve_model("org/toy", hub=hub.options())
     second = hub.add_repo("org/toy", {**MODEL, "config.json": b'{"model_type": "llama2"}'})
     # the cached main lacks its weights now: the repo is listed again, at its new commit
     (cache / "models--org--toy" / "snapshots" / first / "model.safetensors").unlink()
     hub.log.clear()
 
-    got = resolve_model("org/toy", endpoint=hub.url)
+    got = resolve_model("org/toy", hub=hub.options())
 
     assert (got.commit, got.downloaded, fetched(hub)) == (second, ["config.json"],
                                                           ["config.json"])
@@ -219,7 +222,7 @@ def test_a_pinned_commit_is_fetched_without_a_ref(hub: FakeHub, cache: Path) -> 
     first = hub.add_repo("org/toy", MODEL)
     hub.add_repo("org/toy", {**MODEL, "config.json": b'{"model_type": "llama2"}'})
 
-    got = resolve_model(f"org/toy@{first}", endpoint=hub.url)
+    got = resolve_model(f"org/toy@{first}", hub=hub.options())
 
     assert (got.commit, got.revision) == (first, first)
     assert (got.folder / "config.json").read_bytes() == MODEL["config.json"]
@@ -230,23 +233,57 @@ def test_a_pinned_commit_is_fetched_without_a_ref(hub: FakeHub, cache: Path) -> 
 
 def test_same_content_at_two_paths_is_one_blob_fetched_once(hub: FakeHub, cache: Path) -> None:
     hub.add_repo("org/toy", {**MODEL, "tokenizer_copy.json": MODEL["tokenizer.json"]})
-    got = resolve_model("org/toy", endpoint=hub.url)
+    got = resolve_model("org/toy", hub=hub.options())
     assert fetched(hub).count("tokenizer.json") + fetched(hub).count("tokenizer_copy.json") == 1
     assert (got.folder / "tokenizer_copy.json").read_bytes() == MODEL["tokenizer.json"]
     assert "tokenizer_copy.json" in got.downloaded and "tokenizer.json" in got.downloaded
 
 
 def test_dry_run_lists_what_is_missing_and_writes_nothing(hub: FakeHub, cache: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+                                                          capfd: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     commit = hub.add_repo("org/toy", MODEL)
-    got = resolve_model("org/toy", endpoint=hub.url, dry_run=True, quiet=False)
+
+    class Usage:
+        free = 5_000_000_000
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage())
+    got = resolve_model("org/toy", hub=hub.options(), dry_run=True)
     assert [(f.path, f.size) for f in got.missing] == [
         ("config.json", 23), ("model.safetensors", 3072), ("tokenizer.json", 18)]
     assert got.downloaded == [] and got.commit == commit
     assert not cache.exists() and fetched(hub) == []
-    err = " ".join(capsys.readouterr().err.split())
-    assert (f"org/toy@{commit[:8]} (dry run): 3 of 3 files to fetch, 3.11 kB to download into "
-            f"{cache / 'models--org--toy'}") in err
+    assert capfd.readouterr() == ("", "")  # what it would download is a note, not a print
+    assert got.notes == [f"org/toy@{commit[:8]} (dry run): 3 of 3 files to fetch, 3.11 kB to "
+                         f"download into {cache / 'models--org--toy'} (disk free: 5.00 GB). "
+                         "Nothing was downloaded."]
+    assert got.summary() == got.notes[0]
+    doc = json.loads(json.dumps(got.to_dict()))
+    assert doc == {"repo": "org/toy", "revision": "main", "commit": commit,
+                   "folder": str(cache / "models--org--toy" / "snapshots" / commit),
+                   "release": None, "manifest": None, "dry_run": True, "downloaded": [],
+                   "bytes": 0, "missing": [{"path": "config.json", "size": 23},
+                                           {"path": "model.safetensors", "size": 3072},
+                                           {"path": "tokenizer.json", "size": 18}],
+                   "notes": got.notes}
+
+
+def test_what_was_fetched_or_found_is_a_note_and_nothing_is_printed(
+        hub: FakeHub, cache: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    commit = hub.add_repo("org/toy", MODEL)
+    fetched_now = resolve_model("org/toy", hub=hub.options())
+    found = resolve_model("org/toy", hub=hub.options())
+    assert capfd.readouterr() == ("", "")
+
+    repo = cache / "models--org--toy"
+    assert [re.sub(r"in \d+\.\d s", "in T", n) for n in fetched_now.notes] == [
+        f"org/toy@{commit[:8]}: 3 files downloaded (3.11 kB in T), 0 already there, into the "
+        f"Hugging Face cache {repo}"]
+    assert found.notes == [f"org/toy@main: complete in the Hugging Face cache, read from "
+                           f"{repo / 'snapshots' / commit}"]
+    assert json.loads(json.dumps(fetched_now.to_dict()))["downloaded"] == [
+        "config.json", "model.safetensors", "tokenizer.json"]
+    assert fetched_now.to_dict()["bytes"] == 23 + 3072 + 18
 
 
 def test_killed_download_into_the_cache_resumes_with_a_range_request(hub: FakeHub, cache: Path,
@@ -256,14 +293,15 @@ def test_killed_download_into_the_cache_resumes_with_a_range_request(hub: FakeHu
     hub.slow = (1024, 0.02)  # ~5 s for the whole file
     part = cache / "models--org--slow" / "blobs" / f"{sha256(data)}.part"
     code = ("from weightkit.hub.cache import resolve_model; "
-            f"resolve_model('org/slow', endpoint={hub.url!r})")
+            "from weightkit.options import HubOptions; "
+            f"resolve_model('org/slow', hub=HubOptions(endpoint={hub.url!r}))")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1"}
     kept = kill_once_grown([sys.executable, "-c", code], env, part)
     assert 32 * 1024 <= kept < len(data)
     assert not (cache / "models--org--slow" / "refs").exists()  # written once complete
 
     hub.slow = None
-    got = resolve_model("org/slow", endpoint=hub.url)
+    got = resolve_model("org/slow", hub=hub.options())
 
     last = hub.requests("GET", "/resolve/")[-1]
     assert last.path.endswith("/model.safetensors") and last.headers.get("Range") == \
@@ -277,7 +315,7 @@ def test_corrupted_download_is_not_kept_in_the_cache(hub: FakeHub, cache: Path) 
     hub.add_repo("org/toy", MODEL)
     hub.corrupt["model.safetensors"] = 100
     with pytest.raises(Exception, match="model.safetensors has sha256 "):
-        resolve_model("org/toy", endpoint=hub.url)
+        resolve_model("org/toy", hub=hub.options())
     blobs = cache / "models--org--toy" / "blobs"
     assert sha256(MODEL["model.safetensors"]) not in {p.name for p in blobs.iterdir()}
     assert not (cache / "models--org--toy" / "refs").exists()
@@ -286,7 +324,7 @@ def test_corrupted_download_is_not_kept_in_the_cache(hub: FakeHub, cache: Path) 
 def test_hostile_names_are_refused_before_any_download(hub: FakeHub, cache: Path) -> None:
     hub.add_repo("org/hostile", {**MODEL, "../../evil.json": b"{}"})
     with pytest.raises(HubError, match=r"lists a file named '../../evil.json', which is not a"):
-        resolve_model("org/hostile", endpoint=hub.url)
+        resolve_model("org/hostile", hub=hub.options())
     assert fetched(hub) == [] and not cache.exists()
 
 
@@ -299,7 +337,7 @@ def test_unwritable_cache_is_one_clear_error(hub: FakeHub, cache: Path,
 
     monkeypatch.setattr(cache_mod.os, "symlink", refused)
     with pytest.raises(OutputError) as e:
-        resolve_model("org/toy", endpoint=hub.url)
+        resolve_model("org/toy", hub=hub.options())
     snapshot = cache / "models--org--toy" / "snapshots" / hub.repos["org/toy"].branches["main"]
     assert e.value.message.startswith(f"cannot write to the Hugging Face cache {cache}: "
                                       f"Permission denied ({snapshot}/")
@@ -310,7 +348,7 @@ def test_unwritable_cache_is_one_clear_error(hub: FakeHub, cache: Path,
 def test_not_a_model_is_refused_before_any_download(hub: FakeHub, cache: Path) -> None:
     commit = hub.add_repo("org/docs", {"README.md": b"# nothing\n"})
     with pytest.raises(InputError) as e:
-        resolve_model("org/docs", role="diff", endpoint=hub.url)
+        resolve_model("org/docs", role="diff", hub=hub.options())
     assert e.value.message == (f"org/docs@{commit[:8]} is not a model: it has no config.json "
                                "and no weight files (*.safetensors, *.bin or consolidated.*.pth)")
     assert fetched(hub) == []
@@ -323,7 +361,7 @@ def test_index_naming_a_shard_the_repo_lacks(hub: FakeHub, cache: Path) -> None:
                                          "model.safetensors.index.json": index,
                                          "model-00001-of-00002.safetensors": b"x" * 2000})
     with pytest.raises(HubError) as e:
-        resolve_model("org/broken", endpoint=hub.url)
+        resolve_model("org/broken", hub=hub.options())
     assert e.value.message == (
         f"org/broken@{commit[:8]} is incomplete on {hub.url}: it lacks "
         "model-00002-of-00002.safetensors (named in model.safetensors.index.json)")
@@ -380,7 +418,7 @@ def test_index_shards_and_dangling_links_count(hub: FakeHub, cache: Path) -> Non
               "model-00002-of-00002.safetensors": b"2" * 2000}
     commit = hub.add_repo("org/sharded", {"config.json": b"{}",
                                           "model.safetensors.index.json": index, **shards})
-    resolve_model("org/sharded", endpoint=hub.url)
+    resolve_model("org/sharded", hub=hub.options())
     store = RepoCache.of("org/sharded")
     assert cache_mod.lacks(store, commit, "base") == []
     store.blob(sha256(shards["model-00002-of-00002.safetensors"])).unlink()
@@ -388,7 +426,7 @@ def test_index_shards_and_dangling_links_count(hub: FakeHub, cache: Path) -> Non
         "model-00002-of-00002.safetensors (its blob is gone)",
         "model-00002-of-00002.safetensors (named in model.safetensors.index.json)"]
     hub.log.clear()
-    resolve_model("org/sharded", endpoint=hub.url)  # fetched again
+    resolve_model("org/sharded", hub=hub.options())  # fetched again
     assert fetched(hub) == ["model-00002-of-00002.safetensors"]
 
 
@@ -400,8 +438,8 @@ def test_release_name_as_diff_and_lora_resolves_to_its_repos(hub: FakeHub, cache
     hub.add_repo("zjunlp/zhixi-13b-lora", {**LORA, "README.md": b"# lora\n"})
     checksums = Path(__file__).resolve().parents[2] / "checksums"
 
-    diff = resolve_model("zhixi-13b", role="diff", endpoint=hub.url)
-    lora = resolve_model("zhixi-13b", role="lora", endpoint=hub.url)
+    diff = resolve_model("zhixi-13b", role="diff", hub=hub.options())
+    lora = resolve_model("zhixi-13b", role="lora", hub=hub.options())
 
     assert (diff.repo, diff.release, diff.manifest) == ("zjunlp/zhixi-13b-diff", "zhixi-13b",
                                                         checksums / "zhixi-13b-diff.md5")
@@ -410,25 +448,25 @@ def test_release_name_as_diff_and_lora_resolves_to_its_repos(hub: FakeHub, cache
     assert lora.downloaded == sorted(LORA)
     assert (lora.folder / "adapter_config.json").read_bytes() == LORA["adapter_config.json"]
     with pytest.raises(HubError, match="zjunlp/zhixi-13b-diff-fp16 was not found"):
-        resolve_model("zhixi-13b", role="diff", fp16=True, endpoint=hub.url)
+        resolve_model("zhixi-13b", role="diff", fp16=True, hub=hub.options())
 
 
 @pytest.mark.parametrize("role", ["raw", "base"])
 def test_release_name_as_a_base_model_says_what_to_pass(hub: FakeHub, cache: Path,
                                                         role: str) -> None:
     with pytest.raises(InputError) as e:
-        resolve_model("zhixi-13b", role=role, endpoint=hub.url)
+        resolve_model("zhixi-13b", role=role, hub=hub.options())
     assert e.value.message == (
-        f"release zhixi-13b publishes no base model to pass as --{role}; its base model is "
+        f"release zhixi-13b publishes no base model to pass as `{role}`; its base model is "
         "LLaMA-13B in HF format (not on the Hub; get it from Meta and run weightkit convert)")
-    assert e.value.hint == (f"Pass the base model as --{role} (an HF folder, a raw Meta folder "
-                            "or a Hub id), and the release as --diff or --lora.")
+    assert e.value.hint == (f"Pass the base model as `{role}` (an HF folder, a raw Meta folder "
+                            "or a Hub id), and the release as `diff` or `lora`.")
     assert hub.log == []
 
 
 def test_release_part_not_on_the_hub(hub: FakeHub, cache: Path) -> None:
     with pytest.raises(InputError, match="part 'recovered' of release zhixi-13b is not on the"):
-        resolve_model("zhixi-13b", role="tuned", endpoint=hub.url)
+        resolve_model("zhixi-13b", role="tuned", hub=hub.options())
 
 
 @pytest.mark.parametrize(("spec", "expected"), [

@@ -28,7 +28,7 @@ def cached(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     """org/toy fetched into HF_HUB_CACHE by weightkit; returns the repo's cache folder."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     hub.add_repo("org/toy", MODEL)
-    resolve_model("org/toy", endpoint=hub.url)
+    resolve_model("org/toy", hub=hub.options())
     hub.log.clear()
     return tmp_path / "hf-cache" / "models--org--toy"
 
@@ -49,7 +49,7 @@ def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 def test_intact_cache_passes_without_a_request_or_a_write(hub: FakeHub, cached: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     before = state(cached)
-    report = verify("org/toy", quiet=True)
+    report = verify("org/toy", progress=False)
     assert report.ok and report.kind == "cache"
     commit = hub.repos["org/toy"].branches["main"]
     assert report.path == cached / "snapshots" / commit
@@ -88,14 +88,14 @@ def test_a_changed_blob_is_named_and_fix_makes_the_next_run_fetch_it(
     assert not (cached / "blobs" / WEIGHTS).exists()
     assert not (cached / "snapshots" / commit / "model.safetensors").is_symlink()
 
-    again = resolve_model("org/toy", endpoint=hub.url)
+    again = resolve_model("org/toy", hub=hub.options())
     assert fetched(hub) == ["model.safetensors"] and again.downloaded == ["model.safetensors"]
     assert cli(capsys, "verify", "org/toy")[0] == 0
 
 
 def test_a_changed_small_file_is_caught_by_its_git_sha1(hub: FakeHub, cached: Path) -> None:
     flip_byte(cached / "blobs" / CONFIG, 3)
-    report = verify("org/toy", quiet=True)
+    report = verify("org/toy", progress=False)
     row = next(r for r in report.rows if r.name == "config.json")
     assert (row.expected, row.verdict) == (CONFIG, "MISMATCH")
     data = (cached / "blobs" / CONFIG).read_bytes()
@@ -110,7 +110,7 @@ def test_truncated_blob_says_so_where_the_listing_gives_the_size(
     blob = tmp_path / "c" / "models--org--toy" / "blobs" / WEIGHTS
     blob.write_bytes(MODEL["model.safetensors"][:1000])
 
-    report = verify("org/toy", quiet=True, jobs=2)
+    report = verify("org/toy", progress=False, jobs=2)
 
     row = next(r for r in report.rows if r.name == "model.safetensors")
     assert (row.verdict, row.note) == ("MISMATCH", "truncated: 1000 of 3072 bytes")
@@ -120,15 +120,15 @@ def test_dangling_link_is_missing_and_fix_removes_it(hub: FakeHub, cached: Path)
     (cached / "blobs" / CONFIG).unlink()
     commit = hub.repos["org/toy"].branches["main"]
 
-    report = verify("org/toy", quiet=True)
+    report = verify("org/toy", progress=False)
     row = next(r for r in report.rows if r.name == "config.json")
     assert (row.verdict, row.note) == ("missing", f"a dangling link: blobs/{CONFIG} is gone")
     assert not report.ok
 
-    fixed = verify("org/toy", quiet=True, fix=True)
+    fixed = verify("org/toy", progress=False, fix=True)
     assert fixed.removed == [f"snapshots/{commit}/config.json"]
     assert not (cached / "snapshots" / commit / "config.json").is_symlink()
-    resolve_model("org/toy", endpoint=hub.url)
+    resolve_model("org/toy", hub=hub.options())
     assert fetched(hub) == ["config.json"]
 
 
@@ -147,7 +147,7 @@ def test_a_cached_snapshot_checks_against_a_manifest_too(hub: FakeHub, cached: P
                                                          tmp_path: Path) -> None:
     sums = tmp_path / "toy.md5"
     sums.write_text("".join(f"{hashlib.md5(d).hexdigest()}  {n}\n" for n, d in FILES.items()))
-    report = verify("org/toy@main", manifest=sums, quiet=True)
+    report = verify("org/toy@main", manifest=sums, progress=False)
     assert report.kind == "files" and report.ok
     assert [r.name for r in report.rows] == list(FILES)
 
@@ -157,7 +157,7 @@ def test_a_repo_not_in_the_cache_is_not_downloaded(hub: FakeHub, tmp_path: Path,
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     hub.add_repo("org/toy", MODEL)
     with pytest.raises(HubError) as e:
-        verify("org/toy", quiet=True)
+        verify("org/toy", progress=False)
     assert e.value.message == (f"org/toy@main is not in the Hugging Face cache "
                                f"{tmp_path / 'empty'}: there is nothing to check")
     assert hub.log == []
@@ -170,7 +170,7 @@ def test_a_folder_of_that_name_is_verified_as_a_folder(tmp_path: Path,
     (folder / "a.txt").write_bytes(b"a")
     (folder / "checksums.md5").write_text(f"{hashlib.md5(b'a').hexdigest()}  a.txt\n")
     monkeypatch.chdir(tmp_path)
-    report = verify("org/toy", quiet=True)
+    report = verify("org/toy", progress=False)
     assert (report.kind, report.ok) == ("files", True)
     with pytest.raises(InputError, match="org/toy: --fix repairs a Hub repo's files in the"):
-        verify("org/toy", quiet=True, fix=True)
+        verify("org/toy", progress=False, fix=True)

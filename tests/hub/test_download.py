@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from weightkit.cli import main
 from weightkit.errors import ChecksumError, InputError, OutputError
 from weightkit.hub.client import PARTIAL_DIR, HubError, RemoteFile
 from weightkit.hub.download import download
+from weightkit.progress import human_time
 
 from .conftest import TOKEN, FakeHub, kill_once_grown
 
@@ -46,7 +48,7 @@ def fetched(hub: FakeHub) -> list[str]:
 
 def test_only_lora_fetches_exactly_the_adapter_files(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
-    result = download("org/toy", tmp_path / "out", only_lora=True, endpoint=hub.url, quiet=True)
+    result = download("org/toy", tmp_path / "out", only_lora=True, hub=hub.options())
 
     assert listing(tmp_path / "out") == ["adapter_config.json", "adapter_model.safetensors"]
     assert sorted(fetched(hub)) == ["adapter_config.json", "adapter_model.safetensors"]
@@ -56,15 +58,49 @@ def test_only_lora_fetches_exactly_the_adapter_files(hub: FakeHub, tmp_path: Pat
         assert (tmp_path / "out" / name).read_bytes() == FILES[name]
 
 
-def test_dry_run_reports_and_fetches_nothing(hub: FakeHub, tmp_path: Path, capsys) -> None:
-    hub.add_repo("org/toy", FILES)
-    result = download("org/toy", tmp_path / "out", only_lora=True, endpoint=hub.url,
+class Usage:  # what shutil.disk_usage answers, for a disk with `free` bytes free
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+
+def test_dry_run_reports_and_fetches_nothing(hub: FakeHub, tmp_path: Path,
+                                             capfd: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    commit = hub.add_repo("org/toy", FILES)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(5_000_000_000))
+    result = download("org/toy", tmp_path / "out", only_lora=True, hub=hub.options(),
                       dry_run=True)
     assert result.downloaded == [] and not (tmp_path / "out").exists()
     assert fetched(hub) == []
-    err = " ".join(capsys.readouterr().err.split())
+    assert capfd.readouterr() == ("", "")  # a Python call prints nothing
     assert len(FILES["adapter_config.json"]) + 2048 == 2074
-    assert f"(dry run): 2 of 2 files to fetch, 2.07 kB to download into {tmp_path / 'out'}" in err
+    assert result.summary() == (
+        f"org/toy@{commit[:8]} (dry run): 2 of 2 files to fetch, 2.07 kB to download into "
+        f"{tmp_path / 'out'} (disk free: 5.00 GB). Nothing was downloaded.")
+    assert json.loads(json.dumps(result.to_dict())) == {
+        "repo": "org/toy", "revision": "main", "commit": commit, "out": str(tmp_path / "out"),
+        "dry_run": True, "files": list(LORA), "to_download": list(LORA),
+        "bytes_to_download": 2074, "disk_free": 5_000_000_000, "notes": []}
+
+
+def test_a_download_prints_nothing_and_its_result_says_what_it_did(
+        hub: FakeHub, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    commit = hub.add_repo("org/toy", FILES)
+    out = tmp_path / "out"
+    first = download("org/toy", out, include=["*.json"], hub=hub.options())
+    again = download("org/toy", out, hub=hub.options())
+    assert capfd.readouterr() == ("", "")
+
+    assert first.summary() == (f"org/toy@{commit[:8]}: 2 files downloaded (49 B in "
+                               f"{human_time(first.seconds)}), 0 already there, into {out}")
+    doc = json.loads(json.dumps(again.to_dict()))
+    assert doc == {
+        "repo": "org/toy", "revision": "main", "commit": commit, "out": str(out),
+        "dry_run": False, "files": sorted(FILES),
+        "downloaded": ["README.md", "adapter_model.safetensors", "model.safetensors"],
+        "present": ["adapter_config.json", "config.json"], "bytes": 6 + 2048 + 3072,
+        "seconds": round(again.seconds, 3), "checked": {"manifest": None, "verify": None},
+        "notes": []}
 
 
 @pytest.mark.parametrize("out", ["file", "file/out"])
@@ -74,7 +110,7 @@ def test_out_that_is_or_lies_inside_a_file_is_refused(hub: FakeHub, tmp_path: Pa
     hub.add_repo("org/toy", FILES)
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(OutputError) as e:
-        download("org/toy", tmp_path / out, endpoint=hub.url, quiet=True, dry_run=dry_run)
+        download("org/toy", tmp_path / out, hub=hub.options(), dry_run=dry_run)
     assert (e.value.message, e.value.hint) == (
         f"cannot make the folder {tmp_path / out}: {tmp_path / 'file'} is a file",
         "Choose an --out that is a folder or can become one.")
@@ -84,15 +120,15 @@ def test_out_that_is_or_lies_inside_a_file_is_refused(hub: FakeHub, tmp_path: Pa
 
 def test_only_base_fetches_everything_but_the_adapter(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
-    download("org/toy", tmp_path / "out", only_base=True, endpoint=hub.url, quiet=True)
+    download("org/toy", tmp_path / "out", only_base=True, hub=hub.options())
     assert listing(tmp_path / "out") == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_include_and_exclude_filter(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
-    download("org/toy", tmp_path / "a", include=["*.json"], endpoint=hub.url, quiet=True)
+    download("org/toy", tmp_path / "a", include=["*.json"], hub=hub.options())
     download("org/toy", tmp_path / "b", include=["*.json", "*.md"], exclude=["adapter_*"],
-             endpoint=hub.url, quiet=True)
+             hub=hub.options())
     assert listing(tmp_path / "a") == ["adapter_config.json", "config.json"]
     assert listing(tmp_path / "b") == ["README.md", "config.json"]
 
@@ -100,7 +136,7 @@ def test_include_and_exclude_filter(hub: FakeHub, tmp_path: Path) -> None:
 def test_nothing_selected_is_an_error(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
     with pytest.raises(InputError, match=r"no file of org/toy matches the selection"):
-        download("org/toy", tmp_path / "out", include=["*.bin"], endpoint=hub.url, quiet=True)
+        download("org/toy", tmp_path / "out", include=["*.bin"], hub=hub.options())
 
 
 def test_dropped_connection_twice_still_gives_the_right_file(hub: FakeHub,
@@ -109,7 +145,7 @@ def test_dropped_connection_twice_still_gives_the_right_file(hub: FakeHub,
     hub.add_repo("org/big", {"big.bin": data})
     hub.drops["big.bin"] = [1200, 3000]
 
-    result = download("org/big", tmp_path / "out", endpoint=hub.url, quiet=True)
+    result = download("org/big", tmp_path / "out", hub=hub.options())
 
     assert (tmp_path / "out" / "big.bin").read_bytes() == data
     ranges = [r.headers.get("Range") for r in hub.requests("GET", "/resolve/")]
@@ -124,7 +160,7 @@ def test_server_ignoring_range_gives_the_whole_file_again(hub: FakeHub, tmp_path
     hub.drops["big.bin"] = [1200]
     hub.ignore_range.add("big.bin")
 
-    download("org/big", tmp_path / "out", endpoint=hub.url, quiet=True)
+    download("org/big", tmp_path / "out", hub=hub.options())
 
     assert (tmp_path / "out" / "big.bin").read_bytes() == data
     ranges = [r.headers.get("Range") for r in hub.requests("GET", "/resolve/")]
@@ -134,7 +170,7 @@ def test_server_ignoring_range_gives_the_whole_file_again(hub: FakeHub, tmp_path
 def test_busy_server_is_retried(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
     hub.statuses["config.json"] = [503, 429]
-    download("org/toy", tmp_path / "out", include=["config.json"], endpoint=hub.url, quiet=True)
+    download("org/toy", tmp_path / "out", include=["config.json"], hub=hub.options())
     assert (tmp_path / "out" / "config.json").read_bytes() == FILES["config.json"]
     assert fetched(hub) == ["config.json"] * 3
 
@@ -150,7 +186,7 @@ def test_file_gone_from_the_repo(hub: FakeHub, tmp_path: Path,
 
     monkeypatch.setattr(dl, "list_files", with_a_ghost)
     with pytest.raises(HubError) as e:
-        download("org/toy", tmp_path / "out", include=["ghost.bin"], endpoint=hub.url, quiet=True)
+        download("org/toy", tmp_path / "out", include=["ghost.bin"], hub=hub.options())
     commit = hub.repos["org/toy"].branches["main"]
     assert e.value.message == (f"ghost.bin is listed in org/toy but could not be fetched from "
                                f"{commit}: it is not there")
@@ -162,7 +198,7 @@ def test_gives_up_after_repeated_drops_and_keeps_the_bytes(hub: FakeHub, tmp_pat
     hub.drops["big.bin"] = [1000] * 10  # no progress after the first 1000 bytes
     monkeypatch.setattr(dl, "RETRIES", 2)
     with pytest.raises(HubError, match=r"big.bin from org/big failed 3 times in a row") as e:
-        download("org/big", tmp_path / "out", endpoint=hub.url, quiet=True)
+        download("org/big", tmp_path / "out", hub=hub.options())
     part = tmp_path / "out" / PARTIAL_DIR / "big.bin.part"
     assert "resumes from the 1000 bytes" in e.value.hint
     assert part.stat().st_size == 1000
@@ -194,11 +230,11 @@ def test_killed_process_resumes_with_a_range_request(hub: FakeHub, tmp_path: Pat
 
 def test_a_second_run_skips_files_already_in_place(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
-    download("org/toy", tmp_path / "out", endpoint=hub.url, quiet=True)
+    download("org/toy", tmp_path / "out", hub=hub.options())
     gets = len(hub.requests("GET", "/resolve/"))
     (tmp_path / "out" / "config.json").write_bytes(b'{"model_type": "gpt2!"}')  # same size
 
-    again = download("org/toy", tmp_path / "out", endpoint=hub.url, quiet=True)
+    again = download("org/toy", tmp_path / "out", hub=hub.options())
 
     assert again.downloaded == ["config.json"]
     assert again.present == ["README.md", "adapter_config.json", "adapter_model.safetensors",
@@ -235,7 +271,7 @@ def test_every_corrupted_file_is_named(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
     hub.corrupt.update({"model.safetensors": 0, "adapter_model.safetensors": 0})
     with pytest.raises(ChecksumError) as e:
-        download("org/toy", tmp_path / "out", endpoint=hub.url, quiet=True)
+        download("org/toy", tmp_path / "out", hub=hub.options())
     lines = e.value.message.splitlines()
     assert lines[0] == "2 files of org/toy did not match the Hub's hashes and were deleted:"
     assert sorted(line.split(" has ")[0] for line in lines[1:]) == [
@@ -245,7 +281,7 @@ def test_every_corrupted_file_is_named(hub: FakeHub, tmp_path: Path) -> None:
 
 def test_repo_not_found(hub: FakeHub, tmp_path: Path) -> None:
     with pytest.raises(HubError) as e:
-        download("org/missing", tmp_path / "out", endpoint=hub.url, quiet=True)
+        download("org/missing", tmp_path / "out", hub=hub.options())
     assert e.value.message == (f"repo org/missing was not found on {hub.url}, or it is private "
                                "and no token was given")
     assert "hf auth login" in e.value.hint
@@ -254,14 +290,13 @@ def test_repo_not_found(hub: FakeHub, tmp_path: Path) -> None:
 def test_private_repo_needs_the_token_and_never_shows_it(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/private", {"config.json": b"{}"}, private=True)
     with pytest.raises(HubError, match="or it is private and no token was given"):
-        download("org/private", tmp_path / "a", endpoint=hub.url, quiet=True)
+        download("org/private", tmp_path / "a", hub=hub.options())
     with pytest.raises(HubError) as e:
-        download("org/private", tmp_path / "b", endpoint=hub.url, token="hf_wrong_token",
-                 quiet=True)
+        download("org/private", tmp_path / "b", hub=hub.options(token="hf_wrong_token"))
     assert "the token in use cannot read it" in e.value.message
     assert "hf_wrong_token" not in str(e.value)
 
-    download("org/private", tmp_path / "c", endpoint=hub.url, token=TOKEN, quiet=True)
+    download("org/private", tmp_path / "c", hub=hub.options(token=TOKEN))
     assert (tmp_path / "c" / "config.json").read_bytes() == b"{}"
     assert {r.headers.get("Authorization") for r in hub.requests("GET", "/resolve/")} == {
         f"Bearer {TOKEN}"}
@@ -270,7 +305,7 @@ def test_private_repo_needs_the_token_and_never_shows_it(hub: FakeHub, tmp_path:
 def test_gated_repo(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/gated", {"config.json": b"{}"}, gated=True)
     with pytest.raises(HubError) as e:
-        download("org/gated", tmp_path / "out", endpoint=hub.url, quiet=True)
+        download("org/gated", tmp_path / "out", hub=hub.options())
     assert e.value.message == "org/gated is a gated repo and this account has no access to it yet"
     assert f"Accept its conditions at {hub.url}/org/gated" in e.value.hint
 
@@ -278,14 +313,14 @@ def test_gated_repo(hub: FakeHub, tmp_path: Path) -> None:
 def test_revision_not_found(hub: FakeHub, tmp_path: Path) -> None:
     hub.add_repo("org/toy", FILES)
     with pytest.raises(HubError) as e:
-        download("org/toy", tmp_path / "out", revision="v9", endpoint=hub.url, quiet=True)
+        download("org/toy", tmp_path / "out", revision="v9", hub=hub.options())
     assert e.value.message == "revision 'v9' was not found in org/toy"
 
 
 def test_revision_is_pinned_to_its_commit(hub: FakeHub, tmp_path: Path) -> None:
     sha = hub.add_repo("org/toy", FILES)
     result = download("org/toy", tmp_path / "out", include=["config.json"], revision=sha,
-                      endpoint=hub.url, quiet=True)
+                      hub=hub.options())
     assert result.commit == sha
     assert hub.requests("GET", "/resolve/")[0].path == f"/org/toy/resolve/{sha}/config.json"
 
@@ -295,7 +330,7 @@ def test_revision_is_pinned_to_its_commit(hub: FakeHub, tmp_path: Path) -> None:
 def test_names_escaping_the_folder_are_refused(hub: FakeHub, tmp_path: Path, name: str) -> None:
     hub.add_repo("org/hostile", {"config.json": b"{}", name: b"gotcha"})
     with pytest.raises(HubError) as e:
-        download("org/hostile", tmp_path / "out", endpoint=hub.url, quiet=True)
+        download("org/hostile", tmp_path / "out", hub=hub.options())
     assert e.value.message == (f"org/hostile lists a file named {name!r}, which is not a plain "
                                f"path inside {tmp_path / 'out'}; nothing was downloaded")
     assert hub.requests("GET", "/resolve/") == []
@@ -309,7 +344,7 @@ def test_names_through_a_symlink_out_of_the_folder_are_refused(hub: FakeHub,
     (tmp_path / "out" / "link").symlink_to(tmp_path / "elsewhere")
     hub.add_repo("org/hostile", {"link/evil.txt": b"gotcha"})
     with pytest.raises(HubError, match="'link/evil.txt', which is not a plain path inside"):
-        download("org/hostile", tmp_path / "out", endpoint=hub.url, quiet=True)
+        download("org/hostile", tmp_path / "out", hub=hub.options())
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
@@ -322,7 +357,7 @@ def test_not_enough_disk_space_is_refused_up_front(hub: FakeHub, tmp_path: Path,
 
     monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage())
     with pytest.raises(OutputError) as e:
-        download("org/toy", tmp_path / "out", endpoint=hub.url, quiet=True)
+        download("org/toy", tmp_path / "out", hub=hub.options())
     assert e.value.message == f"{tmp_path / 'out'} has 500 B free, the download needs 5.17 kB more"
     assert hub.requests("GET", "/resolve/") == []
 
@@ -336,7 +371,7 @@ def test_disk_full_while_writing(hub: FakeHub, tmp_path: Path,
 
     monkeypatch.setattr(dl._Part, "write", full)
     with pytest.raises(OutputError) as e:
-        download("org/big", tmp_path / "out", endpoint=hub.url, quiet=True)
+        download("org/big", tmp_path / "out", hub=hub.options())
     part = tmp_path / "out" / PARTIAL_DIR / "big.bin.part"
     assert e.value.message == f"the disk is full: {part} stopped at 0 bytes"
 
@@ -367,24 +402,32 @@ def test_release_parts_resolve_through_the_catalog(hub: FakeHub, tmp_path: Path,
     hub.add_repo("org/toy-diff", {"diff.bin": b"d" * 10})
     hub.add_repo("org/toy-diff-fp16", {"diff16.bin": b"h" * 10})
 
-    assert download("toy-7b", tmp_path / "a", endpoint=hub.url, quiet=True).repo == "org/toy-diff"
-    assert download("toy-7b", tmp_path / "b", only_base=True, endpoint=hub.url,
-                    quiet=True).repo == "org/toy-diff"
-    assert download("toy-7b", tmp_path / "c", fp16=True, endpoint=hub.url,
-                    quiet=True).repo == "org/toy-diff-fp16"
+    assert download("toy-7b", tmp_path / "a", hub=hub.options()).repo == "org/toy-diff"
+    assert download("toy-7b", tmp_path / "b", only_base=True,
+                    hub=hub.options()).repo == "org/toy-diff"
+    assert download("toy-7b", tmp_path / "c", fp16=True,
+                    hub=hub.options()).repo == "org/toy-diff-fp16"
     assert listing(tmp_path / "c") == ["diff16.bin"]
 
 
 def test_release_lora_is_verified_against_its_manifest(hub: FakeHub, tmp_path: Path,
                                                        catalog: Path) -> None:
     hub.add_repo("org/toy-lora", {n: FILES[n] for n in LORA})
-    result = download("toy-7b", tmp_path / "out", only_lora=True, endpoint=hub.url, quiet=True)
+    result = download("toy-7b", tmp_path / "out", only_lora=True, hub=hub.options())
     assert result.repo == "org/toy-lora"
     assert result.manifest == catalog / "toy-7b-lora.md5"
     assert result.verify_report is not None and result.verify_report.ok
+    # the verify summary is the second line, as the command printed it after the download's
+    assert result.summary().splitlines()[1] == result.verify_report.summary()
+    assert result.verify_report.summary().startswith(
+        f"2 ok, 0 MISMATCH, 0 missing, 0 extra: files of {tmp_path / 'out'} checked against "
+        f"{catalog / 'toy-7b-lora.md5'} (md5), 2.07 kB in ")
+    assert json.loads(json.dumps(result.to_dict()))["checked"] == {
+        "manifest": str(catalog / "toy-7b-lora.md5"),
+        "verify": json.loads(json.dumps(result.verify_report.to_dict()))}
 
     skipped = download("toy-7b", tmp_path / "out", only_lora=True, verify=False,
-                       endpoint=hub.url, quiet=True)
+                       hub=hub.options())
     assert (skipped.manifest, skipped.verify_report) == (None, None)
 
 
@@ -394,17 +437,55 @@ def test_release_manifest_mismatch_fails(hub: FakeHub, tmp_path: Path, catalog: 
     # the repo lacks adapter_config.json: an unfiltered download must have every listed file
     hub.add_repo("org/toy-lora", {"adapter_model.safetensors": FILES["adapter_model.safetensors"]})
     with pytest.raises(ChecksumError) as e:
-        download("toy-7b", tmp_path / "out", only_lora=True, endpoint=hub.url, quiet=True)
+        download("toy-7b", tmp_path / "out", only_lora=True, hub=hub.options())
     assert e.value.message == (f"{tmp_path / 'out'} does not match the catalog manifest "
                                "toy-7b-lora.md5: adapter_model.safetensors (MISMATCH), "
                                "adapter_config.json (missing)")
+    assert e.value.hint == ("Download the files named again, or tell the catalog's maintainers "
+                            f"(checking {tmp_path / 'out'} against {catalog / 'toy-7b-lora.md5'} "
+                            "lists every file).")
+    # what was fetched and checked travels with the error, for the command to show first
+    assert e.value.result.downloaded == ["adapter_model.safetensors"]
+    assert e.value.result.verify_report.counts() == {"ok": 0, "MISMATCH": 1, "missing": 1,
+                                                     "extra": 0}
+
+
+def test_cli_prints_the_download_and_verify_summaries(hub: FakeHub, tmp_path: Path,
+                                                      catalog: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    commit = hub.add_repo("org/toy-lora", {n: FILES[n] for n in LORA})
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["download", "toy-7b", "--only-lora", "--out", str(out), "--endpoint", hub.url])
+    assert e.value.code == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == ""
+    assert re.fullmatch(rf"org/toy-lora@{commit[:8]}: 2 files downloaded \(2\.07 kB in "
+                        rf"\d+\.\d s\), 0 already there, into {re.escape(str(out))}", lines[-2])
+    assert lines[-1].startswith(f"2 ok, 0 MISMATCH, 0 missing, 0 extra: files of {out} ")
+    assert lines[-1].endswith(" Everything listed matches.")
+
+    (catalog / "toy-7b-lora.md5").write_text(f"{'0' * 32}  adapter_model.safetensors\n")
+    with pytest.raises(SystemExit) as e:
+        main(["download", "toy-7b", "--only-lora", "--out", str(out), "--endpoint", hub.url])
+    assert e.value.code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(rf"org/toy-lora@{commit[:8]}: 0 files downloaded \(0 B in \d+\.\d s\), "
+                        rf"2 already there, into {re.escape(str(out))}", lines[-4])
+    assert lines[-3].startswith("0 ok, 1 MISMATCH, 0 missing, 1 extra: ")
+    assert lines[-2:] == [
+        f"Error: {out} does not match the catalog manifest toy-7b-lora.md5: "
+        "adapter_model.safetensors (MISMATCH)",
+        f"Download the files named again, or tell the catalog's maintainers (checking {out} "
+        f"against {catalog / 'toy-7b-lora.md5'} lists every file)."]
 
 
 def test_plain_repo_of_a_release_part_is_verified_too(hub: FakeHub, tmp_path: Path,
                                                       catalog: Path) -> None:
     hub.add_repo("org/toy-lora", {n: FILES[n] for n in LORA})
     result = download("org/toy-lora", tmp_path / "out", include=["adapter_model.*"],
-                      endpoint=hub.url, quiet=True)
+                      hub=hub.options())
     assert result.manifest == catalog / "toy-7b-lora.md5"
     # adapter_config.json is listed but was left out on purpose: only what was fetched counts
     assert [(r.name, r.verdict) for r in result.verify_report.rows] == [
@@ -413,13 +494,15 @@ def test_plain_repo_of_a_release_part_is_verified_too(hub: FakeHub, tmp_path: Pa
 
 @pytest.mark.parametrize(("name", "flags", "message"), [
     ("toy-8b", {}, "'toy-8b' is neither a Hub repo id (org/name) nor a release in the catalog"),
-    ("toy-7b", {"only_lora": True, "fp16": True}, "release toy-7b has no fp16 LoRA"),
-    ("org/toy", {"fp16": True}, "--fp16 picks the fp16 diff of a release; org/toy is a repo"),
-    ("org/toy", {"only_lora": True, "only_base": True}, "--only-lora and --only-base exclude"),
+    ("toy-7b", {"only_lora": True, "fp16": True},
+     "release toy-7b has no fp16 LoRA; use `only_lora` or `fp16`"),
+    ("org/toy", {"fp16": True}, "`fp16` picks the fp16 diff of a release; org/toy is a repo"),
+    ("org/toy", {"only_lora": True, "only_base": True},
+     "`only_lora` and `only_base` exclude each other"),
 ])
 def test_bad_selections(hub: FakeHub, tmp_path: Path, catalog: Path, name: str, flags: dict,
                         message: str) -> None:
     with pytest.raises(InputError) as e:
-        download(name, tmp_path / "out", endpoint=hub.url, quiet=True, **flags)
-    assert e.value.message.startswith(message)
+        download(name, tmp_path / "out", hub=hub.options(), **flags)
+    assert e.value.message == message  # parameters in backquotes; the CLI shows its flags
     assert hub.log == []

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from weightkit.cli.errors import flag_text
-from weightkit.errors import OptionConflict
+from weightkit.errors import OptionConflict, WeightkitError
 from weightkit.options import DTYPES, HubOptions, WriteOptions
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -45,6 +45,12 @@ def subcommand(name: str) -> Decorator:
             except OptionConflict as e:
                 raise Conflict(flag_text(e.message, ctx.command),
                                e.hint and flag_text(e.hint, ctx.command)) from None
+            except WeightkitError as e:
+                # what was done before the failure (a download that does not match its
+                # manifest: what was fetched and checked), read before the error
+                if getattr(e, "result", None) is not None and not (as_json or is_quiet(quiet)):
+                    render(e.result, ctx.command, as_json=False, quiet=False)
+                raise
             code = render(result, ctx.command, as_json=as_json, quiet=root.obj["quiet"])
             if code:
                 ctx.exit(code)

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import get_cached_repo_tree
@@ -47,18 +48,19 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from weightkit.catalog import Release, find_release
 from weightkit.errors import InputError, OutputError
-from weightkit.hub.client import HubError, RemoteFile, connect, list_files
+from weightkit.hub.client import RETRY_LATER, HubError, RemoteFile, connect, list_files
 from weightkit.hub.download import (
     ADAPTER_PATTERNS,
     DownloadResult,
-    dry_run_report,
     fetch_files,
+    fetched_text,
     manifest_of_repo,
+    plan_fetch,
     refuse_escaping_names,
     select,
 )
 from weightkit.ops.verify import GIT_SHA1
-from weightkit.progress import human_bytes, human_time, say
+from weightkit.options import HubOptions
 
 ROLES = ("model", "base", "raw", "tuned", "diff", "lora")
 # the part of a catalog release each role reads; "raw" and "base" have none: a release is
@@ -106,6 +108,19 @@ class CachedModel:
     nbytes: int = 0  # bytes received over the network by this call
     release: str | None = None  # the catalog release the spec named, if it named one
     manifest: Path | None = None  # the catalog manifest of this repo, if the catalog has one
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)  # what was found or fetched, in order
+
+    def summary(self) -> str:
+        return "\n".join(self.notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repo": self.repo, "revision": self.revision, "commit": self.commit,
+                "folder": str(self.folder), "release": self.release,
+                "manifest": str(self.manifest) if self.manifest else None,
+                "dry_run": self.dry_run, "downloaded": self.downloaded, "bytes": self.nbytes,
+                "missing": [{"path": f.path, "size": f.size} for f in self.missing],
+                "notes": self.notes}
 
 
 @dataclass(frozen=True)
@@ -289,9 +304,9 @@ def _target(spec: str, role: str, fp16: bool) -> _Target:
                          "Check the path, or give a Hub repo id such as huggyllama/llama-7b.")
     if role not in RELEASE_PARTS:
         base = f"; its base model is {release.base}" if release.base else ""
-        raise InputError(f"release {spec} publishes no base model to pass as --{role}{base}",
-                         f"Pass the base model as --{role} (an HF folder, a raw Meta folder or a "
-                         f"Hub id), and the release as --diff or --lora.")
+        raise InputError(f"release {spec} publishes no base model to pass as `{role}`{base}",
+                         f"Pass the base model as `{role}` (an HF folder, a raw Meta folder or a "
+                         "Hub id), and the release as `diff` or `lora`.")
     part = RELEASE_PARTS[role]
     if fp16:
         if part != "diff":
@@ -303,13 +318,13 @@ def _target(spec: str, role: str, fp16: bool) -> _Target:
 
 # --- resolving -----------------------------------------------------------------------------------
 
-def resolve_model(spec: str, *, role: str = "model", endpoint: str | None = None,
-                  token: str | None = None, quiet: bool = True, dry_run: bool = False,
-                  fp16: bool = False, jobs: int = 4,
+def resolve_model(spec: str, *, role: str = "model", hub: HubOptions | None = None,
+                  dry_run: bool = False, fp16: bool = False,
                   cache_dir: str | Path | None = None) -> CachedModel:
     """The model `spec` names, in the Hugging Face cache: read from there when it is complete
     (no request, no write); else what it lacks is fetched into it first, or with `dry_run`
-    only listed in `missing`.
+    only listed in `missing`. Prints nothing: what it found, fetched or would fetch is in the
+    result's `notes`. `hub`: the endpoint, token, files fetched at once and progress bars.
 
     `role` ("model", "base", "raw", "tuned", "diff", "lora") picks what is read: "lora" the
     adapter files, the others the model's config, tokenizer and one weight layout. A release
@@ -320,14 +335,14 @@ def resolve_model(spec: str, *, role: str = "model", endpoint: str | None = None
     commit = store.commit_of(target.revision)
     lacking = lacks(store, commit, role) if commit else []
     if commit and not lacking:
-        say(f"{target.name}: complete in the Hugging Face cache, read from "
-            f"{store.snapshot(commit)}", quiet)
         return CachedModel(target.repo, target.revision, commit, store.snapshot(commit),
-                           release=target.release, manifest=target.manifest)
+                           release=target.release, manifest=target.manifest, dry_run=dry_run,
+                           notes=[f"{target.name}: complete in the Hugging Face cache, read "
+                                  f"from {store.snapshot(commit)}"])
     if offline():
         raise _offline_error(target, store, commit, lacking)
     try:
-        return _fetch(target, store, role, endpoint, token, jobs, quiet, dry_run)
+        return _fetch(target, store, role, hub, dry_run)
     except PermissionError as e:
         raise OutputError(f"cannot write to the Hugging Face cache {store.root}: {e.strerror} "
                           f"({e.filename})", "Check its permissions, or set HF_HUB_CACHE to a "
@@ -346,9 +361,9 @@ def _offline_error(target: _Target, store: RepoCache, commit: str | None,
                     "downloaded", _OFFLINE_HINT)
 
 
-def _fetch(target: _Target, store: RepoCache, role: str, endpoint: str | None,
-           token: str | None, jobs: int, quiet: bool, dry_run: bool) -> CachedModel:
-    hub = connect(endpoint, token)
+def _fetch(target: _Target, store: RepoCache, role: str, options: HubOptions | None,
+           dry_run: bool) -> CachedModel:
+    hub = connect(options)
     commit, listed = list_files(hub, target.repo, target.revision)
     files = select_files(listed, role)
     folder = store.snapshot(commit)
@@ -361,18 +376,18 @@ def _fetch(target: _Target, store: RepoCache, role: str, endpoint: str | None,
     # one download per content, and none for a content another commit already brought
     fetch = list({f.digest: f for f in todo if not store.has_blob(f)}.values())
     model = CachedModel(target.repo, target.revision, commit, folder, missing=fetch,
-                        release=target.release, manifest=target.manifest)
+                        release=target.release, manifest=target.manifest, dry_run=dry_run)
     layout = CacheLayout(store, commit, paths)
     if dry_run:
-        dry_run_report(target.repo, commit, fetch, len(files), layout, quiet)
+        model.notes.append(plan_fetch(fetch, len(files), layout).summary(target.repo, commit))
         return model
 
     start = time.perf_counter()
     for f in todo:
         if store.has_blob(f):
             store.link(commit, f.path, f.digest or "")
-    result = DownloadResult(target.repo, commit, store.path)
-    fetch_files(hub, target.repo, commit, fetch, layout, jobs, result, quiet)
+    result = DownloadResult(target.repo, target.revision, commit, store.path)
+    fetch_files(hub, target.repo, commit, fetch, layout, result)
     store.write_ref(target.revision, commit)  # last: an interrupted run leaves the old ref
     still = lacks(store, commit, role)
     if still:
@@ -380,10 +395,9 @@ def _fetch(target: _Target, store: RepoCache, role: str, endpoint: str | None,
                        f"{', '.join(still)}", "Tell the repo's owners, or pick another revision.")
     model.downloaded = sorted(p for f in fetch for p in paths[f.digest or ""])
     model.nbytes = result.nbytes
-    say(f"{target.repo}@{commit[:8]}: {len(fetch)} files downloaded "
-        f"({human_bytes(result.nbytes)} in {human_time(time.perf_counter() - start)}), "
-        f"{len(files) - len(todo)} already there, into the Hugging Face cache {store.path}",
-        quiet)
+    model.notes.append(fetched_text(target.repo, commit, len(fetch), result.nbytes,
+                                    time.perf_counter() - start, len(files) - len(todo),
+                                    f"the Hugging Face cache {store.path}"))
     return model
 
 
@@ -399,8 +413,7 @@ def _check_selection(target: _Target, commit: str, files: list[RemoteFile],
     nameless = [f.path for f in files if not f.digest]
     if nameless:
         raise HubError(f"the Hub lists no hash for {', '.join(nameless)} in {target.repo}, and "
-                       "the cache names each file by its hash",
-                       "Try again later; if it persists, run with --debug and report it.")
+                       "the cache names each file by its hash", RETRY_LATER)
 
 
 # --- what to fetch, and what complete means ------------------------------------------------------
@@ -584,6 +597,6 @@ def cached_snapshot(spec: str, *, cache_dir: str | Path | None = None) -> Snapsh
     if commit is None:
         raise HubError(f"{target.name} is not in the Hugging Face cache {store.root}: "
                        "there is nothing to check",
-                       "A run that reads it (e.g. weightkit merge-lora --base "
-                       f"{target.repo} ...) or huggingface_hub downloads it there.")
+                       "A run that reads it (e.g. merge_lora with it as `base`) or "
+                       "huggingface_hub downloads it there.")
     return Snapshot(store, target.revision, commit)

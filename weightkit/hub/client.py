@@ -29,10 +29,12 @@ from huggingface_hub.utils import build_hf_headers
 from weightkit import __version__
 from weightkit.errors import WeightkitError
 from weightkit.ops.verify import GIT_SHA1, new_hash
+from weightkit.options import HubOptions
 
 # where `download` keeps unfinished files, inside the output folder; `push` never uploads it
 PARTIAL_DIR = ".weightkit-partial"
 _READ_CHUNK = 8 << 20
+RETRY_LATER = "Try again later; if it persists, report it with the full message."
 _LOGIN_HINT = ("Log in with `hf auth login`, or set HF_TOKEN to a token from "
                "{endpoint}/settings/tokens.")
 
@@ -43,10 +45,13 @@ class HubError(WeightkitError):
 
 @dataclass(frozen=True)
 class Hub:
-    """An endpoint and the token to use there (None: anonymous)."""
+    """An endpoint and the token to use there (None: anonymous), with the files fetched at once
+    and whether progress bars show."""
 
     endpoint: str
     token: str | None
+    jobs: int = 4
+    show_progress: bool = False
 
     @property
     def api(self) -> HfApi:
@@ -59,12 +64,14 @@ class Hub:
                                 library_version=__version__)
 
 
-def connect(endpoint: str | None = None, token: str | None = None) -> Hub:
-    """The endpoint from the argument, HF_ENDPOINT or huggingface.co; the token from the argument,
+def connect(options: HubOptions | None = None) -> Hub:
+    """The endpoint from `options`, HF_ENDPOINT or huggingface.co; the token from `options`,
     HF_TOKEN or the saved login."""
+    options = options or HubOptions()
     # read HF_ENDPOINT now: huggingface_hub reads it once, when it is first imported
-    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT
-    return Hub(endpoint.rstrip("/"), token or get_token())
+    endpoint = options.endpoint or os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT
+    return Hub(endpoint.rstrip("/"), options.token or get_token(), options.jobs,
+               options.show_progress)
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,7 @@ def hub_errors(hub: Hub, repo: str, revision: str | None = None,
                        "Unset HF_HUB_OFFLINE to use the network.") from None
     except httpx2.TransportError as e:
         raise HubError(f"cannot reach {hub.endpoint} for {repo}: {_redact(str(e), hub)}",
-                       "Check the network connection and proxy, or HF_ENDPOINT / --endpoint."
+                       "Check the network connection and proxy, or HF_ENDPOINT / `endpoint`."
                        ) from None
 
 
@@ -164,7 +171,7 @@ def _translate(e: HfHubHTTPError, hub: Hub, repo: str, revision: str | None,
                         "cannot read it", "Check the name and that the token's account has access.")
     if isinstance(e, RevisionNotFoundError):
         return HubError(f"revision {revision!r} was not found in {repo}",
-                        "Give a branch, tag or commit sha that exists (--revision).")
+                        "Give a branch, tag or commit sha that exists (`revision`).")
     if isinstance(e, RemoteEntryNotFoundError):
         return HubError(f"{path or 'a file'} is listed in {repo} but could not be fetched "
                         f"from {revision}: it is not there", "The repo changed during the "
@@ -178,7 +185,7 @@ def _translate(e: HfHubHTTPError, hub: Hub, repo: str, revision: str | None,
                         "Use a token with write access to that repo or organization.")
     detail = _redact(e.server_message or str(e).splitlines()[0], hub)
     return HubError(f"{hub.endpoint} answered HTTP {status} for {repo}: {detail}",
-                    "Try again later; if it persists, run with --debug and report it.")
+                    RETRY_LATER)
 
 
 def _redact(text: str, hub: Hub) -> str:

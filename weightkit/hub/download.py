@@ -39,7 +39,8 @@ from weightkit.hub.client import (
     update_from_file,
 )
 from weightkit.io.disk import free_bytes, writable_folder
-from weightkit.progress import ByteProgress, human_bytes, human_time, say
+from weightkit.options import HubOptions
+from weightkit.progress import ByteProgress, human_bytes, human_time
 
 if TYPE_CHECKING:
     from weightkit.ops.verify import VerifyReport
@@ -55,14 +56,73 @@ _DAMAGED_HINT = ("Run the same command to fetch it again. If it fails again, the
 
 @dataclass
 class DownloadResult:
+    """What `download` did (or, in a dry run, would do): the files, the bytes and the checks."""
+
     repo: str
-    commit: str
+    revision: str  # as asked (default: main)
+    commit: str  # what it pointed to
     out: Path
+    files: list[str] = field(default_factory=list)  # the selection, all of it
     downloaded: list[str] = field(default_factory=list)  # fetched (or finished) by this run
     present: list[str] = field(default_factory=list)  # already in place with the right hash
     nbytes: int = 0  # bytes received over the network by this run
+    seconds: float = 0.0
     manifest: Path | None = None  # the catalog manifest the result was verified against
     verify_report: VerifyReport | None = None
+    plan: DryRun | None = None  # a dry run's: what it would download
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.plan is not None
+
+    def summary(self) -> str:
+        if self.plan is not None:
+            return self.plan.summary(self.repo, self.commit)
+        text = fetched_text(self.repo, self.commit, len(self.downloaded), self.nbytes,
+                            self.seconds, len(self.present), str(self.out))
+        return text if self.verify_report is None else f"{text}\n{self.verify_report.summary()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"repo": self.repo, "revision": self.revision,
+                               "commit": self.commit, "out": str(self.out),
+                               "dry_run": self.dry_run, "files": self.files}
+        if self.plan is not None:
+            return {**doc, **self.plan.to_dict(), "notes": self.notes}
+        report = self.verify_report
+        return {**doc, "downloaded": self.downloaded, "present": self.present,
+                "bytes": self.nbytes, "seconds": round(self.seconds, 3),
+                "checked": {"manifest": str(self.manifest) if self.manifest else None,
+                            "verify": report.to_dict() if report is not None else None},
+                "notes": self.notes}
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What fetching would do: `todo` of `total` files, `needed` bytes into `root`, which has
+    `free` bytes free."""
+
+    todo: list[RemoteFile]
+    total: int
+    needed: int
+    root: Path
+    free: int
+
+    def summary(self, repo: str, commit: str) -> str:
+        return (f"{repo}@{commit[:8]} (dry run): {len(self.todo)} of {self.total} files to "
+                f"fetch, {human_bytes(self.needed)} to download into {self.root} (disk free: "
+                f"{human_bytes(self.free)}). Nothing was downloaded.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"to_download": [f.path for f in self.todo], "bytes_to_download": self.needed,
+                "disk_free": self.free}
+
+
+def fetched_text(repo: str, commit: str, downloaded: int, nbytes: int, seconds: float,
+                 present: int, where: str) -> str:
+    """The line a finished fetch is summed up in."""
+    return (f"{repo}@{commit[:8]}: {downloaded} files downloaded ({human_bytes(nbytes)} in "
+            f"{human_time(seconds)}), {present} already there, into {where}")
 
 
 def download(
@@ -75,23 +135,22 @@ def download(
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     revision: str | None = None,
-    jobs: int = 4,
     verify: bool = True,
-    endpoint: str | None = None,
-    token: str | None = None,
-    quiet: bool = False,
     dry_run: bool = False,
+    hub: HubOptions | None = None,
 ) -> DownloadResult:
     """Download a repo (`org/name`) or a catalog release (`zhixi-13b`) into `out`, resuming
     whatever an earlier run left, and check each file against the Hub's hashes; then, when the
-    catalog has a manifest for what was fetched, run `weightkit verify` on it.
+    catalog has a manifest for what was fetched (and `verify`), check `out` against it.
+    Prints nothing; returns a DownloadResult (with `dry_run`: what it would download).
 
     For a release, `only_lora` takes its "lora" part, `fp16` its "diff-fp16" part, otherwise its
     "diff" part. For a repo, `only_lora` keeps the adapter files and `only_base` the others.
+    `hub`: the endpoint, token, files fetched at once and progress bars.
     """
     repo, adapter, manifest = _resolve(repo_or_release, only_lora, only_base, fp16)
-    hub = connect(endpoint, token)
-    commit, listed = list_files(hub, repo, revision)
+    client = connect(hub)
+    commit, listed = list_files(client, repo, revision)
     files = select(listed, adapter, include, exclude)
     if not files:
         raise InputError(f"no file of {repo} matches the selection",
@@ -100,24 +159,27 @@ def download(
     refuse_escaping_names(files, out, repo)
     writable_folder(out)  # not a file, nor inside one: a dry run refuses it as the real run does
     layout = FolderLayout(out)
+    result = DownloadResult(repo, revision or hf_constants.DEFAULT_REVISION, commit, out,
+                            files=[f.path for f in files])
     if dry_run:
-        return _dry_run(repo, commit, files, layout, quiet)
+        result.plan = plan_fetch([f for f in files if not _maybe_done(layout, f)], len(files),
+                                 layout)
+        return result
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    result = DownloadResult(repo, commit, out)
     try:
-        fetch_files(hub, repo, commit, files, layout, jobs, result, quiet)
+        fetch_files(client, repo, commit, files, layout, result)
     finally:
         _remove_empty_dirs(out / PARTIAL_DIR)  # what is left there is what a rerun resumes
-    say(f"{repo}@{commit[:8]}: {len(result.downloaded)} files downloaded "
-        f"({human_bytes(result.nbytes)} in {human_time(time.perf_counter() - start)}), "
-        f"{len(result.present)} already there, into {out}", quiet)
+    result.seconds = time.perf_counter() - start
 
     if verify and manifest is not None:
         deselected = {f.path for f in listed} - {f.path for f in files}
         result.manifest = manifest
-        result.verify_report = _verify(out, manifest, deselected, quiet)
+        result.verify_report = _verify(out, manifest, deselected, client.show_progress)
+        if not result.verify_report.ok:
+            raise ManifestMismatch(result)
     return result
 
 
@@ -127,10 +189,10 @@ def _resolve(name: str, only_lora: bool, only_base: bool,
              fp16: bool) -> tuple[str, str | None, Path | None]:
     """(repo, adapter filter "lora"/"base"/None, catalog manifest) for a repo id or release."""
     if only_lora and only_base:
-        raise OptionConflict("--only-lora and --only-base exclude each other")
+        raise OptionConflict("`only_lora` and `only_base` exclude each other")
     if "/" in name:
         if fp16:
-            raise OptionConflict(f"--fp16 picks the fp16 diff of a release; {name} is a repo",
+            raise OptionConflict(f"`fp16` picks the fp16 diff of a release; {name} is a repo",
                              "Give a release name from the catalog, or the fp16 repo itself.")
         adapter = "lora" if only_lora else "base" if only_base else None
         return name, adapter, manifest_of_repo(name)
@@ -140,9 +202,9 @@ def _resolve(name: str, only_lora: bool, only_base: bool,
         raise InputError(f"{name!r} is neither a Hub repo id (org/name) nor a release in the "
                          "catalog", f"Known releases: {known}.")
     if only_lora and fp16:
-        raise OptionConflict(f"release {name} has no fp16 LoRA; use --only-lora or --fp16")
+        raise OptionConflict(f"release {name} has no fp16 LoRA; use `only_lora` or `fp16`")
     part = release.hub_part("lora" if only_lora else "diff-fp16" if fp16 else "diff")
-    return part.repo, None, part.manifest
+    return part.repo or "", None, part.manifest  # hub_part: it has a repo
 
 
 def manifest_of_repo(repo: str) -> Path | None:
@@ -215,10 +277,10 @@ class Layout(Protocol):
 
 @dataclass(frozen=True)
 class FolderLayout:
-    """`download --out DIR`: DIR/<file>, growing in DIR/.weightkit-partial/<file>.part."""
+    """`download(repo, out)`: out/<file>, growing in out/.weightkit-partial/<file>.part."""
 
     root: Path
-    space_hint: str = "Free some space or choose another --out."
+    space_hint: str = "Free some space or choose another `out`."
 
     def target(self, f: RemoteFile) -> Path:
         return self.root / f.path
@@ -243,16 +305,18 @@ class _Stopped(Exception):
 
 
 def fetch_files(hub: Hub, repo: str, commit: str, files: list[RemoteFile], layout: Layout,
-                jobs: int, result: DownloadResult, quiet: bool) -> None:
-    """Bring `files` of `repo` at `commit` into `layout`, `jobs` at a time, each checked against
-    the Hub's size and hash; `result` collects what was fetched and what was there already."""
+                result: DownloadResult) -> None:
+    """Bring `files` of `repo` at `commit` into `layout`, `hub.jobs` at a time, each checked
+    against the Hub's size and hash; `result` collects what was fetched and what was there
+    already."""
     remaining = sum(f.size - _part_size(layout, f) for f in files if not _maybe_done(layout, f))
     _check_space(layout, remaining)
     stop = threading.Event()
     lock = threading.Lock()
     headers = hub.headers()
-    errors: list[Exception] = []
-    with ByteProgress(f"download {repo}", remaining, len(files), quiet, unit="files") as bar:
+    errors: list[BaseException] = []
+    with ByteProgress(f"download {repo}", remaining, len(files), quiet=not hub.show_progress,
+                      unit="files") as bar:
 
         def advance(nbytes: int, items: int = 0) -> None:
             with lock:  # called from several threads
@@ -267,7 +331,7 @@ def fetch_files(hub: Hub, repo: str, commit: str, files: list[RemoteFile], layou
                 (result.downloaded if done else result.present).append(f.path)
             advance(0, 1)
 
-        pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="download")
+        pool = ThreadPoolExecutor(max_workers=hub.jobs, thread_name_prefix="download")
         try:
             for fut in as_completed([pool.submit(one, f) for f in files]):
                 e = fut.exception()
@@ -286,7 +350,7 @@ def fetch_files(hub: Hub, repo: str, commit: str, files: list[RemoteFile], layou
     _raise_first(errors, repo)
 
 
-def _raise_first(errors: list[Exception], repo: str) -> None:
+def _raise_first(errors: list[BaseException], repo: str) -> None:
     """The first failure that is not a hash mismatch; else the mismatches, all named."""
     mismatches = [e for e in errors if isinstance(e, ChecksumError)]
     others = [e for e in errors if not isinstance(e, ChecksumError)]
@@ -416,27 +480,16 @@ def _part_size(layout: Layout, f: RemoteFile) -> int:
     return size if size <= f.size else 0
 
 
-def dry_run_report(repo: str, commit: str, todo: list[RemoteFile], total: int, layout: Layout,
-                   quiet: bool) -> None:
-    """Say what fetching `todo` (of `total` files) would download into `layout`, and refuse it
-    up front when the disk is too small; nothing is written."""
+def plan_fetch(todo: list[RemoteFile], total: int, layout: Layout) -> DryRun:
+    """What fetching `todo` (of `total` files) would download into `layout`, refused up front
+    when the disk is too small; nothing is written."""
     needed = sum(f.size - _part_size(layout, f) for f in todo)
     _check_space(layout, needed)
-    say(f"{repo}@{commit[:8]} (dry run): {len(todo)} of {total} files to fetch, "
-        f"{human_bytes(needed)} to download into {layout.root} (disk free: "
-        f"{human_bytes(free_bytes(layout.root))}). Nothing was downloaded.", quiet)
-
-
-def _dry_run(repo: str, commit: str, files: list[RemoteFile], layout: Layout,
-             quiet: bool) -> DownloadResult:
-    """What a download would fetch and need, from the file list alone; nothing is written."""
-    todo = [f for f in files if not _maybe_done(layout, f)]
-    dry_run_report(repo, commit, todo, len(files), layout, quiet)
-    return DownloadResult(repo, commit, layout.root)
+    return DryRun(todo, total, needed, layout.root, free_bytes(layout.root))
 
 
 def _check_space(layout: Layout, needed: int) -> None:
-    free = free_bytes(layout.root)  # a dry run's --out may not exist yet
+    free = free_bytes(layout.root)  # a dry run's `out` may not exist yet
     if needed > free:
         raise OutputError(f"{layout.root} has {human_bytes(free)} free, the download needs "
                           f"{human_bytes(needed)} more", layout.space_hint)
@@ -452,18 +505,27 @@ def _remove_empty_dirs(root: Path) -> None:
 
 # --- checking against the catalog -------------------------------------------------------------
 
-def _verify(out: Path, manifest: Path, deselected: set[str], quiet: bool) -> VerifyReport:
-    """`weightkit verify` with the catalog manifest; files left out on purpose do not count."""
-    from weightkit.ops.verify import EXTRA, MISSING, OK, verify
+def _verify(out: Path, manifest: Path, deselected: set[str], progress: bool) -> VerifyReport:
+    """`verify` with the catalog manifest; files left out on purpose do not count."""
+    from weightkit.ops.verify import MISSING, verify
 
-    report = verify(out, manifest=manifest, quiet=quiet)
-    report = replace(report, rows=[r for r in report.rows
-                                   if not (r.verdict == MISSING and r.name in deselected)])
-    say(report.summary(), quiet)
-    if not report.ok:
-        bad = ", ".join(f"{r.name} ({r.verdict})" for r in report.rows
+    report = verify(out, manifest=manifest, progress=progress)
+    return replace(report, rows=[r for r in report.rows
+                                 if not (r.verdict == MISSING and r.name in deselected)])
+
+
+class ManifestMismatch(ChecksumError):
+    """The download does not match the catalog manifest; `result` holds what was fetched and the
+    verify report, which a person reads before the error."""
+
+    def __init__(self, result: DownloadResult) -> None:
+        from weightkit.ops.verify import EXTRA, OK
+
+        assert result.verify_report is not None and result.manifest is not None
+        bad = ", ".join(f"{r.name} ({r.verdict})" for r in result.verify_report.rows
                         if r.verdict not in (OK, EXTRA))
-        raise ChecksumError(f"{out} does not match the catalog manifest {manifest.name}: {bad}",
-                            f"See `weightkit verify {out} --manifest {manifest}`; download the "
-                            "files named again, or tell the catalog's maintainers.")
-    return report
+        super().__init__(f"{result.out} does not match the catalog manifest "
+                         f"{result.manifest.name}: {bad}",
+                         "Download the files named again, or tell the catalog's maintainers "
+                         f"(checking {result.out} against {result.manifest} lists every file).")
+        self.result = result

@@ -37,7 +37,13 @@ def resolve(spec: str | Path, *, role: str, dry_run: bool = False, quiet: bool =
 
     if not is_hub_spec(str(spec)):
         raise InputError(f"{spec}: no such file or folder", _NOT_FOUND_HINT)
-    model = resolve_model(str(spec), role=role, quiet=quiet, dry_run=dry_run)
+    from weightkit.options import HubOptions
+    from weightkit.progress import say
+
+    model = resolve_model(str(spec), role=role, dry_run=dry_run,
+                          hub=HubOptions(progress=not quiet))
+    for note in model.notes:  # until the source carries them as its notes
+        say(note, quiet)
     # `missing` is what the cache lacked: fetched by now, unless this is a dry run (which has
     # said what it would download, and how much)
     if dry_run and model.missing:
