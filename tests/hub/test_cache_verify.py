@@ -172,5 +172,5 @@ def test_a_folder_of_that_name_is_verified_as_a_folder(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     report = verify("org/toy", progress=False)
     assert (report.kind, report.ok) == ("files", True)
-    with pytest.raises(InputError, match="org/toy: --fix repairs a Hub repo's files in the"):
+    with pytest.raises(InputError, match="org/toy: `fix` repairs a Hub repo's files in the"):
         verify("org/toy", progress=False, fix=True)
