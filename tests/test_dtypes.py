@@ -82,7 +82,7 @@ def test_round_to_e4m3_refuses_what_torch_would_clamp():
     assert str(e.value) == (
         "tensor 'w': 2 value(s) of the result lie beyond the range of F8_E4M3 (largest 448)\n"
         "The tuned model stores it in that dtype, so the inputs do not fit each other: check "
-        "that --raw is the model the diff was made against.")
+        "that `raw` is the model the diff was made against.")
 
 
 def test_round_to_e5m2_refuses_overflow_that_would_be_inf():

@@ -24,6 +24,13 @@ class Part:
 
 
 @dataclass(frozen=True)
+class HubPart(Part):
+    """A part that is on the Hub: its repo is known."""
+
+    repo: str
+
+
+@dataclass(frozen=True)
 class Release:
     name: str
     description: str
@@ -39,12 +46,12 @@ class Release:
                 f"It has: {', '.join(sorted(self.parts))}.",
             ) from None
 
-    def hub_part(self, name: str) -> Part:
+    def hub_part(self, name: str) -> HubPart:
         """The part `name`, which must have a Hub repo."""
         part = self.part(name)
         if not part.repo:
             raise InputError(f"part {name!r} of release {self.name} is not on the Hub")
-        return part
+        return HubPart(part.name, part.repo, part.manifest)
 
 
 def checksums_dir() -> Path:

@@ -9,7 +9,7 @@ import torch
 
 from weightkit.errors import InputError
 
-_SAME_BYTES = "Use --device cpu or auto: the output bytes are the same."
+_SAME_BYTES = "Use `device` cpu or auto: the output bytes are the same."
 # what a driver, a device number or a torch build that does not fit raise when CUDA starts
 _START_ERRORS = (RuntimeError, AssertionError, OSError)
 
@@ -29,17 +29,17 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             if torch.version.cuda is None and _nvidia_gpu_present():
                 raise InputError(
-                    f"--device cuda was asked for, but this torch ({torch.__version__}) was "
+                    f"`device` cuda was asked for, but this torch ({torch.__version__}) was "
                     "built without CUDA, though the machine has an NVIDIA GPU",
                     f"Install a CUDA build of torch to use it. {_SAME_BYTES}",
                 )
-            raise InputError("--device cuda was asked for, but no CUDA device is available",
+            raise InputError("`device` cuda was asked for, but no CUDA device is available",
                              _SAME_BYTES)
         try:
             return _started(torch.device(name))
         except _START_ERRORS as e:
             raise InputError(
-                f"--device {name} was asked for, but CUDA does not start: "
+                f"`device` {name} was asked for, but CUDA does not start: "
                 f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
                 f"Check the GPU driver (nvidia-smi) and the device number. {_SAME_BYTES}",
             ) from None

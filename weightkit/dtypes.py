@@ -161,7 +161,7 @@ def is_float(dtype: torch.dtype) -> bool:
 
 
 def output_dtype(stored: torch.dtype, forced: torch.dtype | None) -> torch.dtype:
-    """The dtype a tensor that would be written as `stored` is written in under --dtype `forced`:
+    """The dtype a tensor that would be written as `stored` is written in under `dtype` `forced`:
     plain floats take it; others keep theirs (8-bit floats are quantized weights that live with
     their scales, and integers, bool, complex and packed fp4 are not weights to round)."""
     return forced if forced is not None and stored in FLOAT_DTYPES else stored
@@ -199,7 +199,7 @@ def round_to(x: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
                     f"tensor {name!r}: {over} value(s) of the result lie beyond the range of "
                     f"{safetensors_name(dtype)} (largest {torch.finfo(dtype).max:g})",
                     "The tuned model stores it in that dtype, so the inputs do not fit each "
-                    "other: check that --raw is the model the diff was made against.",
+                    "other: check that `raw` is the model the diff was made against.",
                 )
     return x.to(dtype)
 

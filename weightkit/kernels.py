@@ -17,7 +17,7 @@ import ctypes
 import functools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -135,7 +135,7 @@ def canonicalize_nans(t: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _memcmp() -> ctypes._CFuncPtr | None:
+def _memcmp() -> Callable[..., int] | None:
     try:
         f = ctypes.CDLL(None).memcmp
     except (OSError, AttributeError):

@@ -113,7 +113,7 @@ def test_out_that_is_or_lies_inside_a_file_is_refused(hub: FakeHub, tmp_path: Pa
         download("org/toy", tmp_path / out, hub=hub.options(), dry_run=dry_run)
     assert (e.value.message, e.value.hint) == (
         f"cannot make the folder {tmp_path / out}: {tmp_path / 'file'} is a file",
-        "Choose an --out that is a folder or can become one.")
+        "Choose an `out` that is a folder or can become one.")
     assert fetched(hub) == []
     assert (tmp_path / "file").read_text() == "not a folder"
 

@@ -155,3 +155,15 @@ def test_bad_params(tmp_path):
         read_params(path)
     path.write_text(json.dumps({"model": LLAMA3_8B}))  # nested, as some releases do
     assert read_params(path).vocab_size == 128256
+
+
+def test_where_the_inputs_are_wrong_the_hint_names_the_parameter(tmp_path):
+    with pytest.raises(InputError) as e:
+        read_params(tmp_path / "params.json")
+    assert (e.value.message, e.value.hint) == (
+        f"{tmp_path / 'params.json'}: no params.json here",
+        "Point `input_dir` at the folder Meta's download put params.json in.")
+    with pytest.raises(InputError) as e:
+        detect_version(parse_params(LLAMA3_8B), "sentencepiece")
+    assert e.value.hint == ("Check that params.json and tokenizer.model come from the same "
+                            "download, or pass `llama_version`.")

@@ -19,6 +19,7 @@ from weightkit.ops.lora_adapter import (
     parse_key,
     pattern_key,
     rank_of,
+    read_config,
     scaling_of,
 )
 
@@ -207,3 +208,40 @@ def test_group_keys_refuses(keys, config, words):
         group_keys(keys, config, "adapter_model.safetensors")
     for word in words:
         assert word in str(e.value)
+
+
+def test_an_incomplete_layer_is_named_by_its_a_b_bias_or_magnitude_tensor():
+    # the magnitude comes first in the file; the message names the B tensor all the same
+    keys = [P + "model.q_proj.lora_magnitude_vector", P + "model.q_proj.lora_B.weight"]
+    with pytest.raises(InputError) as e:
+        group_keys(keys, AdapterConfig(use_dora=True), "f")
+    assert str(e.value) == (
+        "f: 'base_model.model.model.q_proj.lora_B.weight' has no matching lora_A tensor for "
+        "module 'model.q_proj'\nThe adapter file is incomplete; download it again.")
+    with pytest.raises(InputError) as e:
+        group_keys([P + "model.embed_tokens.lora_embedding_A"], AdapterConfig(), "f")
+    assert e.value.message == ("f: 'base_model.model.model.embed_tokens.lora_embedding_A' has "
+                               "no matching lora_embedding_B tensor for module "
+                               "'model.embed_tokens'")
+
+
+def test_a_group_of_keys_gives_complete_layers():
+    keys = [P + "model.q_proj.lora_B.weight", P + "model.q_proj.lora_A.weight",
+            P + "model.q_proj.lora_B.bias"]
+    m = group_keys(keys, AdapterConfig(lora_bias=True), "f").modules["model.q_proj"]
+    assert (m.a, m.b, m.bias, m.magnitude, m.embedding) == (keys[1], keys[0], keys[2], None,
+                                                             False)
+
+
+def test_where_the_adapter_is_wrong_the_hint_names_the_parameter(tmp_path):
+    with pytest.raises(InputError) as e:
+        read_config(tmp_path)
+    assert (e.value.message, e.value.hint) == (
+        f"{tmp_path}: no adapter_config.json in this folder",
+        "Point `lora` at a peft adapter folder (adapter_config.json plus "
+        "adapter_model.safetensors or adapter_model.bin).")
+    with pytest.raises(InputError) as e:
+        parse_config({"r": 8}, "adapter_config.json")
+    assert (e.value.message, e.value.hint) == (
+        "adapter_config.json: no peft_type field; this is not a peft adapter config",
+        "Point `lora` at the folder peft's save_pretrained() wrote.")

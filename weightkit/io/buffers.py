@@ -12,7 +12,7 @@ import ctypes
 import functools
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -91,7 +91,7 @@ _PAGE, _HUGE, _MADV_HUGEPAGE = 4096, 2 << 20, 14
 
 
 @functools.cache
-def _madvise() -> ctypes._CFuncPtr | None:
+def _madvise() -> Callable[..., int] | None:
     try:
         f = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):

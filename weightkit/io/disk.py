@@ -1,6 +1,6 @@
 """The disk an output goes to: whether a folder can be made there, and its free space.
 
-No torch here: `download` checks its --out with these too.
+No torch here: `download` checks its `out` with these too.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def writable_folder(folder: Path, out: Path | None = None) -> Path:
     probe = nearest_existing(folder)
     if not probe.is_dir():
         raise OutputError(f"cannot make the folder {out}: {probe} is a file",
-                          "Choose an --out that is a folder or can become one.")
+                          "Choose an `out` that is a folder or can become one.")
     if not os.access(probe, os.W_OK):
         raise OutputError(f"cannot write to {probe}: permission denied",
-                          "Choose an --out in a folder you can write to.")
+                          "Choose an `out` in a folder you can write to.")
     return probe

@@ -17,8 +17,10 @@ import pickle
 import struct
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, SupportsIndex
 
 import torch
 import torch._weights_only_unpickler as _wo
@@ -67,6 +69,7 @@ class TorchFile:
         self.infos: dict[str, TensorInfo] = {}
         self._locations: dict[str, _Location] = {}
         self._record_offsets: dict[str, tuple[int, int]] = {}  # record -> (file offset, size)
+        self._keys: dict[int, tuple[str, int]] = {}  # storage -> (its record, its size)
         self._load_index()
 
     def read(self, name: str) -> torch.Tensor:
@@ -113,7 +116,7 @@ class TorchFile:
                 raise self._damaged(what) from None
         self._collect(self._unpickle(pickled, prefix))
 
-    def _read_zip(self, zf: zipfile.ZipFile, raw) -> tuple[str, bytes]:
+    def _read_zip(self, zf: zipfile.ZipFile, raw: IO[bytes]) -> tuple[str, bytes]:
         """(the archive's folder, its pickle); the storage records' places go to
         self._record_offsets. The zip is checked as torch's reader checks it, so that what it
         would refuse is refused here too; the small records (all but data/*) are read whole,
@@ -138,7 +141,7 @@ class TorchFile:
         self._check_small_records(small)
         return prefix, small["data.pkl"]
 
-    def _check_record(self, zi: zipfile.ZipInfo, prefix: str, raw, size: int) -> int:
+    def _check_record(self, zi: zipfile.ZipInfo, prefix: str, raw: IO[bytes], size: int) -> int:
         """Where the record's bytes start, after its local header. torch never compresses,
         encrypts or spans disks, and its names are UTF-8."""
         if not zi.filename.startswith(prefix):
@@ -183,21 +186,7 @@ class TorchFile:
         return InputError(f"{self.path}: damaged PyTorch zip checkpoint: {what}", DOWNLOAD_AGAIN)
 
     def _unpickle(self, data: bytes, prefix: str) -> object:
-        keys: dict[int, tuple[str, int]] = {}  # storage -> (its record, its size in bytes)
-
-        def persistent_load(pid: tuple) -> torch.storage.TypedStorage:
-            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-                raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-            _, storage_type, key, _location, numel = pid
-            if not (isinstance(key, str) and type(numel) is int and numel >= 0):
-                raise pickle.UnpicklingError(f"storage key {key!r} of {numel!r} elements")
-            dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-            untyped = torch.UntypedStorage(numel * dtype.itemsize, device="meta")
-            keys[untyped._cdata] = (f"{prefix}data/{key}", numel * dtype.itemsize)
-            return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
-
-        unpickler = _wo.Unpickler(io.BytesIO(data), encoding="utf-8")
-        unpickler.persistent_load = persistent_load
+        unpickler = _MetaUnpickler(data, prefix)
         try:
             with warnings.catch_warnings():  # torch warns of protocols it has not tested
                 warnings.simplefilter("ignore")
@@ -209,7 +198,7 @@ class TorchFile:
                 "weightkit never executes pickled code. Download the file again; if that does "
                 "not help, get a safetensors copy of it, or one saved by torch.save(state_dict).",
             ) from None
-        self._keys = keys
+        self._keys = unpickler.keys
         return state
 
     def _collect(self, state: object) -> None:
@@ -249,7 +238,7 @@ class TorchFile:
         if size != nbytes:
             raise InputError(f"{self.path}: tensor {name!r}: its storage record {record} holds "
                              f"{size} bytes, but the pickle says {nbytes}", DOWNLOAD_AGAIN)
-        offset = t.storage_offset() * t.dtype.itemsize
+        offset = int(t.storage_offset()) * t.dtype.itemsize
         stride = tuple(t.stride())
         if any(s < 0 for s in stride) or offset + _span_bytes(tuple(t.shape), stride,
                                                               t.dtype.itemsize) > size:
@@ -259,7 +248,29 @@ class TorchFile:
         self._locations[name] = _Location(record, offset, stride)
 
 
-def _check_end_records(raw, size: int, count: int, damaged) -> None:
+class _MetaUnpickler(_wo.Unpickler):
+    """torch's weights_only unpickler, its storages stubbed on the meta device: `keys` maps each
+    storage to (its record, its size in bytes)."""
+
+    def __init__(self, data: bytes, prefix: str) -> None:
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self.prefix = prefix
+        self.keys: dict[int, tuple[str, int]] = {}
+
+    def persistent_load(self, pid: object) -> torch.storage.TypedStorage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        _, storage_type, key, _location, numel = pid
+        if not (isinstance(key, str) and type(numel) is int and numel >= 0):
+            raise pickle.UnpicklingError(f"storage key {key!r} of {numel!r} elements")
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+        untyped = torch.UntypedStorage(numel * dtype.itemsize, device="meta")
+        self.keys[untyped._cdata] = (f"{self.prefix}data/{key}", numel * dtype.itemsize)
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def _check_end_records(raw: IO[bytes], size: int, count: int,
+                       damaged: Callable[[str], InputError]) -> None:
     """torch's zip reader (miniz) refuses an archive whose end records (torch writes the zip64
     ones too) name another disk or count other entries than the directory holds; zipfile does
     not look."""
@@ -315,13 +326,14 @@ class _Tensor:
     def __init__(self, storage: _Storage, shape: tuple[int, ...]) -> None:
         self.storage, self.shape = storage, shape
 
-    def __reduce_ex__(self, protocol: int):
-        stride, acc = [], 1
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[object, tuple[object, ...]]:
+        stride: list[int] = []
+        acc = 1
         for d in reversed(self.shape):
             stride.append(acc)
             acc *= d
-        args = (self.storage, 0, torch.Size(self.shape), tuple(reversed(stride)), False,
-                collections.OrderedDict())
+        args: tuple[object, ...] = (self.storage, 0, torch.Size(self.shape),
+                                    tuple(reversed(stride)), False, collections.OrderedDict())
         if self.storage.dtype in _STORAGE_TYPES:
             return (torch._utils._rebuild_tensor_v2, args)
         # dtypes without a typed storage class (uint16, float8, ...): bytes and the dtype apart,
@@ -330,7 +342,7 @@ class _Tensor:
 
 
 class _Pickler(pickle.Pickler):
-    def persistent_id(self, obj: object):
+    def persistent_id(self, obj: object) -> tuple[object, ...] | None:
         if isinstance(obj, _Storage):
             if obj.dtype not in _STORAGE_TYPES:
                 nbytes = obj.numel * obj.dtype.itemsize
@@ -361,7 +373,7 @@ class TorchZipWriter:
         with self.open_tensor(name, len(data)) as out:
             write_chunked(out, data)
 
-    def open_tensor(self, name: str, nbytes: int):
+    def open_tensor(self, name: str, nbytes: int) -> IO[bytes]:
         """The zip record of the next planned tensor, to write its `nbytes` into and close."""
         if self._names[self._next] != name:
             raise RuntimeError(f"tensor {name!r} written out of plan order")
@@ -384,6 +396,8 @@ class TorchZipWriter:
         info.file_size = size
         zip64 = size > 0x7FFF0000
         header = 30 + len(full.encode()) + (20 if zip64 else 0) + 4
+        if self._zip.fp is None:
+            raise ValueError(f"{self._archive}: the zip is closed")
         pad = -(self._zip.fp.tell() + header) % _ALIGN
         info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
         return info

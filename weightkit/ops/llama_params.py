@@ -64,7 +64,7 @@ def read_params(path: Path) -> LlamaParams:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: no params.json here",
-                         "Point --input-dir at the folder Meta's download put params.json in.") \
+                         "Point `input_dir` at the folder Meta's download put params.json in.") \
             from None
     except (OSError, ValueError) as e:
         wrong = what_it_is(path, JSON_FILE) if isinstance(e, ValueError) else None
@@ -134,7 +134,7 @@ def detect_version(p: LlamaParams, tokenizer_kind: str | None = None) -> tuple[s
             f"params.json looks like LLaMA {version} ({why}) but tokenizer.model is a "
             f"{tokenizer_kind} file, which LLaMA {'3' if not llama3 else '1/2'} uses",
             "Check that params.json and tokenizer.model come from the same download, or pass "
-            "--llama-version.",
+            "`llama_version`.",
         )
     return version, why
 

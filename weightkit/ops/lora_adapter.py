@@ -125,7 +125,7 @@ def parse_config(doc: object, source: str = CONFIG_NAME) -> AdapterConfig:
     peft_type = doc.get("peft_type")
     if peft_type is None:
         raise InputError(f"{source}: no peft_type field; this is not a peft adapter config",
-                         "Point --lora at the folder peft's save_pretrained() wrote.")
+                         "Point `lora` at the folder peft's save_pretrained() wrote.")
     if str(peft_type).upper() != "LORA":
         raise InputError(
             f"{source}: peft_type is {peft_type!r}; merge-lora merges LoRA adapters only",
@@ -172,7 +172,7 @@ def read_config(folder: Path) -> AdapterConfig:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise InputError(f"{folder}: no {CONFIG_NAME} in this folder",
-                         "Point --lora at a peft adapter folder (adapter_config.json plus "
+                         "Point `lora` at a peft adapter folder (adapter_config.json plus "
                          "adapter_model.safetensors or adapter_model.bin).")
     try:
         doc = json.loads(path.read_text())
@@ -255,20 +255,30 @@ def parse_key(key: str) -> AdapterKey:
     return AdapterKey(key, module, role, part.startswith("lora_embedding"), name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraModule:
-    """The LoRA tensors of one adapted layer (adapter tensor names)."""
+    """The LoRA tensors of one adapted layer (adapter tensor names), checked complete."""
 
     module: str
-    embedding: bool = False
-    a: str | None = None
-    b: str | None = None
+    embedding: bool
+    a: str
+    b: str
     bias: str | None = None
     magnitude: str | None = None
 
     @property
     def weight(self) -> str:
         return f"{self.module}.weight"
+
+
+@dataclass
+class _Found:
+    """The LoRA tensors of one layer as the names are read: slot ("a", "b", "bias",
+    "magnitude") -> adapter tensor name."""
+
+    module: str
+    embedding: bool
+    slots: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -281,7 +291,7 @@ class AdapterLayout:
 def group_keys(keys: Iterable[str], config: AdapterConfig, source: str) -> AdapterLayout:
     """Sort the adapter's tensor names into LoRA layers and whole-tensor replacements, checking
     that every layer is complete and fits the config."""
-    modules: dict[str, LoraModule] = {}
+    modules: dict[str, _Found] = {}
     full: dict[str, str] = {}
     names: set[str] = set()
     for key in keys:
@@ -294,30 +304,31 @@ def group_keys(keys: Iterable[str], config: AdapterConfig, source: str) -> Adapt
                                  f"tensor {k.module!r}", "The adapter file is inconsistent.")
             full[k.module] = key
             continue
-        m = modules.setdefault(k.module, LoraModule(k.module, k.embedding))
+        m = modules.setdefault(k.module, _Found(k.module, k.embedding))
         if m.embedding != k.embedding:
             raise InputError(f"{source}: module {k.module!r} has both lora_A/B and "
                              "lora_embedding_A/B tensors", "The adapter file is inconsistent.")
         slot = {"A": "a", "B": "b", "B.bias": "bias", "magnitude": "magnitude"}[k.role]
-        if getattr(m, slot) is not None:
-            raise InputError(f"{source}: {getattr(m, slot)!r} and {key!r} are the same LoRA "
+        if slot in m.slots:
+            raise InputError(f"{source}: {m.slots[slot]!r} and {key!r} are the same LoRA "
                              "tensor", "The adapter file holds two adapters; keep one.")
-        setattr(m, slot, key)
+        m.slots[slot] = key
     if len(names) > 1:
         raise InputError(f"{source}: tensors of {len(names)} adapters ({', '.join(sorted(names))}) "
                          "in one file", "Save each adapter on its own and merge them one by one.")
-    for m in modules.values():
-        _check_module(m, config, source)
-    return AdapterLayout(modules, full, next(iter(names), None))
+    checked = {path: _check_module(m, config, source) for path, m in modules.items()}
+    return AdapterLayout(checked, full, next(iter(names), None))
 
 
-def _check_module(m: LoraModule, config: AdapterConfig, source: str) -> None:
-    a_name = "lora_embedding_A" if m.embedding else "lora_A"
-    b_name = "lora_embedding_B" if m.embedding else "lora_B"
-    if m.a is None or m.b is None:
-        have, missing = (m.a or m.b or m.bias or m.magnitude), (a_name if m.a is None else b_name)
+def _check_module(found: _Found, config: AdapterConfig, source: str) -> LoraModule:
+    a, b = found.slots.get("a"), found.slots.get("b")
+    if a is None or b is None:
+        have = next(found.slots[s] for s in ("a", "b", "bias", "magnitude") if s in found.slots)
+        missing = ("lora_embedding_" if found.embedding else "lora_") + ("A" if a is None else "B")
         raise InputError(f"{source}: {have!r} has no matching {missing} tensor for module "
-                         f"{m.module!r}", "The adapter file is incomplete; download it again.")
+                         f"{found.module!r}", "The adapter file is incomplete; download it again.")
+    m = LoraModule(found.module, found.embedding, a, b, found.slots.get("bias"),
+                   found.slots.get("magnitude"))
     if m.magnitude is not None and not config.use_dora:
         raise InputError(f"{source}: {m.magnitude!r} is a DoRA magnitude, but the config says "
                          "use_dora=false", "Fix use_dora in adapter_config.json to match the "
@@ -333,6 +344,7 @@ def _check_module(m: LoraModule, config: AdapterConfig, source: str) -> None:
     if m.bias is None and config.lora_bias and not m.embedding:
         raise InputError(f"{source}: lora_bias=true but module {m.module!r} has no lora_B.bias",
                          "The adapter file is incomplete or the config is wrong.")
+    return m
 
 
 # ---------------------------------------------------------------- config value checks

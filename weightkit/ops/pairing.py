@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -24,6 +25,18 @@ _VOCAB_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "tok_embeddings.weig
 _DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+@runtime_checkable
+class Listed(Protocol):
+    """What pairing reads of each side: the tensor list from headers, and how messages name it
+    and its files. Every Source has it, and so has a lossless diff's reader, whose tensors are
+    compressed payloads that only their own view decodes."""
+
+    label: str
+    infos: dict[str, TensorInfo]
+
+    def where(self, name: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class Pair:
     name: str
@@ -34,9 +47,6 @@ class Pair:
     def extra_rows(self) -> int:
         """Rows the other side has beyond raw's (vocabulary extension); 0 when shapes agree."""
         return self.other.shape[0] - self.raw.shape[0] if self.raw.shape else 0
-
-    def read(self, raw: Source, other: Source) -> tuple[torch.Tensor, torch.Tensor]:
-        return raw.read(self.name), other.read(self.name)
 
     def rows(self, start: int, stop: int) -> list[tuple[int, int]]:
         """The rows of raw and of the other side that rows [start, stop) of the result need;
@@ -70,7 +80,7 @@ class Pairing:
         return out
 
 
-def pair_checkpoints(raw: Source, other: Source, other_role: str) -> Pairing:
+def pair_checkpoints(raw: Listed, other: Listed, other_role: str) -> Pairing:
     """Match every tensor of `other` (the tuned model or the diff) with raw's, in other's order."""
     skipped = sorted(n for n in set(raw.infos) ^ set(other.infos) if n.endswith(_DERIVED_SUFFIXES))
     only_other = [n for n in other.infos if n not in raw.infos and n not in skipped]
@@ -80,7 +90,7 @@ def pair_checkpoints(raw: Source, other: Source, other_role: str) -> Pairing:
             f"tensor {only_other[0]!r} is in the {other_role} "
             f"({other.where(only_other[0])}) but not in the raw model ({raw.label})"
             + _more(only_other),
-            f"Check that --raw is the base model this {other_role} was made against.",
+            f"Check that `raw` is the base model this {other_role} was made against.",
         )
     if only_raw:
         raise InputError(
@@ -92,7 +102,7 @@ def pair_checkpoints(raw: Source, other: Source, other_role: str) -> Pairing:
     for name, info in other.infos.items():
         if name in skipped:
             continue
-        pair = Pair(name, raw.info(name), info)
+        pair = Pair(name, raw.infos[name], info)
         _check_shapes(pair, other_role)
         _check_dtypes(pair, other_role)
         pairs.append(pair)
@@ -128,7 +138,7 @@ def _check_shapes(p: Pair, other_role: str) -> None:
     raise InputError(
         f"tensor {p.name!r}: shape {list(o)} in the {other_role} ({p.other.file}) does not fit "
         f"shape {list(r)} in the raw model ({p.raw.file})",
-        f"The {other_role} was made against a different base model; check --raw.",
+        f"The {other_role} was made against a different base model; check `raw`.",
     )
 
 

@@ -151,10 +151,6 @@ def combine(out: PlannedTensor, parts: list[Node], compute: Callable[..., torch.
     def load() -> tuple[torch.Tensor, ...]:
         return tuple(x for p in parts for x in p.load())
 
-    def load_rows(start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        return tuple(x for p, (a, b) in zip(parts, rows(start, stop), strict=True)
-                     for x in p.load_rows(a, b))
-
     def run(*loaded: torch.Tensor) -> torch.Tensor:
         values, at = [], 0
         for p in parts:
@@ -162,11 +158,28 @@ def combine(out: PlannedTensor, parts: list[Node], compute: Callable[..., torch.
             at += p.arity
         return compute(*values)
 
-    streams = rows is not None and all(p.load_rows is not None for p in parts)
-    return Node(out, load, run, check_finite=check_finite,
-                load_rows=load_rows if streams else None,
+    return Node(out, load, run, check_finite=check_finite, load_rows=_rows_of(parts, rows),
                 row_multiple=math.lcm(*(p.row_multiple for p in parts)),
                 arity=sum(p.arity for p in parts))
+
+
+def _rows_of(parts: list[Node], rows: Callable[[int, int], list[tuple[int, int]]] | None
+             ) -> Callable[[int, int], tuple[torch.Tensor, ...]] | None:
+    """The parts' row loaders joined (output rows [start, stop) -> what each part gives for
+    the rows `rows` says it needs), or None unless every part streams."""
+    if rows is None:
+        return None
+    loaders: list[Callable[[int, int], tuple[torch.Tensor, ...]]] = []
+    for p in parts:
+        if p.load_rows is None:  # computed whole
+            return None
+        loaders.append(p.load_rows)
+
+    def load_rows(start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        return tuple(x for load, (a, b) in zip(loaders, rows(start, stop), strict=True)
+                     for x in load(a, b))
+
+    return load_rows
 
 
 def retyped(node: Node, out: PlannedTensor) -> Node:
