@@ -48,8 +48,9 @@ def subcommand(name: str) -> Decorator:
             except WeightkitError as e:
                 # what was done before the failure (a download that does not match its
                 # manifest: what was fetched and checked), read before the error
-                if getattr(e, "result", None) is not None and not (as_json or is_quiet(quiet)):
-                    render(e.result, ctx.command, as_json=False, quiet=False)
+                done = getattr(e, "result", None)
+                if done is not None and not (as_json or is_quiet(quiet)):
+                    render(done, ctx.command, as_json=False, quiet=False)
                 raise
             code = render(result, ctx.command, as_json=as_json, quiet=root.obj["quiet"])
             if code:
