@@ -77,9 +77,11 @@ def _run(args: list[str], debug: bool) -> int:
     except WeightkitError as e:
         if debug:
             raise
-        click.echo(f"Error: {e.message}", err=True)
+        from weightkit.cli.options import flags
+
+        click.echo(f"Error: {flags(e.message)}", err=True)
         if e.hint:
-            click.echo(e.hint, err=True)
+            click.echo(flags(e.hint), err=True)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - the one place that turns surprises into a message
         if debug:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from weightkit.cli.options import DTYPES, dry_run_option, is_quiet, output_options, quiet_option
+from weightkit.cli.options import (
+    DTYPES,
+    dry_run_option,
+    is_quiet,
+    output_options,
+    quiet_option,
+    show,
+    write_options,
+)
 
 LLAMA_VERSIONS = ["auto", "1", "2", "3", "3.1", "3.2"]
 
@@ -35,7 +43,8 @@ def command(input_dir: str, out: str, model_size: str | None, llama_version: str
     """Convert Meta's raw LLaMA 1/2/3 checkpoint to HF format, streaming, bit for bit."""
     from weightkit.ops.convert_llama import convert_llama
 
-    convert_llama(input_dir, out, model_size=model_size, llama_version=llama_version,
-                  dtype=dtype, instruct=instruct, fmt=out_format, max_shard_size=max_shard_size,
-                  overwrite=overwrite, verify=not no_verify, dry_run=dry_run,
-                  quiet=is_quiet(quiet))
+    quiet = is_quiet(quiet)
+    show(convert_llama(input_dir, out, model_size=model_size, llama_version=llama_version,
+                       dtype=dtype, instruct=instruct, verify=not no_verify,
+                       options=write_options(out_format, max_shard_size, overwrite, "auto",
+                                             dry_run, quiet)), quiet)

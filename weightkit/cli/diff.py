@@ -7,9 +7,12 @@ import click
 from weightkit.cli.options import (
     device_option,
     dry_run_option,
+    flags,
     is_quiet,
     output_options,
     quiet_option,
+    show,
+    write_options,
 )
 
 
@@ -38,11 +41,13 @@ def command(ctx: click.Context, raw: str, tuned: str, out: str, dtype: str, loss
             dry_run: bool, quiet: bool) -> None:
     """Write diff = TUNED - RAW, with the manifest `recover` checks its result against."""
     from weightkit.ops.diff import diff
+    from weightkit.options import HubOptions
 
     _check_lossless_options(ctx, lossless)
-    diff(raw, tuned, out, dtype=dtype, fmt=out_format, max_shard_size=max_shard_size,
-         overwrite=overwrite, device=device, dry_run=dry_run, quiet=is_quiet(quiet),
-         lossless=lossless, level=level)
+    quiet = is_quiet(quiet)
+    show(diff(raw, tuned, out, dtype=dtype, lossless=lossless, level=level,
+              options=write_options(out_format, max_shard_size, overwrite, device, dry_run,
+                                    quiet), hub=HubOptions(progress=not quiet)), quiet)
 
 
 def _check_lossless_options(ctx: click.Context, lossless: bool) -> None:
@@ -53,6 +58,6 @@ def _check_lossless_options(ctx: click.Context, lossless: bool) -> None:
     given = {name for name in ("dtype", "out_format", "level")
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if lossless and given & {"dtype", "out_format"}:
-        raise click.UsageError(LOSSLESS_OWN_FORMAT)
+        raise click.UsageError(flags(LOSSLESS_OWN_FORMAT))
     if not lossless and "level" in given:
-        raise click.UsageError(LEVEL_OF_LOSSLESS)
+        raise click.UsageError(flags(LEVEL_OF_LOSSLESS))

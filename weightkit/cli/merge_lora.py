@@ -11,6 +11,8 @@ from weightkit.cli.options import (
     is_quiet,
     output_options,
     quiet_option,
+    show,
+    write_options,
 )
 
 
@@ -33,6 +35,9 @@ def command(base: str, lora: str, out: str, dtype: str, out_format: str, max_sha
             overwrite: bool, device: str, dry_run: bool, quiet: bool) -> None:
     """Merge a LoRA adapter into its base model: OUT = BASE + LoRA, tensor by tensor."""
     from weightkit.ops.merge_lora import merge_lora
+    from weightkit.options import HubOptions
 
-    merge_lora(base, lora, out, dtype=dtype, fmt=out_format, max_shard_size=max_shard_size,
-               overwrite=overwrite, device=device, dry_run=dry_run, quiet=is_quiet(quiet))
+    quiet = is_quiet(quiet)
+    show(merge_lora(base, lora, out, dtype=dtype,
+                    options=write_options(out_format, max_shard_size, overwrite, device, dry_run,
+                                          quiet), hub=HubOptions(progress=not quiet)), quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +23,37 @@ def refuses_conflicts(f: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return f(*args, **kwargs)
         except OptionConflict as e:
-            raise click.UsageError(str(e)) from None  # with its hint
+            raise click.UsageError(flags(str(e))) from None  # with its hint
 
     return command
+
+
+# parameter -> flag where the flag is not --NAME (library messages name parameters)
+_FLAGS = {"verify": "--no-verify", "diff": "--diff"}
+_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def flags(text: str | None) -> str | None:
+    """A library message as the command line says it: `max_shard_size` -> --max-shard-size."""
+    if text is None:
+        return None
+    return _PARAMETER.sub(lambda m: _FLAGS.get(m[1], "--" + m[1].replace("_", "-")), text)
+
+
+def write_options(out_format: str, max_shard_size: str, overwrite: bool, device: str,
+                  dry_run: bool, quiet: bool) -> Any:
+    """The WriteOptions the flags ask for (bars unless quiet)."""
+    from weightkit.options import WriteOptions
+
+    return WriteOptions(format=out_format, max_shard_size=max_shard_size, overwrite=overwrite,
+                        device=device, dry_run=dry_run, progress=not quiet)
+
+
+def show(result: Any, quiet: bool) -> None:
+    """Print a command's summary on stderr, unless quiet."""
+    from weightkit.progress import say
+
+    say(result.summary(), quiet)
 
 
 def quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:

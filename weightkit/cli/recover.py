@@ -12,6 +12,8 @@ from weightkit.cli.options import (
     output_options,
     quiet_option,
     refuses_conflicts,
+    show,
+    write_options,
 )
 
 
@@ -39,7 +41,9 @@ def command(raw: str, diff_path: str, lora: str | None, out: str, dtype: str, fp
             quiet: bool) -> None:
     """Rebuild a fine-tuned model: OUT = RAW + DIFF (+ LORA), checked tensor by tensor."""
     from weightkit.ops.recover import recover
+    from weightkit.options import HubOptions
 
-    recover(raw, diff_path, out, lora=lora, dtype=dtype, fp16=fp16, fmt=out_format,
-            max_shard_size=max_shard_size, overwrite=overwrite, device=device,
-            dry_run=dry_run, quiet=is_quiet(quiet))
+    quiet = is_quiet(quiet)
+    show(recover(raw, diff_path, out, lora=lora, dtype=dtype, fp16=fp16,
+                 options=write_options(out_format, max_shard_size, overwrite, device, dry_run,
+                                       quiet), hub=HubOptions(progress=not quiet)), quiet)

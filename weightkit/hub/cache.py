@@ -58,7 +58,8 @@ from weightkit.hub.download import (
     select,
 )
 from weightkit.ops.verify import GIT_SHA1
-from weightkit.progress import human_bytes, human_time, say
+from weightkit.options import HubOptions
+from weightkit.progress import human_bytes, human_time
 
 ROLES = ("model", "base", "raw", "tuned", "diff", "lora")
 # the part of a catalog release each role reads; "raw" and "base" have none: a release is
@@ -106,6 +107,7 @@ class CachedModel:
     nbytes: int = 0  # bytes received over the network by this call
     release: str | None = None  # the catalog release the spec named, if it named one
     manifest: Path | None = None  # the catalog manifest of this repo, if the catalog has one
+    notes: list[str] = field(default_factory=list)  # what this call did, for the summary
 
 
 @dataclass(frozen=True)
@@ -303,9 +305,9 @@ def _target(spec: str, role: str, fp16: bool) -> _Target:
 
 # --- resolving -----------------------------------------------------------------------------------
 
-def resolve_model(spec: str, *, role: str = "model", endpoint: str | None = None,
-                  token: str | None = None, quiet: bool = True, dry_run: bool = False,
-                  fp16: bool = False, jobs: int = 4,
+def resolve_model(spec: str, *, role: str = "model", hub: HubOptions | None = None,
+                  endpoint: str | None = None, token: str | None = None, quiet: bool = True,
+                  dry_run: bool = False, fp16: bool = False, jobs: int = 4,
                   cache_dir: str | Path | None = None) -> CachedModel:
     """The model `spec` names, in the Hugging Face cache: read from there when it is complete
     (no request, no write); else what it lacks is fetched into it first, or with `dry_run`
@@ -315,15 +317,17 @@ def resolve_model(spec: str, *, role: str = "model", endpoint: str | None = None
     adapter files, the others the model's config, tokenizer and one weight layout. A release
     name gives its "diff" part (its "diff-fp16" part with `fp16`) or, as "lora", its "lora" part.
     """
+    if hub is not None:
+        endpoint, token, jobs, quiet = hub.endpoint, hub.token, hub.jobs, not hub.show_progress
     target = _target(spec, role, fp16)
     store = RepoCache.of(target.repo, cache_dir)
     commit = store.commit_of(target.revision)
     lacking = lacks(store, commit, role) if commit else []
     if commit and not lacking:
-        say(f"{target.name}: complete in the Hugging Face cache, read from "
-            f"{store.snapshot(commit)}", quiet)
         return CachedModel(target.repo, target.revision, commit, store.snapshot(commit),
-                           release=target.release, manifest=target.manifest)
+                           release=target.release, manifest=target.manifest,
+                           notes=[f"{target.name}: complete in the Hugging Face cache, read "
+                                  f"from {store.snapshot(commit)}"])
     if offline():
         raise _offline_error(target, store, commit, lacking)
     try:
@@ -380,10 +384,10 @@ def _fetch(target: _Target, store: RepoCache, role: str, endpoint: str | None,
                        f"{', '.join(still)}", "Tell the repo's owners, or pick another revision.")
     model.downloaded = sorted(p for f in fetch for p in paths[f.digest or ""])
     model.nbytes = result.nbytes
-    say(f"{target.repo}@{commit[:8]}: {len(fetch)} files downloaded "
+    model.notes.append(
+        f"{target.repo}@{commit[:8]}: {len(fetch)} files downloaded "
         f"({human_bytes(result.nbytes)} in {human_time(time.perf_counter() - start)}), "
-        f"{len(files) - len(todo)} already there, into the Hugging Face cache {store.path}",
-        quiet)
+        f"{len(files) - len(todo)} already there, into the Hugging Face cache {store.path}")
     return model
 
 

@@ -252,7 +252,7 @@ def fetch_files(hub: Hub, repo: str, commit: str, files: list[RemoteFile], layou
     lock = threading.Lock()
     headers = hub.headers()
     errors: list[Exception] = []
-    with ByteProgress(f"download {repo}", remaining, len(files), quiet, unit="files") as bar:
+    with ByteProgress(f"download {repo}", remaining, len(files), not quiet, unit="files") as bar:
 
         def advance(nbytes: int, items: int = 0) -> None:
             with lock:  # called from several threads

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from weightkit.catalog import known_manifests
 from weightkit.errors import InputError, OptionConflict, OutputError
 from weightkit.manifest import MANIFEST_NAME, ManifestEntry
+from weightkit.options import show_progress
 from weightkit.progress import ByteProgress, human_bytes, human_time
 
 if TYPE_CHECKING:
@@ -117,8 +118,10 @@ def verify(
     known: str | None = None,
     algo: str | None = None,
     jobs: int | None = None,
-    quiet: bool = False,
+    quiet: bool | None = None,
     fix: bool = False,
+    *,
+    progress: bool | None = None,
 ) -> VerifyReport:
     """Check PATH (a folder, or one file in it) against checksums; never raises on a mismatch.
 
@@ -130,6 +133,8 @@ def verify(
     snapshot is checked as a folder; without, each blob against its name (`fix`: the damaged
     ones and their links are removed).
     """
+    if quiet is None:  # `progress` as WriteOptions takes it (None: bars on a terminal)
+        quiet = not show_progress(progress)
     spec = str(path)
     path = Path(path)
     if not path.exists() and _is_hub_spec(spec):
@@ -387,7 +392,7 @@ def _hash_paths(todo: dict[str, tuple[Path, str]], jobs: int | None, quiet: bool
     sizes = {k: path.stat().st_size for k, (path, _) in todo.items()}
     # largest first, so the workers run out of files at about the same time
     order = sorted(todo, key=lambda k: sizes[k], reverse=True)
-    with ByteProgress(title, sum(sizes.values()), len(todo), quiet, unit="files") as progress:
+    with ByteProgress(title, sum(sizes.values()), len(todo), not quiet, unit="files") as progress:
         def one(key: str, stop: threading.Event) -> str:
             path, algo = todo[key]
             digest = hash_file(path, algo, lambda n: progress.advance(n, 0), stop)
@@ -478,7 +483,7 @@ def _check_tensors(path: Path, source: Path, jobs: int | None, quiet: bool) -> V
     present = [n for n in listed if n in ckpt]
     nbytes = sum(ckpt.info(n).nbytes for n in present)
     start = time.perf_counter()
-    with ByteProgress("verify", nbytes, len(present), quiet, unit="tensors") as progress:
+    with ByteProgress("verify", nbytes, len(present), not quiet, unit="tensors") as progress:
         def one(name: str, stop: threading.Event) -> ManifestEntry:
             entry = ckpt.manifest_entry(name)
             progress.advance(ckpt.info(name).nbytes, 1)
