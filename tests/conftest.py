@@ -163,13 +163,13 @@ def make_fused_inputs(tmp: Path) -> tuple[Path, Path, Path]:
     from weightkit.ops.diff import diff
 
     meta = make_meta(tmp)
-    convert_llama(meta, tmp / "converted", quiet=True)
+    convert_llama(meta, tmp / "converted")
     state = load_file(tmp / "converted" / "model.safetensors")
     gen = torch.Generator().manual_seed(1)
     (tmp / "tuned").mkdir()
     save_file({n: (t.float() + torch.randn(t.shape, generator=gen) * 1e-3).half()
                for n, t in state.items()}, tmp / "tuned" / "model.safetensors")
-    diff(tmp / "converted", tmp / "tuned", tmp / "diff", quiet=True)
+    diff(tmp / "converted", tmp / "tuned", tmp / "diff")
     shutil.rmtree(tmp / "converted")
     shutil.rmtree(tmp / "tuned")
     lora = tmp / "lora"
@@ -214,11 +214,11 @@ def world(tmp_path_factory) -> World:
     root = tmp_path_factory.mktemp("world")
     meta = build_raw(root / "a", "llama2")
     meta_b = build_raw(root / "b", "llama2", seed=1)
-    convert_llama(meta.folder, root / "converted", quiet=True)
-    convert_llama(meta_b.folder, root / "converted-b", quiet=True)
+    convert_llama(meta.folder, root / "converted")
+    convert_llama(meta_b.folder, root / "converted-b")
     model = AutoModelForCausalLM.from_pretrained(root / "converted", dtype=torch.bfloat16)
     fine_tune(model).save_pretrained(root / "tuned")
-    diff(root / "converted", root / "tuned", root / "diff", quiet=True)
+    diff(root / "converted", root / "tuned", root / "diff")
     make_adapter(root / "tuned", root / "adapter", torch.bfloat16, **CHAIN_LORA)
     make_adapter(root / "converted", root / "base-adapter", torch.bfloat16, seed=2, **CHAIN_LORA)
     return World(meta, root / "converted", meta_b, root / "converted-b", root / "tuned",
@@ -232,11 +232,11 @@ def run_role(world: World, role: str, given: str | Path, out: Path):
     from weightkit.ops.recover import recover
 
     if role == "raw":
-        return recover(given, world.diff, out, quiet=True)
+        return recover(given, world.diff, out)
     if role == "diff":
-        return recover(world.converted, given, out, quiet=True)
+        return recover(world.converted, given, out)
     if role == "tuned":
-        return diff(world.converted, given, out, quiet=True)
+        return diff(world.converted, given, out)
     if role == "base":
-        return merge_lora(given, world.base_adapter, out, quiet=True)
-    return merge_lora(world.converted, given, out, quiet=True)
+        return merge_lora(given, world.base_adapter, out)
+    return merge_lora(world.converted, given, out)

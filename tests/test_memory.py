@@ -16,10 +16,11 @@ ROWS, COLS = 1024, 1024  # every tensor: 2 MiB in fp16, 4 MiB in fp32
 MEASURE = """
 import json, sys
 import torch, weightkit.ops.recover as r  # imports first: their memory is not the job's
+from weightkit.options import WriteOptions
 def hwm():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 base = hwm()
-r.recover(sys.argv[1], sys.argv[2], sys.argv[3], quiet=True, device="cpu")
+r.recover(sys.argv[1], sys.argv[2], sys.argv[3], options=WriteOptions(device="cpu"))
 print(json.dumps({"base_kb": base, "peak_kb": hwm()}))
 """
 

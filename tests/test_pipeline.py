@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from weightkit.io.writer import PlannedTensor
+from weightkit.options import WriteOptions
 from weightkit.pipeline import Job, identity
 
 
@@ -84,8 +85,8 @@ def test_nans_in_computed_results_are_canonical(tmp_path):
     for name, t in (("raw", raw), ("diff", diff)):
         (tmp_path / name).mkdir()
         save_file({"w": t.reshape(5, 1)}, tmp_path / name / "model.safetensors")
-    recover(tmp_path / "raw", tmp_path / "diff", tmp_path / "out", dtype="fp16", quiet=True,
-            device="cpu")
+    recover(tmp_path / "raw", tmp_path / "diff", tmp_path / "out", dtype="fp16",
+            options=WriteOptions(device="cpu"))
     from conftest import tensors
 
     got = tensors(tmp_path / "out")["w"].view(-1)
@@ -106,8 +107,8 @@ def test_a_diff_of_nans_recovers_to_what_it_predicts(model_pair, tmp_path):
     name = "model.norm.weight"
     state[name][:1] = torch.tensor([NAN16["negative"]], dtype=torch.int16).view(torch.float16)
     save_file(state, tuned / "model.safetensors", metadata={"format": "pt"})
-    diff(raw, tuned, tmp_path / "diff", quiet=True, device="cpu")
-    r = recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True, device="cpu")
+    diff(raw, tuned, tmp_path / "diff", options=WriteOptions(device="cpu"))
+    r = recover(raw, tmp_path / "diff", tmp_path / "out", options=WriteOptions(device="cpu"))
     assert r.within_rounding == [name] and r.checked == r.tensors
     got = tensors(tmp_path / "out")[name]
     assert got.view(torch.int16)[0].item() == 0x7E00

@@ -1,4 +1,6 @@
-"""Progress bars and end-of-run summaries, on stderr so stdout stays clean for scripts."""
+"""Progress bars, and the console the command line prints summaries on: stderr, so stdout stays
+clean for scripts. Library functions print nothing but a bar, and a bar only when asked to
+(`WriteOptions.show_progress`: on a terminal, by default)."""
 
 from __future__ import annotations
 
@@ -22,16 +24,16 @@ _console = Console(stderr=True)
 class ByteProgress:
     """One bar over a job's bytes, with an item counter (tensors or files) and bytes/s."""
 
-    def __init__(self, description: str, total_bytes: int, total_items: int, quiet: bool,
+    def __init__(self, description: str, total_bytes: int, total_items: int, show: bool,
                  unit: str = "tensors") -> None:
-        self.quiet = quiet
+        self.show = show
         self.total_items = total_items
         self.unit = unit
         self.items = 0
         self._lock = threading.Lock()
         self.start = time.perf_counter()
         self._progress = None
-        if not quiet:
+        if show:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -69,12 +71,6 @@ class ByteProgress:
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
-
-
-def say(text: str, quiet: bool) -> None:
-    """Print a summary or note for people (stderr), unless --quiet."""
-    if not quiet:
-        _console.print(text, highlight=False, soft_wrap=True)
 
 
 def human_bytes(n: float) -> str:

@@ -57,7 +57,7 @@ def test_missing_input_is_one_message(tmp_path):
 
 def test_error_is_one_message_without_traceback(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
-    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    diff(raw, tuned, tmp_path / "diff")
     (tmp_path / "out").mkdir()
     r = run("recover", "--raw", str(raw), "--diff", str(tmp_path / "diff"),
             "--out", str(tmp_path / "out"))

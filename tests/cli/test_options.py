@@ -68,7 +68,7 @@ def inputs(tmp_path_factory) -> dict[str, list[str]]:
     from weightkit.ops.diff import diff
 
     root = tmp_path_factory.mktemp("inputs")
-    diff(RAW, TUNED, root / "lossless", lossless=True, quiet=True)
+    diff(RAW, TUNED, root / "lossless", lossless=True)
     base = build_base("llama", torch.float16, root / "base")
     adapter = make_adapter(base, root / "lora", torch.float16, target_modules=["q_proj"])
     meta = build_raw(root / "meta", "llama2")
@@ -85,7 +85,8 @@ def inputs(tmp_path_factory) -> dict[str, list[str]]:
 
 def _shard_size(tmp: Path) -> tuple[list[str], Path, str]:
     return (["--max-shard-size", "lots"], tmp / "out",
-            "Error: cannot read size 'lots'\nWrite it like 5GB, 500MB or 2GiB.\n")
+            "Error: cannot read --max-shard-size 'lots' as a size\nWrite it like 5GB, 500MB or "
+            "2GiB.\n")
 
 
 def _out_inside_a_file(tmp: Path) -> tuple[list[str], Path, str]:

@@ -123,12 +123,13 @@ def test_tensor_manifest_names_the_damaged_tensor(tmp_path: Path) -> None:
     import torch
 
     from weightkit.io.writer import PlannedTensor
+    from weightkit.options import WriteOptions
     from weightkit.pipeline import Job, identity, write_checkpoint
 
     t = torch.arange(16, dtype=torch.float32)
     jobs = [Job(PlannedTensor(name, t.dtype, (16,)), lambda: (t,), identity)
             for name in ("a.weight", "b.weight")]
-    write_checkpoint(tmp_path / "out", jobs, title="test", inputs=[], quiet=True)
+    write_checkpoint(tmp_path / "out", jobs, title="test", inputs=[], options=WriteOptions())
     shard = tmp_path / "out" / "model.safetensors"
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0x20  # last byte of the last tensor, b.weight

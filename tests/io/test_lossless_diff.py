@@ -28,7 +28,7 @@ RAW_SHAPES = {"a.weight": (5, 4), "b.weight": (5,), "c.weight": (0,)}
 PAYLOADS = {"a.weight": b"frame-a" * 3, "b.weight": b"\x00\xff" * 40, "c.weight": b""}
 
 
-def write(folder: Path, max_shard_size: int | str = "5GB") -> list[Path]:
+def write(folder: Path, max_shard_size: int = 5 * 10**9) -> list[Path]:
     writer = LosslessDiffWriter(folder, PLAN, RAW_SHAPES, max_shard_size)
     for t in PLAN:
         writer.write(t.name, PAYLOADS[t.name])

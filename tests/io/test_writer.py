@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from weightkit.errors import OutputError
 from weightkit.io.output import OutputFolder
-from weightkit.io.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
+from weightkit.io.writer import PlannedTensor, ShardWriter, plan_shards
 
 
 def plan_of(state):
@@ -20,13 +20,6 @@ def plan_of(state):
 
 STATE = {"b": torch.arange(6, dtype=torch.float16).reshape(2, 3),
          "a": torch.tensor([1.5, -2.0], dtype=torch.float32)}
-
-
-def test_parse_size_follows_huggingface_units():
-    assert parse_size("5GB") == 5_000_000_000
-    assert parse_size("2GiB") == 2**31
-    assert parse_size("500MB") == 500_000_000
-    assert parse_size("100kB") == 100_000
 
 
 def test_plan_shards_is_greedy_in_order():

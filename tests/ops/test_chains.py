@@ -20,6 +20,7 @@ from weightkit.ops.convert_llama import MetaView, convert_llama, open_meta
 from weightkit.ops.diff import diff
 from weightkit.ops.merge_lora import merge_lora
 from weightkit.ops.recover import recover
+from weightkit.options import WriteOptions
 from weightkit.sources import Source
 from weightkit.sources.open import open_source
 
@@ -48,7 +49,7 @@ def test_a_raw_meta_folder_reads_as_its_converted_checkpoint(world):
 
 
 def test_a_raw_meta_folder_in_a_dtype_is_convert_with_that_dtype(world, tmp_path):
-    convert_llama(world.meta.folder, tmp_path / "fp16", dtype="fp16", quiet=True)
+    convert_llama(world.meta.folder, tmp_path / "fp16", dtype="fp16")
     want = open_checkpoint(tmp_path / "fp16")
     view = open_meta(world.meta.folder, dtype=torch.float16)
     for name in want.names():
@@ -100,24 +101,24 @@ def separate(world: World, chain: str, out: Path, dtype: str, **kw) -> None:
     work = out.parent / f"{out.name}-steps"
     raw = world.converted
     if chain.startswith("convert"):
-        convert_llama(world.meta.folder, work / "converted", dtype=dtype, quiet=True)
+        convert_llama(world.meta.folder, work / "converted", dtype=dtype)
         raw = work / "converted"
     if chain == "convert+merge":
-        merge_lora(raw, world.base_adapter, out, dtype=dtype, quiet=True, **kw)
+        merge_lora(raw, world.base_adapter, out, dtype=dtype, **kw)
         return
     if "merge" not in chain:
-        recover(raw, world.diff, out, dtype=dtype, quiet=True, **kw)
+        recover(raw, world.diff, out, dtype=dtype, **kw)
         return
-    recover(raw, world.diff, work / "recovered", dtype=dtype, quiet=True)
-    merge_lora(work / "recovered", world.adapter, out, dtype=dtype, quiet=True, **kw)
+    recover(raw, world.diff, work / "recovered", dtype=dtype)
+    merge_lora(work / "recovered", world.adapter, out, dtype=dtype, **kw)
 
 
 def fused(world: World, chain: str, out: Path, dtype: str, **kw):
     raw = world.meta.folder if chain.startswith("convert") else world.converted
     if chain == "convert+merge":
-        return merge_lora(raw, world.base_adapter, out, dtype=dtype, quiet=True, **kw)
+        return merge_lora(raw, world.base_adapter, out, dtype=dtype, **kw)
     lora = world.adapter if chain.endswith("merge") else None
-    return recover(raw, world.diff, out, lora=lora, dtype=dtype, quiet=True, **kw)
+    return recover(raw, world.diff, out, lora=lora, dtype=dtype, **kw)
 
 
 CHAINS = ["convert+recover", "recover+merge", "convert+recover+merge", "convert+merge"]
@@ -144,32 +145,37 @@ def test_fused_chain_in_row_pieces_and_bin_shards(world, tmp_path, small_pieces)
     """Pieces of 700 bytes: the q/k rows of the raw Meta view keep whole heads through the
     recover; the merged tensors are computed whole."""
     chain = "convert+recover+merge"
-    separate(world, chain, tmp_path / "want", "auto", fmt="bin", max_shard_size="100kB")
+    separate(world, chain, tmp_path / "want", "auto",
+             options=WriteOptions(format="bin", max_shard_size="100kB"))
     small_pieces.clear()
-    fused(world, chain, tmp_path / "got", "auto", fmt="bin", max_shard_size="100kB")
+    fused(world, chain, tmp_path / "got", "auto",
+          options=WriteOptions(format="bin", max_shard_size="100kB"))
     assert file_bytes(tmp_path / "got") == file_bytes(tmp_path / "want")
     k = [rows for name, rows in small_pieces if name == "model.layers.0.self_attn.k_proj.weight"]
     assert k == [(0, 16), (16, 32)]  # bf16 rows of 128 bytes, heads of 16 rows
     assert not any(name == "model.layers.0.self_attn.q_proj.weight" for name, _ in small_pieces)
 
 
-def test_fused_summary_says_what_was_read_and_checked(world, tmp_path, capsys):
-    recover(world.meta.folder, world.diff, tmp_path / "out", lora=world.adapter)
-    text = " ".join(capsys.readouterr().err.split())
-    assert "recover + merge-lora: wrote 21 tensors" in text
+def test_fused_summary_says_what_was_read_and_checked(world, tmp_path, capfd):
+    result = recover(world.meta.folder, world.diff, tmp_path / "out", lora=world.adapter)
+    assert capfd.readouterr() == ("", "")  # a Python call prints nothing
+    text = result.summary()
+    assert text.startswith("recover + merge-lora: wrote 21 tensors")
+    assert "checklist.chk: the 3 listed file(s) match." in text
     assert ("Checked against the manifest of the tuned model (the recovered tensors, before the "
             "merge): 21 tensors match exactly.") in text
     assert "Detected LLaMA 2 (n_kv_heads)." in text
     assert "Merged LoRA into 8 tensor(s); 13 streamed through unchanged." in text
 
 
-def test_fused_dry_run_checks_everything_and_writes_nothing(world, tmp_path, capsys):
+def test_fused_dry_run_checks_everything_and_writes_nothing(world, tmp_path, capfd):
     before = sorted(p.name for p in world.meta.folder.iterdir())
     result = recover(world.meta.folder, world.diff, tmp_path / "out", lora=world.adapter,
-                     dry_run=True)
-    text = " ".join(capsys.readouterr().err.split())
-    assert "verify ━" in text  # Meta's checklist.chk, as convert checks it
-    text = text[text.index("recover + merge-lora (dry run)"):]
+                     options=WriteOptions(dry_run=True))
+    assert capfd.readouterr() == ("", "")
+    # Meta's checklist.chk is checked, as convert checks it
+    assert "checklist.chk: the 3 listed file(s) match." in result.notes
+    text = result.summary()
     assert text.startswith("recover + merge-lora (dry run): inputs check out; 21 tensors, ")
     assert f"to write to {tmp_path / 'out'} (disk free: " in text
     assert text.endswith("Nothing was written.")
@@ -189,7 +195,7 @@ def test_adapter_that_does_not_fit_the_recovered_model(world, tmp_path):
     state[key] = torch.zeros(48, 4, dtype=torch.bfloat16)
     save_file(state, bad / "adapter_model.safetensors")
     with pytest.raises(InputError) as e:
-        recover(world.meta.folder, world.diff, tmp_path / "out", lora=bad, quiet=True)
+        recover(world.meta.folder, world.diff, tmp_path / "out", lora=bad)
     assert str(e.value).startswith(
         f"adapter tensor {key!r} ({bad / 'adapter_model.safetensors'}) does not fit base tensor "
         "'model.layers.0.self_attn.v_proj.weight': lora_B @ lora_A gives a delta of shape "
@@ -205,7 +211,7 @@ def test_diff_that_does_not_fit_the_raw_meta_model(world, tmp_path):
     state["model.layers.1.mlp.up_proj.weight"] = torch.zeros(100, 64)
     save_file(state, bad / "model.safetensors")
     with pytest.raises(InputError) as e:
-        recover(world.meta.folder, bad, tmp_path / "out", lora=world.adapter, quiet=True)
+        recover(world.meta.folder, bad, tmp_path / "out", lora=world.adapter)
     assert str(e.value).startswith(
         "tensor 'model.layers.1.mlp.up_proj.weight': shape [100, 64] in the diff "
         f"({bad / 'model.safetensors'}) does not fit shape [256, 64] in the raw model "
@@ -217,8 +223,7 @@ def test_a_wrong_raw_model_fails_the_recovered_check_before_the_merge(world, tmp
     """The diff's target manifest proves the recovered tensors even when they are not written:
     the raw model of another seed gives other tensors, and the run stops naming the first."""
     with pytest.raises(ChecksumError) as e:
-        recover(world.meta_b.folder, world.diff, tmp_path / "out", lora=world.adapter,
-                quiet=True)
+        recover(world.meta_b.folder, world.diff, tmp_path / "out", lora=world.adapter)
     first = open_checkpoint(world.diff).names()[0]  # the diff's order is the run's
     assert str(e.value).startswith(
         f"tensor {first!r} in the model recovered from {world.meta_b.folder} and {world.diff} "
@@ -239,22 +244,21 @@ def test_overflow_in_the_recover_step_is_the_message_recover_gives(world, tmp_pa
     messages = []
     for lora in (None, world.adapter):
         with pytest.raises(InputError) as e:
-            recover(world.converted, bad, tmp_path / "out", lora=lora, quiet=True)
+            recover(world.converted, bad, tmp_path / "out", lora=lora)
         messages.append(str(e.value))
     assert messages[0] == messages[1] == (
         "tensor 'model.norm.weight': the result has 64 NaN/Inf value(s) although its inputs are "
-        "finite (overflow in torch.bfloat16?)\nWrite a wider dtype (--dtype fp32 or bf16), or "
+        "finite (overflow in torch.bfloat16?)\nWrite a wider dtype (`dtype` fp32 or bf16), or "
         "check the adapter's scaling.")
 
 
 def test_lossless_diff_of_and_recovery_from_a_raw_meta_folder(world, tmp_path):
-    diff(world.converted, world.tuned, tmp_path / "want-diff", lossless=True, quiet=True)
-    diff(world.meta.folder, world.tuned, tmp_path / "diff", lossless=True, quiet=True)
+    diff(world.converted, world.tuned, tmp_path / "want-diff", lossless=True)
+    diff(world.meta.folder, world.tuned, tmp_path / "diff", lossless=True)
     assert file_bytes(tmp_path / "diff") == file_bytes(tmp_path / "want-diff")
-    recover(world.converted, tmp_path / "diff", tmp_path / "recovered", quiet=True)
-    merge_lora(tmp_path / "recovered", world.adapter, tmp_path / "want", quiet=True)
-    result = recover(world.meta.folder, tmp_path / "diff", tmp_path / "got", lora=world.adapter,
-                     quiet=True)
+    recover(world.converted, tmp_path / "diff", tmp_path / "recovered")
+    merge_lora(tmp_path / "recovered", world.adapter, tmp_path / "want")
+    result = recover(world.meta.folder, tmp_path / "diff", tmp_path / "got", lora=world.adapter)
     assert file_bytes(tmp_path / "got") == file_bytes(tmp_path / "want")
     assert (result.checked, result.within_rounding) == (21, [])
 

@@ -18,6 +18,7 @@ from weightkit import pipeline
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import Checkpoint
 from weightkit.ops.convert_llama import convert_llama, from_hf_rotary, hf_name, to_hf_rotary
+from weightkit.options import WriteOptions
 
 # What transformers' convert_llama_weights_to_hf.py writes for each case's params.json (through
 # the installed transformers' LlamaConfig): the arguments it passes, the rest LlamaConfig's
@@ -79,7 +80,7 @@ def raw(tmp_path_factory):
 
 def convert(rc, out: Path, **kw):
     kw.setdefault("llama_version", VERSION_ARG.get(rc.name, "auto"))
-    return convert_llama(rc.input_dir, out, model_size=rc.model_size, quiet=True, **kw)
+    return convert_llama(rc.input_dir, out, model_size=rc.model_size, **kw)
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -195,7 +196,8 @@ def test_bin_output_in_several_shards_loads(raw, tmp_path):
     from transformers import AutoModelForCausalLM
 
     rc = raw("llama2")
-    result = convert(rc, tmp_path / "out", fmt="bin", max_shard_size="60KB")
+    result = convert(rc, tmp_path / "out",
+                     options=WriteOptions(format="bin", max_shard_size="60KB"))
     assert len([f for f in result.files if f.endswith(".bin")]) > 1
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     want = tensors(rc.hf_dir)
@@ -284,7 +286,7 @@ def rewrite_shard(path: Path, edit) -> None:
 
 def fails(input_dir: Path, out: Path, match: str, error=InputError, **kw) -> None:
     with pytest.raises(error, match=match):
-        convert_llama(input_dir, out, quiet=True, **kw)
+        convert_llama(input_dir, out, **kw)
     assert not out.exists()
 
 
@@ -299,8 +301,8 @@ def test_missing_params_json(raw, tmp_path):
 def test_parent_folder_without_model_size_names_the_choices(raw, tmp_path):
     rc = raw("llama1")
     with pytest.raises(InputError) as e:
-        convert_llama(rc.input_dir, tmp_path / "out", quiet=True)
-    assert "--model-size with one of: 13B" in str(e.value)
+        convert_llama(rc.input_dir, tmp_path / "out")
+    assert "`model_size` with one of: 13B" in str(e.value)
 
 
 def test_shard_count_must_match_the_model_size(raw, tmp_path):
@@ -384,8 +386,7 @@ def test_checklist_is_verified_first(raw, tmp_path):
     checklist.write_text("\n".join(lines) + "\n")
     fails(input_dir, tmp_path / "out", r"consolidated\.00\.pth is mismatch", ChecksumError,
           model_size=rc.model_size)
-    result = convert_llama(input_dir, tmp_path / "out", model_size=rc.model_size, verify=False,
-                           quiet=True)
+    result = convert_llama(input_dir, tmp_path / "out", model_size=rc.model_size, verify=False)
     assert not any("checklist" in n for n in result.notes)
 
 
@@ -393,13 +394,13 @@ def test_without_a_tokenizer_the_weights_still_convert(raw, tmp_path):
     rc = raw("llama3")
     input_dir, folder = copy_raw(rc, tmp_path)
     (folder / "tokenizer.model").unlink()
-    result = convert_llama(input_dir, tmp_path / "out", quiet=True)
+    result = convert_llama(input_dir, tmp_path / "out")
     assert any("without a tokenizer" in n for n in result.notes)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 576
     assert not (tmp_path / "out" / "tokenizer.json").exists()
     # transformers is imported for the tokenizer only: config.json is weightkit's own
     code = ("import sys; from weightkit.ops.convert_llama import convert_llama; "
-            f"convert_llama({str(input_dir)!r}, {str(tmp_path / 'again')!r}, quiet=True); "
+            f"convert_llama({str(input_dir)!r}, {str(tmp_path / 'again')!r}); "
             "print('transformers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from weightkit.ops.diff import diff
 from weightkit.ops.merge_lora import merge_lora
 from weightkit.ops.recover import recover
+from weightkit.options import WriteOptions
 
 # WEIGHTKIT_OTHER_DEVICE=cpu runs these comparisons without a GPU (a check of the test itself)
 OTHER = os.environ.get("WEIGHTKIT_OTHER_DEVICE", "cuda")
@@ -47,13 +48,13 @@ def test_diff_and_recover(model_pair, tmp_path, diff_dtype):
     raw, tuned = model_pair("llama", torch.float16, extra_vocab=1)
     with_nans(tuned, "model.norm.weight")
     with_nans(raw, "model.layers.0.input_layernorm.weight")
-    made = on_both(lambda out, dev: diff(raw, tuned, out, dtype=diff_dtype, device=dev,
-                                         quiet=True), tmp_path / "diff")
+    made = on_both(lambda out, dev: diff(raw, tuned, out, dtype=diff_dtype,
+                                         options=WriteOptions(device=dev)), tmp_path / "diff")
     assert "weightkit.target-manifest.json" in made
-    on_both(lambda out, dev: recover(raw, tmp_path / "diff" / "cpu", out, device=dev,
-                                     quiet=True), tmp_path / "recover")
+    on_both(lambda out, dev: recover(raw, tmp_path / "diff" / "cpu", out,
+                                     options=WriteOptions(device=dev)), tmp_path / "recover")
     on_both(lambda out, dev: recover(raw, tmp_path / "diff" / "cpu", out, dtype="bf16",
-                                     device=dev, quiet=True), tmp_path / "recover-bf16")
+                                     options=WriteOptions(device=dev)), tmp_path / "recover-bf16")
 
 
 CASES = {
@@ -75,5 +76,5 @@ def test_merge_lora(tmp_path, case, dtype):
     kind, kwargs = CASES[case]
     base = build_base(kind, dtype, tmp_path / "base")
     adapter = make_adapter(base, tmp_path / "adapter", dtype, **kwargs)
-    on_both(lambda out, dev: merge_lora(base, adapter, out, device=dev, quiet=True),
+    on_both(lambda out, dev: merge_lora(base, adapter, out, options=WriteOptions(device=dev)),
             tmp_path / "merged")

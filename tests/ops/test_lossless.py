@@ -20,6 +20,7 @@ from weightkit.io.reader import open_checkpoint
 from weightkit.ops.diff import diff
 from weightkit.ops.lossless import decode, encode
 from weightkit.ops.recover import recover
+from weightkit.options import WriteOptions
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -97,12 +98,12 @@ def test_encoding_is_deterministic_across_thread_counts(monkeypatch):
 @pytest.mark.parametrize(("kind", "dtype"), [("llama", torch.float16), ("qwen2", torch.bfloat16)])
 def test_round_trip_is_bit_exact(model_pair, tmp_path, kind, dtype):
     raw, tuned = model_pair(kind, dtype)
-    d = diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
+    d = diff(raw, tuned, tmp_path / "diff", lossless=True)
     assert d.files == ["lossless-diff.safetensors"]
     assert sorted(p.name for p in (tmp_path / "diff").iterdir()) == [
         "config.json", "generation_config.json", "lossless-diff.safetensors",
         "weightkit.target-manifest.json"]
-    r = recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    r = recover(raw, tmp_path / "diff", tmp_path / "out")
     want = tensors(tuned)
     assert_bit_exact(tensors(tmp_path / "out"), want)
     assert r.checked == r.tensors == len(want) and r.within_rounding == []
@@ -113,8 +114,8 @@ def test_qwen2_tied_embeddings_load_in_transformers(model_pair, tmp_path):
     from transformers import AutoModelForCausalLM
 
     raw, tuned = model_pair("qwen2", torch.bfloat16)
-    diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
-    recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    diff(raw, tuned, tmp_path / "diff", lossless=True)
+    recover(raw, tmp_path / "diff", tmp_path / "out")
     got = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
     assert got["lm_head.weight"].data_ptr() == got["model.embed_tokens.weight"].data_ptr()
     assert_bit_exact(got, AutoModelForCausalLM.from_pretrained(tuned).state_dict())
@@ -128,24 +129,24 @@ def test_fp16_diff_loses_signed_zeros_the_lossless_diff_keeps(model_pair, tmp_pa
     tuned_state = load_file(tuned / "model.safetensors")
     tuned_state["model.norm.weight"][:8] = -0.0
     save_file(tuned_state, tuned / "model.safetensors", metadata={"format": "pt"})
-    plain = diff(raw, tuned, tmp_path / "fp16", dtype="fp16", quiet=True)
-    lossless = diff(raw, tuned, tmp_path / "lossless", lossless=True, quiet=True)
+    plain = diff(raw, tuned, tmp_path / "fp16", dtype="fp16")
+    lossless = diff(raw, tuned, tmp_path / "lossless", lossless=True)
     assert lossless.bytes_written < plain.bytes_written / 2
-    r = recover(raw, tmp_path / "fp16", tmp_path / "out16", quiet=True)
+    r = recover(raw, tmp_path / "fp16", tmp_path / "out16")
     assert "model.norm.weight" in r.within_rounding
-    r = recover(raw, tmp_path / "lossless", tmp_path / "out", quiet=True)
+    r = recover(raw, tmp_path / "lossless", tmp_path / "out")
     assert r.within_rounding == []
     assert_bit_exact(tensors(tmp_path / "out"), tensors(tuned))
 
 
 def test_vocab_extended_round_trip(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16, extra_vocab=1)
-    d = diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
+    d = diff(raw, tuned, tmp_path / "diff", lossless=True)
     assert any("vocabulary extended from 128 to 129 rows" in n for n in d.notes)
     packed = LosslessDiffReader(tmp_path / "diff")
     assert packed.infos["lm_head.weight"].shape == (129, 64)
     assert packed.raw_shapes["lm_head.weight"] == (128, 64)
-    recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    recover(raw, tmp_path / "diff", tmp_path / "out")
     assert_bit_exact(tensors(tmp_path / "out"), tensors(tuned))
 
 
@@ -154,10 +155,11 @@ def test_sharded_diff_and_non_finite_values(model_pair, tmp_path):
     state = load_file(tuned / "model.safetensors")
     state["model.norm.weight"][:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
     save_file(state, tuned / "model.safetensors", metadata={"format": "pt"})
-    d = diff(raw, tuned, tmp_path / "diff", lossless=True, max_shard_size="60kB", quiet=True)
+    d = diff(raw, tuned, tmp_path / "diff", lossless=True,
+             options=WriteOptions(max_shard_size="60kB"))
     assert len(d.files) > 1 and d.files[0] == f"lossless-diff-00001-of-{len(d.files):05d}" \
         ".safetensors"
-    recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    recover(raw, tmp_path / "diff", tmp_path / "out")
     assert_bit_exact(tensors(tmp_path / "out"), tensors(tuned))
 
 
@@ -165,7 +167,7 @@ def test_diff_is_deterministic(model_pair, tmp_path):
     raw, tuned = model_pair("qwen2", torch.bfloat16)
     files = []
     for name in ("a", "b"):
-        diff(raw, tuned, tmp_path / name, lossless=True, quiet=True)
+        diff(raw, tuned, tmp_path / name, lossless=True)
         files.append(hashlib.sha256((tmp_path / name / "lossless-diff.safetensors")
                                     .read_bytes()).hexdigest())
     assert files[0] == files[1]
@@ -173,8 +175,8 @@ def test_diff_is_deterministic(model_pair, tmp_path):
 
 def test_recover_dtype_converts_and_is_not_checked(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
-    diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
-    r = recover(raw, tmp_path / "diff", tmp_path / "out", dtype="fp32", quiet=True)
+    diff(raw, tuned, tmp_path / "diff", lossless=True)
+    r = recover(raw, tmp_path / "diff", tmp_path / "out", dtype="fp32")
     assert {e.dtype for e in r.manifest.entries.values()} == {"F32"} and r.checked == 0
     got, want = tensors(tmp_path / "out"), tensors(tuned)
     assert all(torch.equal(got[n], want[n].float()) for n in want)
@@ -194,7 +196,7 @@ def frame_span(path: Path, name: str) -> tuple[int, int]:
 @pytest.mark.parametrize("where", ["middle", "checksum"])
 def test_damaged_frame_is_caught_and_named(model_pair, tmp_path, where):
     raw, tuned = model_pair("llama", torch.float16)
-    diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
+    diff(raw, tuned, tmp_path / "diff", lossless=True)
     name = "model.layers.1.mlp.down_proj.weight"
     path = tmp_path / "diff" / "lossless-diff.safetensors"
     start, length = frame_span(path, name)
@@ -202,7 +204,7 @@ def test_damaged_frame_is_caught_and_named(model_pair, tmp_path, where):
     data[start + (length // 2 if where == "middle" else length - 1)] ^= 0x55
     path.write_bytes(bytes(data))
     with pytest.raises(ChecksumError) as e:
-        recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+        recover(raw, tmp_path / "diff", tmp_path / "out")
     assert str(e.value).startswith(f"tensor {name!r} in {path}: the compressed data is damaged")
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.glob(".out*")) == []
@@ -211,7 +213,7 @@ def test_damaged_frame_is_caught_and_named(model_pair, tmp_path, where):
 def test_intact_frame_of_other_values_is_caught_by_the_manifest(model_pair, tmp_path):
     """A well-formed frame that decodes to the wrong tensor: zstd is happy, the manifest not."""
     raw, tuned = model_pair("llama", torch.float16)
-    diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
+    diff(raw, tuned, tmp_path / "diff", lossless=True)
     name = "model.layers.0.self_attn.q_proj.weight"
     path = tmp_path / "diff" / "lossless-diff.safetensors"
     with safe_open(str(path), framework="pt") as f:
@@ -222,40 +224,40 @@ def test_intact_frame_of_other_values_is_caught_by_the_manifest(model_pair, tmp_
     stored[name] = torch.frombuffer(bytearray(encode(tensors(raw)[name], other)), dtype=torch.uint8)
     save_file(stored, path, metadata=metadata)
     with pytest.raises(ChecksumError, match=f"tensor '{name}' in .* has sha256"):
-        recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+        recover(raw, tmp_path / "diff", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_dtype_mismatch_points_at_a_plain_diff(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16, tuned_dtype=torch.float32)
     with pytest.raises(InputError) as e:
-        diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
+        diff(raw, tuned, tmp_path / "diff", lossless=True)
     name = next(iter(open_checkpoint(tuned).infos))
     assert str(e.value) == (
         f"tensor {name!r} is fp16 in the raw model ({raw / 'model.safetensors'}) and fp32 in "
         f"the tuned model ({tuned / 'model.safetensors'})\n"
         "A lossless diff stores bit patterns, so both models need the same dtype per tensor. "
-        "Use --dtype fp32 instead of --lossless (a plain fp32 diff).")
+        "Use `dtype` fp32 instead of `lossless` (a plain fp32 diff).")
     assert not (tmp_path / "diff").exists()
 
 
 def test_recover_refuses_a_raw_model_of_another_dtype(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
-    diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
+    diff(raw, tuned, tmp_path / "diff", lossless=True)
     bf16 = tmp_path / "raw-bf16"
     bf16.mkdir()
     save_file({n: t.bfloat16() for n, t in tensors(raw).items()}, bf16 / "model.safetensors")
     with pytest.raises(InputError, match="is bf16 in the raw model .* and fp16 in the lossless "
                                          "diff"):
-        recover(bf16, tmp_path / "diff", tmp_path / "out", quiet=True)
+        recover(bf16, tmp_path / "diff", tmp_path / "out")
 
 
 def test_recover_refuses_a_raw_model_of_another_vocabulary(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16, extra_vocab=1)
-    diff(raw, tuned, tmp_path / "diff", lossless=True, quiet=True)
+    diff(raw, tuned, tmp_path / "diff", lossless=True)
     with pytest.raises(InputError, match="tensor 'lm_head.weight' has shape \\[129, 64\\] in "
                                          "the raw model .* made against shape \\[128, 64\\]"):
-        recover(tuned, tmp_path / "diff", tmp_path / "out", quiet=True)
+        recover(tuned, tmp_path / "diff", tmp_path / "out")
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -287,8 +289,8 @@ def test_every_dtype_that_is_not_a_plain_float_round_trips(tmp_path):
     for folder, state in (("raw", raw), ("tuned", tuned)):
         (tmp_path / folder).mkdir()
         save_file(state, tmp_path / folder / "model.safetensors")
-    diff(tmp_path / "raw", tmp_path / "tuned", tmp_path / "diff", lossless=True, quiet=True)
-    r = recover(tmp_path / "raw", tmp_path / "diff", tmp_path / "out", quiet=True)
+    diff(tmp_path / "raw", tmp_path / "tuned", tmp_path / "diff", lossless=True)
+    r = recover(tmp_path / "raw", tmp_path / "diff", tmp_path / "out")
     got = load_file(tmp_path / "out" / "model.safetensors")
     assert all(got[n].dtype == t.dtype and byte_values(got[n]) == byte_values(t)
                for n, t in tuned.items())
@@ -299,7 +301,8 @@ def test_an_interrupted_diff_resumes_after_its_finished_files(model_pair, tmp_pa
     """Ctrl-C after the second finished file; the second is then damaged: the rerun keeps the
     first (checked by decoding it), writes the rest again and gives the same bytes."""
     raw, tuned = model_pair("llama", torch.float16)
-    ref = diff(raw, tuned, tmp_path / "ref", lossless=True, max_shard_size="60kB", quiet=True)
+    ref = diff(raw, tuned, tmp_path / "ref", lossless=True,
+               options=WriteOptions(max_shard_size="60kB"))
     finished = []
     end_shard = LosslessDiffWriter._end_shard
 
@@ -311,7 +314,8 @@ def test_an_interrupted_diff_resumes_after_its_finished_files(model_pair, tmp_pa
 
     monkeypatch.setattr(LosslessDiffWriter, "_end_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        diff(raw, tuned, tmp_path / "out", lossless=True, max_shard_size="60kB", quiet=True)
+        diff(raw, tuned, tmp_path / "out", lossless=True,
+             options=WriteOptions(max_shard_size="60kB"))
     monkeypatch.undo()
     partial = tmp_path / ".out.weightkit-partial"
     assert sorted(p.name for p in partial.glob("lossless-diff-*")) == finished
@@ -320,7 +324,8 @@ def test_an_interrupted_diff_resumes_after_its_finished_files(model_pair, tmp_pa
     data = bytearray((partial / finished[1]).read_bytes())
     data[start + length // 2] ^= 0x55
     (partial / finished[1]).write_bytes(bytes(data))
-    d = diff(raw, tuned, tmp_path / "out", lossless=True, max_shard_size="60kB", quiet=True)
+    d = diff(raw, tuned, tmp_path / "out", lossless=True,
+             options=WriteOptions(max_shard_size="60kB"))
     assert d.notes[-1] == (f"Resumed a killed run: 1 of {len(ref.files)} shard(s) were already "
                            "written and checked.")
     assert file_bytes(tmp_path / "out") == file_bytes(tmp_path / "ref")

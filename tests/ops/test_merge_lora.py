@@ -24,6 +24,7 @@ from weightkit import pipeline
 from weightkit.errors import InputError
 from weightkit.io.reader import Checkpoint
 from weightkit.ops.merge_lora import merge_lora
+from weightkit.options import WriteOptions
 
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPT2_ALL = ["c_attn", "c_proj", "c_fc"]
@@ -87,7 +88,7 @@ def built(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES)
 def test_equals_peft_merge_and_unload(built, case, dtype):
     root = built(case, dtype)
-    result = merge_lora(root / "base", root / "adapter", root / "ours", quiet=True)
+    result = merge_lora(root / "base", root / "adapter", root / "ours")
     got = compare(tensors(root / "ours"), tensors(root / "ref"))
     assert got.problems == []
     assert got.differ == NOT_BIT_EXACT.get((case, dtype), {})
@@ -102,7 +103,7 @@ def test_equals_peft_merge_and_unload(built, case, dtype):
 def test_embedding_difference_is_peft_rounding_the_delta(built, dtype):
     """The one case that differs: peft rounds the embedding delta first, weightkit does not."""
     root = built("embedding", dtype)
-    merge_lora(root / "base", root / "adapter", root / "ours", quiet=True, overwrite=True)
+    merge_lora(root / "base", root / "adapter", root / "ours", options=WriteOptions(overwrite=True))
     name, prefix = "model.embed_tokens.weight", "base_model.model.model.embed_tokens."
     w = load_file(root / "base" / "model.safetensors")[name]
     lora = load_file(root / "adapter" / "adapter_model.safetensors")
@@ -121,7 +122,7 @@ def test_arithmetic_in_small_blocks_still_equals_peft(built, tmp_path, monkeypat
     monkeypatch.setattr(module, "_BLOCK_BYTES", 3 * 64 * 4)
     monkeypatch.setattr(pipeline, "_CHECK_BLOCK", 100)
     root = built(case, "fp16")
-    merge_lora(root / "base", root / "adapter", tmp_path / "ours", quiet=True)
+    merge_lora(root / "base", root / "adapter", tmp_path / "ours")
     got = compare(tensors(tmp_path / "ours"), tensors(root / "ref"))
     assert got.problems == [] and got.differ == {}
 
@@ -131,10 +132,10 @@ def test_untouched_tensors_stream_in_pieces_with_the_same_bytes(built, tmp_path,
     """Tensors no adapter touches are copied in row pieces; merged ones stay whole (a product
     taken in pieces could sum in another order than peft's)."""
     root = built("plain", "fp16")
-    merge_lora(root / "base", root / "adapter", tmp_path / "pieces", quiet=True)
+    merge_lora(root / "base", root / "adapter", tmp_path / "pieces")
     assert {name for name, _ in small_pieces} == {"model.embed_tokens.weight", "lm_head.weight"}
     monkeypatch.setattr(pipeline, "_PIECE", 2**40)
-    merge_lora(root / "base", root / "adapter", tmp_path / "whole", quiet=True)
+    merge_lora(root / "base", root / "adapter", tmp_path / "whole")
     assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")
 
 
@@ -142,7 +143,7 @@ def test_upcast_output_equals_peft_in_fp32(built, tmp_path):
     """--dtype fp32 on an fp16 base equals peft merging the base loaded in fp32, bit for bit."""
     root = built("embedding", "fp16")
     peft_merge(root / "base", root / "adapter", tmp_path / "ref32", torch.float32)
-    merge_lora(root / "base", root / "adapter", tmp_path / "ours", dtype="fp32", quiet=True)
+    merge_lora(root / "base", root / "adapter", tmp_path / "ours", dtype="fp32")
     got = compare(tensors(tmp_path / "ours"), tensors(tmp_path / "ref32"))
     assert got.problems == [] and got.differ == {}
 
@@ -152,8 +153,8 @@ def test_bin_shards_load_in_transformers(built, tmp_path):
     from transformers import AutoModelForCausalLM
 
     root = built("embedding", "fp32")
-    result = merge_lora(root / "base", root / "adapter", tmp_path / "ours", fmt="bin",
-                        max_shard_size="100kB", quiet=True)
+    result = merge_lora(root / "base", root / "adapter", tmp_path / "ours",
+                        options=WriteOptions(format="bin", max_shard_size="100kB"))
     assert len([f for f in result.files if f.endswith(".bin")]) > 1
     ours = AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
     ref = AutoModelForCausalLM.from_pretrained(root / "ref")
@@ -189,7 +190,7 @@ def test_hand_written_legacy_adapter(built, tmp_path, layout):
                    for k, v in state.items()}
         save_file(renamed, adapter / "adapter_model.safetensors")
     peft_merge(root / "base", adapter, tmp_path / "ref", torch.float16)
-    result = merge_lora(root / "base", adapter, tmp_path / "ours", quiet=True)
+    result = merge_lora(root / "base", adapter, tmp_path / "ours")
     ref = tensors(tmp_path / "ref")
     got = compare(tensors(tmp_path / "ours"), ref)
     assert got.problems == [] and got.differ == {}
@@ -206,7 +207,7 @@ def test_hand_written_legacy_adapter(built, tmp_path, layout):
 
 def _fails(base: Path, adapter: Path, out: Path, *parts: str) -> InputError:
     with pytest.raises(InputError) as e:
-        merge_lora(base, adapter, out, quiet=True)
+        merge_lora(base, adapter, out)
     text = str(e.value)
     for part in parts:
         assert part in text, (part, text)
@@ -227,7 +228,7 @@ def test_key_matching_no_base_tensor(built, tmp_path):
     state = {k.replace("layers.1.", "layers.7."): v for k, v in state.items()}
     save_file(state, adapter / "adapter_model.safetensors")
     _fails(root / "base", adapter, tmp_path / "out", "layers.7.", "does not have",
-           str(root / "base"), "--base")
+           str(root / "base"), "`base`")
 
 
 def test_shape_that_does_not_fit(built, tmp_path):
@@ -235,7 +236,7 @@ def test_shape_that_does_not_fit(built, tmp_path):
     other = build_base("llama", torch.float32, tmp_path / "base96", intermediate=96)
     _fails(other, root / "adapter", tmp_path / "out",
            "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight'", "[64, 128]",
-           "[64, 96]", "model.safetensors", "check --base")
+           "[64, 96]", "model.safetensors", "check `base`")
 
 
 def test_extended_vocabulary(built, tmp_path):
@@ -305,7 +306,7 @@ def test_reads_one_base_tensor_and_only_its_adapter_tensors_at_a_time(built, tmp
         return original(self, name)
 
     monkeypatch.setattr(Checkpoint, "read", read)
-    merge_lora(root / "base", root / "adapter", tmp_path / "out", quiet=True)
+    merge_lora(root / "base", root / "adapter", tmp_path / "out")
     base_reads = [n for side, n in reads if side == "base"]
     assert sorted(base_reads) == sorted(set(base_reads))  # each base tensor read once
     current = None

@@ -20,6 +20,7 @@ from weightkit.ops.diff import diff
 from weightkit.ops.merge_lora import merge_lora
 from weightkit.ops.recover import recover
 from weightkit.ops.verify import verify
+from weightkit.options import WriteOptions
 
 WEIGHT = "model.layers.0.mlp.up_proj.weight"
 NORM = "model.norm.weight"
@@ -67,14 +68,14 @@ def pair(tmp_path):
 
 def test_diff_stores_the_wrapping_difference_and_recover_gives_every_bit_back(pair, tmp_path):
     raw_dir, tuned_dir, raw, tuned = pair
-    diff(raw_dir, tuned_dir, tmp_path / "diff", quiet=True)
+    diff(raw_dir, tuned_dir, tmp_path / "diff")
     stored = load_file(tmp_path / "diff" / "model.safetensors")  # safetensors' own reader
     for name in (n for n in raw if n.startswith("extra.") and n[6:] in BITWISE_DTYPES):
         assert stored[name].dtype == raw[name].dtype, name
         assert byte_values(stored[name]) == wrapping_difference(raw[name], tuned[name]), name
         if torch.equal(raw[name].view(torch.uint8), tuned[name].view(torch.uint8)):
             assert set(byte_values(stored[name])) == {0}, name  # unchanged: a diff of zeros
-    r = recover(raw_dir, tmp_path / "diff", tmp_path / "out", quiet=True)
+    r = recover(raw_dir, tmp_path / "diff", tmp_path / "out")
     got = load_file(tmp_path / "out" / "model.safetensors")
     assert sorted(got) == sorted(tuned)
     assert all(got[n].dtype == tuned[n].dtype and byte_values(got[n]) == byte_values(tuned[n])
@@ -86,10 +87,10 @@ def test_bool_true_to_false_comes_back_false(tmp_path):
     """int64 arithmetic made True + True = True: a flag the fine-tune cleared came back set."""
     raw = save(tmp_path / "raw", {"mask": torch.tensor([True, True, False, False])})
     tuned = save(tmp_path / "tuned", {"mask": torch.tensor([False, True, True, False])})
-    diff(raw, tuned, tmp_path / "diff", quiet=True)
+    diff(raw, tuned, tmp_path / "diff")
     assert load_file(tmp_path / "diff" / "model.safetensors")["mask"].tolist() == [
         True, False, True, False]
-    recover(raw, tmp_path / "diff", tmp_path / "out", quiet=True)
+    recover(raw, tmp_path / "diff", tmp_path / "out")
     assert load_file(tmp_path / "out" / "model.safetensors")["mask"].tolist() == [
         False, True, True, False]
 
@@ -103,7 +104,7 @@ def test_a_diff_of_zeros_leaves_them_unchanged_in_either_format(tmp_path, fmt):
              if not t.dtype.is_floating_point or t.dtype == torch.float16
              else torch.zeros_like(t.view(torch.uint8)).view(t.dtype) for n, t in raw.items()}
     save(tmp_path / "diff", zeros)
-    recover(raw_dir, tmp_path / "diff", tmp_path / "out", fmt=fmt, quiet=True)
+    recover(raw_dir, tmp_path / "diff", tmp_path / "out", options=WriteOptions(format=fmt))
     out = tmp_path / "out"
     got = (load_file(out / "model.safetensors") if fmt == "safetensors"
            else torch.load(out / "pytorch_model.bin", weights_only=True))
@@ -115,8 +116,8 @@ def test_a_diff_of_zeros_leaves_them_unchanged_in_either_format(tmp_path, fmt):
 
 def test_verify_hashes_every_dtype_and_names_a_damaged_u64(pair, tmp_path):
     raw_dir, tuned_dir, raw, tuned = pair
-    diff(raw_dir, tuned_dir, tmp_path / "diff", quiet=True)
-    recover(raw_dir, tmp_path / "diff", tmp_path / "out", quiet=True)
+    diff(raw_dir, tuned_dir, tmp_path / "diff")
+    recover(raw_dir, tmp_path / "diff", tmp_path / "out")
     report = verify(tmp_path / "out", quiet=True)
     assert report.ok and len(report.rows) == len(tuned)
     manifest = json.loads((tmp_path / "out" / "weightkit.manifest.json").read_text())
@@ -154,7 +155,7 @@ def test_merge_lora_passes_every_other_dtype_through(tmp_path, fmt):
     base_dir = save(tmp_path / "base", base)
     adapter = write_adapter(tmp_path / "adapter", "up_proj", 16, 8)
     # --dtype converts the plain floats; the quantized and integer tensors keep their dtype
-    merge_lora(base_dir, adapter, tmp_path / "out", fmt=fmt, dtype="fp32", quiet=True)
+    merge_lora(base_dir, adapter, tmp_path / "out", dtype="fp32", options=WriteOptions(format=fmt))
     out = tmp_path / "out"
     got = (load_file(out / "model.safetensors") if fmt == "safetensors"
            else torch.load(out / "pytorch_model.bin", weights_only=True))
@@ -172,7 +173,7 @@ def test_merge_lora_refuses_to_change_an_fp8_weight(tmp_path):
     base_dir = save(tmp_path / "base", base)
     adapter = write_adapter(tmp_path / "adapter", "up_proj", 16, 8)
     with pytest.raises(InputError) as e:
-        merge_lora(base_dir, adapter, tmp_path / "out", quiet=True)
+        merge_lora(base_dir, adapter, tmp_path / "out")
     assert str(e.value) == (
         f"base tensor {WEIGHT!r} ({base_dir / 'model.safetensors'}) is float8_e4m3fn; a LoRA "
         "adapter can only change fp32, fp16, bf16 or fp64 weights\nQuantized weights (8-bit "
@@ -202,7 +203,7 @@ def test_fp8_raw_plus_a_float_diff_is_widened_and_rounded_once(tmp_path, dtype):
         folder = tmp_path / f"diff-{diff_dtype}"
         save(folder, {WEIGHT: d32.to(diff_dtype), NORM: torch.zeros(8),
                       "extra.scale": torch.zeros(16)})
-        recover(raw_dir, folder, tmp_path / f"out-{diff_dtype}", quiet=True)
+        recover(raw_dir, folder, tmp_path / f"out-{diff_dtype}")
         got = load_file(tmp_path / f"out-{diff_dtype}" / "model.safetensors")[WEIGHT]
         want = (raw[WEIGHT].float() + d32.to(diff_dtype).float()).to(want_dtype)
         assert got.dtype == want_dtype and byte_values(got) == byte_values(want)
@@ -212,10 +213,10 @@ def test_fp8_raw_plus_a_float_diff_is_widened_and_rounded_once(tmp_path, dtype):
 @pytest.mark.parametrize("diff_dtype", ["fp32", "bf16"])
 def test_fp8_fine_tune_round_trips_through_a_diff(tmp_path, dtype, diff_dtype):
     raw_dir, tuned_dir, _, tuned = fp8_pair(tmp_path, dtype)
-    diff(raw_dir, tuned_dir, tmp_path / "diff", dtype=diff_dtype, quiet=True)
+    diff(raw_dir, tuned_dir, tmp_path / "diff", dtype=diff_dtype)
     target = json.loads((tmp_path / "diff" / TARGET_MANIFEST_NAME).read_text())["tensors"]
     assert target[WEIGHT]["dtype"] == {E4M3: "F8_E4M3", E5M2: "F8_E5M2"}[dtype]
-    r = recover(raw_dir, tmp_path / "diff", tmp_path / "out", quiet=True)
+    r = recover(raw_dir, tmp_path / "diff", tmp_path / "out")
     got = load_file(tmp_path / "out" / "model.safetensors")
     assert got[WEIGHT].dtype == dtype and byte_values(got[WEIGHT]) == byte_values(tuned[WEIGHT])
     assert r.checked == 3
@@ -223,7 +224,7 @@ def test_fp8_fine_tune_round_trips_through_a_diff(tmp_path, dtype, diff_dtype):
 
 def test_recover_into_fp8_refuses_a_result_beyond_its_range(tmp_path):
     raw_dir, tuned_dir, _, _ = fp8_pair(tmp_path, E4M3)
-    diff(raw_dir, tuned_dir, tmp_path / "diff", quiet=True)
+    diff(raw_dir, tuned_dir, tmp_path / "diff")
     stored = load_file(tmp_path / "diff" / "model.safetensors")
     stored[WEIGHT][0, :3] = 1000.0  # torch alone would write 448 for each
     save_file(stored, tmp_path / "diff" / "model.safetensors")
@@ -232,7 +233,7 @@ def test_recover_into_fp8_refuses_a_result_beyond_its_range(tmp_path):
     assert code == 1
     with pytest.raises(InputError, match=f"^tensor {WEIGHT!r}: 3 value\\(s\\) of the result lie "
                                          "beyond the range of F8_E4M3 \\(largest 448\\)"):
-        recover(raw_dir, tmp_path / "diff", tmp_path / "out", quiet=True)
+        recover(raw_dir, tmp_path / "diff", tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.weightkit-partial").exists()
 
 
@@ -241,14 +242,14 @@ def test_nan_of_an_fp8_raw_passes_through_new_ones_are_refused(tmp_path):
     raw[WEIGHT].view(torch.uint8)[0, 0] = 0x7F  # NaN
     raw_dir = save(tmp_path / "raw", raw)
     save(tmp_path / "diff", {WEIGHT: torch.tensor([[0.5, 0.5]], dtype=torch.float16)})
-    recover(raw_dir, tmp_path / "diff", tmp_path / "out", quiet=True)
+    recover(raw_dir, tmp_path / "diff", tmp_path / "out")
     got = load_file(tmp_path / "out" / "model.safetensors")[WEIGHT]
     assert got.dtype == torch.float16 and torch.isnan(got[0, 0]) and got[0, 1] == 57344.0
     save(tmp_path / "diff", {WEIGHT: torch.tensor([[0.5, 65504.0]], dtype=torch.float16)})
     raw[WEIGHT].view(torch.uint8)[0, 0] = 0x3C  # 1.0
     save(raw_dir, raw)
     with pytest.raises(InputError, match="the result has 1 NaN/Inf value"):
-        recover(raw_dir, tmp_path / "diff", tmp_path / "out2", quiet=True)
+        recover(raw_dir, tmp_path / "diff", tmp_path / "out2")
 
 
 def test_untouched_fp8_and_its_scales_pass_merge_lora_byte_for_byte(tmp_path):
@@ -257,7 +258,7 @@ def test_untouched_fp8_and_its_scales_pass_merge_lora_byte_for_byte(tmp_path):
     base["model.layers.0.mlp.down_proj.weight_scale_inv"] = torch.rand(1, 1)
     base_dir = save(tmp_path / "base", base)
     adapter = write_adapter(tmp_path / "adapter", "up_proj", 16, 8)
-    merge_lora(base_dir, adapter, tmp_path / "out", dtype="bf16", quiet=True)
+    merge_lora(base_dir, adapter, tmp_path / "out", dtype="bf16")
     got = load_file(tmp_path / "out" / "model.safetensors")
     fp8 = "model.layers.0.mlp.down_proj.weight"
     assert got[fp8].dtype == E4M3 and byte_values(got[fp8]) == byte_values(base[fp8])
@@ -301,7 +302,7 @@ def test_a_dtype_no_output_can_hold_is_refused_before_anything_is_written(tmp_pa
                 "freqs": torch.ones(4, dtype=torch.complex128)}, base / "pytorch_model.bin")
     adapter = write_adapter(tmp_path / "adapter", "up_proj", 16, 8)
     with pytest.raises(InputError) as e:
-        merge_lora(base, adapter, tmp_path / "out", dry_run=dry_run, quiet=True)
+        merge_lora(base, adapter, tmp_path / "out", options=WriteOptions(dry_run=dry_run))
     assert str(e.value) == (
         "tensor 'freqs' is torch.complex128, which weightkit cannot write: it is not a "
         "safetensors dtype, and weightkit's outputs and tensor manifests are named in those\n"
@@ -335,8 +336,7 @@ def test_convert_carries_fp8_shards_byte_for_byte_and_dtype_leaves_them(tmp_path
     from weightkit.ops.convert_llama import convert_llama
 
     for name, to in (("bf16", None), ("fp8", E4M3)):
-        convert_llama(meta_folder(tmp_path / name, to), tmp_path / f"out-{name}", dtype="fp32",
-                      quiet=True)
+        convert_llama(meta_folder(tmp_path / name, to), tmp_path / f"out-{name}", dtype="fp32")
     got = load_file(tmp_path / "out-fp8" / "model.safetensors")
     ref = load_file(tmp_path / "out-bf16" / "model.safetensors")  # fp32 (--dtype)
     assert sorted(got) == sorted(ref)

@@ -13,6 +13,7 @@ import pytest
 from weightkit.catalog import checksums_dir
 from weightkit.errors import InputError
 from weightkit.ops.verify import read_checksums, verify, write_checksums
+from weightkit.options import WriteOptions
 
 ONE = b"weights one\n" * 1000
 TWO = b"weights two\n" * 1000
@@ -331,8 +332,8 @@ def output(tmp_path: Path) -> Path:
     }
     jobs = [Job(PlannedTensor(n, t.dtype, tuple(t.shape)), lambda t=t: (t,), identity)
             for n, t in tensors.items()]
-    write_checkpoint(tmp_path / "out", jobs, title="test", inputs=[], quiet=True,
-                     max_shard_size="100B")
+    write_checkpoint(tmp_path / "out", jobs, title="test", inputs=[],
+                     options=WriteOptions(max_shard_size="100B"))
     return tmp_path / "out"
 
 

@@ -315,7 +315,7 @@ def fetch_files(hub: Hub, repo: str, commit: str, files: list[RemoteFile], layou
     lock = threading.Lock()
     headers = hub.headers()
     errors: list[BaseException] = []
-    with ByteProgress(f"download {repo}", remaining, len(files), quiet=not hub.show_progress,
+    with ByteProgress(f"download {repo}", remaining, len(files), hub.show_progress,
                       unit="files") as bar:
 
         def advance(nbytes: int, items: int = 0) -> None:

@@ -18,7 +18,7 @@ the tuned model (the encoding is described in weightkit.ops.lossless). Its `__me
 
 dtype and shape are the tuned tensor's, raw_shape the raw tensor's it was made against (they
 differ for a vocabulary extension). Tensors are split into files by their decoded size, as
-checkpoints are sharded, so each file is at most --max-shard-size.
+checkpoints are sharded, so each file is at most `max_shard_size`.
 
 The header comes first but the frames' sizes are known only once they are compressed: the writer
 reserves a header with room for the largest numbers, streams the frames, then rewrites the header
@@ -40,9 +40,16 @@ from weightkit.errors import InputError
 from weightkit.io.safetensors_file import SafetensorsFile, parse_shape
 from weightkit.io.sniff import DOWNLOAD_AGAIN
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor, ShardFiles, numbered_names, parse_size, plan_shards
+from weightkit.io.writer import (
+    DEFAULT_SHARD_BYTES,
+    PlannedTensor,
+    ShardFiles,
+    numbered_names,
+    plan_shards,
+)
 
 PREFIX = "lossless-diff"
+LOSSLESS_FORMAT = PREFIX  # what a write's result says its files are
 FORMAT = "weightkit.lossless-diff"
 VERSION = "1"
 ENCODING = "sub-zigzag-planes-zstd"
@@ -71,10 +78,10 @@ class LosslessDiffWriter(ShardFiles):
     (`done`) are kept, as ShardFiles says."""
 
     def __init__(self, folder: Path, plan: list[PlannedTensor],
-                 raw_shapes: dict[str, tuple[int, ...]], max_shard_size: int | str = "5GB",
+                 raw_shapes: dict[str, tuple[int, ...]], max_shard_size: int = DEFAULT_SHARD_BYTES,
                  done: set[int] = frozenset(),
                  on_shard_done: Callable[[int], None] | None = None) -> None:
-        shards = plan_shards(plan, parse_size(max_shard_size))
+        shards = plan_shards(plan, max_shard_size)
         super().__init__(folder, shards, file_names(len(shards)), done, on_shard_done)
         self.raw_shapes = raw_shapes
         self._sizes: list[int] = []  # frame sizes written to the current file

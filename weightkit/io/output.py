@@ -92,7 +92,7 @@ def _check_target(out: Path, inputs: list[Path], overwrite: bool) -> None:
                 "Write the output to a folder of its own, outside every input.",
             )
     if out.exists() and not overwrite:
-        raise OutputError(f"output {out} already exists", "Pass --overwrite to replace it.")
+        raise OutputError(f"output {out} already exists", "Pass `overwrite` to replace it.")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a folder")
 
@@ -104,7 +104,7 @@ def _check_space(out: Path, needed: int) -> None:
         raise OutputError(
             f"not enough disk space in {probe}: the output needs {needed / 1e9:.2f} GB, "
             f"{free / 1e9:.2f} GB are free",
-            "Free some space or choose another --out.",
+            "Free some space or choose another `out`.",
         )
 
 

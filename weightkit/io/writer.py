@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +22,14 @@ from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import tensor_bytes, write_chunked
 from weightkit.io.torch_file import TorchZipWriter
 from weightkit.manifest import MANIFEST_NAME
+from weightkit.options import FORMATS, check_choice
 
-FORMATS = {
+# each checkpoint format's file names: weights prefix, suffix, index
+LAYOUTS = {
     "safetensors": ("model", ".safetensors", "model.safetensors.index.json"),
     "bin": ("pytorch_model", ".bin", "pytorch_model.bin.index.json"),
 }
+DEFAULT_SHARD_BYTES = 5 * 10**9  # WriteOptions' 5GB
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,6 @@ class PlannedTensor:
         return n
 
 
-def check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}", "Use safetensors or bin.")
-
-
 def check_dtypes(plan: list[PlannedTensor]) -> None:
     """Refuse up front a tensor no output can hold: both formats, and the tensor manifests, take
     the dtypes safetensors defines (a `.bin` input may hold others)."""
@@ -58,19 +55,6 @@ def check_dtypes(plan: list[PlannedTensor]) -> None:
                 f"tensor {t.name!r} is {t.dtype}, which weightkit cannot write: it is not a "
                 "safetensors dtype, and weightkit's outputs and tensor manifests are named in "
                 "those", "Convert that tensor to another dtype with torch first.")
-
-
-def parse_size(text: str | int) -> int:
-    """'5GB' -> 5_000_000_000, '2GiB' -> 2**31, as huggingface does."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
-    if not m:
-        raise InputError(f"cannot read size {text!r}", "Write it like 5GB, 500MB or 2GiB.")
-    unit = m.group(2).upper().rstrip("B")
-    scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-             "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
-    return int(float(m.group(1)) * scale)
 
 
 def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
@@ -88,7 +72,7 @@ def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[Pla
 
 def shard_file_names(fmt: str, n: int) -> list[str]:
     """HF's names: model.safetensors alone, model-00001-of-00003.safetensors when sharded."""
-    prefix, suffix, _ = FORMATS[fmt]
+    prefix, suffix, _ = LAYOUTS[fmt]
     return numbered_names(prefix, suffix, n)
 
 
@@ -155,15 +139,15 @@ class ShardWriter(ShardFiles):
         folder: Path,
         plan: list[PlannedTensor],
         fmt: str = "safetensors",
-        max_shard_size: int | str = "5GB",
+        max_shard_size: int = DEFAULT_SHARD_BYTES,
         done: set[int] = frozenset(),
         on_shard_done: Callable[[int], None] | None = None,
     ) -> None:
-        check_format(fmt)
-        shards = plan_shards(plan, parse_size(max_shard_size))
+        check_choice(fmt, FORMATS, "format")
+        shards = plan_shards(plan, max_shard_size)
         super().__init__(folder, shards, shard_file_names(fmt, len(shards)), done, on_shard_done)
         self.fmt = fmt
-        self.index_name = FORMATS[fmt][2]
+        self.index_name = LAYOUTS[fmt][2]
         self._pos = 0  # index of the next tensor inside the shard being written
         self._file = None
         self._stream = None  # .bin: the zip record of the tensor being written
@@ -261,14 +245,14 @@ class CheckpointFiles:
     manifest_name = MANIFEST_NAME  # where the manifest of the computed tensors goes
 
     def __init__(self, fmt: str) -> None:
-        check_format(fmt)
-        self.fmt = fmt
+        self.fmt = check_choice(fmt, FORMATS, "format")
+        self.format = fmt  # what the result says the files are
         self.key = fmt  # what sets runs into these files apart (in the resume journal's key)
 
     def file_names(self, shards: int) -> list[str]:
         return shard_file_names(self.fmt, shards)
 
-    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int | str,
+    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int,
                done: set[int], on_shard_done: Callable[[int], None]) -> ShardWriter:
         return ShardWriter(folder, plan, self.fmt, max_shard_size, done, on_shard_done)
 

@@ -30,6 +30,7 @@ from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import PlannedTensor
 from weightkit.ops import llama_params, llama_tokenizer
 from weightkit.ops.llama_params import LlamaParams
+from weightkit.options import WriteOptions
 from weightkit.pipeline import WriteResult, identity
 from weightkit.sources.source import Node, SideFiles, View
 from weightkit.sources.write import check_output, write_source
@@ -115,29 +116,27 @@ def convert_llama(
     llama_version: str = "auto",
     dtype: str = "auto",
     instruct: bool = False,
-    fmt: str = "safetensors",
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
     verify: bool = True,
-    quiet: bool = False,
-    dry_run: bool = False,
+    options: WriteOptions | None = None,
 ) -> WriteResult:
-    """Convert Meta's raw LLaMA in `input_dir` (the size folder, or its parent + `model_size`).
+    """Convert Meta's raw LLaMA in `input_dir` (the size folder, or its parent + `model_size`);
+    prints nothing, returns the result.
 
     dtype "auto" keeps the raw weights' dtype; "bf16" gives what the transformers converter
     writes. Every input is checked before anything is written; with `verify`, checklist.chk (and
-    tokenizer_checklist.chk) are checked too.
+    tokenizer_checklist.chk) are checked too. `options`: how the checkpoint is written (on the
+    CPU whatever `options.device` says: it is all data movement).
     """
+    options = options if options is not None else WriteOptions()
     forced = None if dtype == "auto" else parse_dtype(dtype)
     view = open_meta(input_dir, model_size=model_size, llama_version=llama_version,
                      dtype=forced, instruct=instruct)
-    # a wrong --out, --format or --max-shard-size fails now, not after minutes of hashing
-    check_output(out, view.inputs, overwrite, fmt, view.total_bytes, max_shard_size)
+    # a wrong `out` fails now, not after minutes of hashing
+    check_output(out, view.inputs, options, view.total_bytes)
     if verify:
-        view.verify(quiet)
+        view.verify(options.progress)
     return write_source(
-        view, out, title="convert", fmt=fmt, max_shard_size=max_shard_size,
-        overwrite=overwrite, device="cpu", quiet=quiet, dry_run=dry_run,
+        view, out, title="convert", options=options.replace(device="cpu"),
         notes=[f"Cast to {short_name(forced)} as asked."] if forced is not None else [],
     )
 
@@ -157,7 +156,7 @@ def open_meta(input_dir: str | Path, *, model_size: str | None = None,
     notes: list[str] = []
     version = _version(llama_version, params, tok_kind, notes)
     if instruct and not version.startswith("3"):
-        notes.append("--instruct changes nothing for LLaMA 1/2 (stop token </s> either way).")
+        notes.append("`instruct` changes nothing for LLaMA 1/2 (stop token </s> either way).")
     tied = version == "3.2"
     parts = plan_parts(shards, params, tied)
     shapes = joined_shapes(parts, shards, params)
@@ -216,11 +215,12 @@ class MetaView(View):
     def inputs(self) -> list[Path]:
         return [self.folder, *([self.tokenizer.path] if self.tokenizer else [])]
 
-    def verify(self, quiet: bool) -> None:
+    def verify(self, progress: bool | None = None) -> None:
         """Check Meta's md5 lists (checklist.chk, tokenizer_checklist.chk), where the download
-        has them; ChecksumError on a mismatch."""
+        has them; ChecksumError on a mismatch. What they found goes into the notes; `progress`
+        as WriteOptions.progress says."""
         self.notes += verify_checklists(self.folder, self.tokenizer and self.tokenizer.path,
-                                        quiet)
+                                        progress)
 
     def config(self) -> dict:
         return llama_params.config_json(self.hf_config, self.dtype_name)
@@ -277,8 +277,8 @@ def find_model_folder(root: Path, model_size: str | None) -> Path:
         return root / model_size
     sizes = sorted(p.name for p in root.iterdir() if (p / PARAMS_NAME).is_file())
     where = f"{root}" + (f" or {root / model_size}" if model_size else "")
-    hint = "Point --input-dir at the folder with params.json and consolidated.*.pth"
-    hint += f", or pass --model-size with one of: {', '.join(sizes)}." if sizes else "."
+    hint = "Point `input_dir` at the folder with params.json and consolidated.*.pth"
+    hint += f", or pass `model_size` with one of: {', '.join(sizes)}." if sizes else "."
     raise InputError(f"{where}: missing params.json (no Meta LLaMA checkpoint here)", hint)
 
 
@@ -300,7 +300,7 @@ def shard_files(folder: Path, model_size: str | None) -> list[Path]:
         raise InputError(
             f"{folder}: {len(found)} consolidated.*.pth files, but LLaMA {model_size} is "
             f"shipped in {expected}",
-            "Download the missing shards, or check --model-size.",
+            "Download the missing shards, or check `model_size`.",
         )
     return [found[i] for i in range(len(found))]
 
@@ -421,7 +421,8 @@ def embed_join(shards: list[Checkpoint], raw: str, dim: int) -> str:
                      f"dim-{dim} model it must have {dim} or {dim // n} columns")
 
 
-def verify_checklists(folder: Path, tok_path: Path | None, quiet: bool) -> list[str]:
+def verify_checklists(folder: Path, tok_path: Path | None,
+                      progress: bool | None = None) -> list[str]:
     """Check Meta's md5 lists, if the download has them; ChecksumError on a mismatch."""
     lists = [folder / CHECKLIST_NAME]
     if tok_path is not None:
@@ -432,14 +433,14 @@ def verify_checklists(folder: Path, tok_path: Path | None, quiet: bool) -> list[
             continue
         from weightkit.ops.verify import EXTRA, MISMATCH, MISSING, verify
 
-        report = verify(checklist.parent, manifest=checklist, quiet=quiet)
+        report = verify(checklist.parent, manifest=checklist, progress=progress)
         bad = [r for r in report.rows if r.verdict in (MISMATCH, MISSING)]
         if bad:
             raise ChecksumError(
                 f"{checklist}: {bad[0].name} is {bad[0].verdict.lower()}"
                 + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
                 + "; nothing was converted",
-                "Download the damaged files again, or pass --no-verify to convert anyway.",
+                "Download the damaged files again, or pass `verify` to convert anyway.",
             )
         checked = sum(r.verdict != EXTRA for r in report.rows)
         notes.append(f"{checklist.name}: the {checked} listed file(s) match.")
@@ -484,7 +485,7 @@ def _node(p: Part, shards: list[Checkpoint], info: TensorInfo, tied: bool) -> No
         if check_tied and not torch.equal(joined, read_joined(shards, "output.weight", ROWS, rows)):
             raise InputError("output.weight differs from tok_embeddings.weight, so this is not a "
                              "model with tied embeddings (LLaMA 3.2 1B/3B)",
-                             "Pass the right --llama-version (3.1?).")
+                             "Pass the right `llama_version` (3.1?).")
         if p.rotary_heads:
             permuted = to_hf_rotary(joined, joined.shape[0] // head_rows,
                                     out=empty_tensor(joined.shape, joined.dtype))

@@ -10,21 +10,22 @@ from weightkit.dtypes import is_float, parse_dtype
 from weightkit.errors import InputError, OptionConflict
 from weightkit.io.buffers import release
 from weightkit.io.tensor_info import TensorInfo, tensor_bytes
-from weightkit.io.writer import PlannedTensor, parse_size
+from weightkit.io.writer import PlannedTensor
 from weightkit.kernels import same_bytes
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry, RowHasher
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
 from weightkit.ops.pairing import pair_checkpoints
+from weightkit.options import HubOptions, WriteOptions
 from weightkit.pipeline import WriteResult, canonical_result
-from weightkit.sources.open import local_paths, open_source
+from weightkit.sources.open import Reading, local_paths
 from weightkit.sources.source import Node, SideFiles, Source, View
 from weightkit.sources.write import check_output, write_source
 
-# options that describe the other kind of diff (the command line also refuses them when given
-# with their default value)
-LOSSLESS_OWN_FORMAT = "--lossless stores its own format: drop --dtype and --format."
-LEVEL_OF_LOSSLESS = "--level applies to --lossless diffs only."
+# parameters that describe the other kind of diff (the command line also refuses them when
+# given with their default value)
+LOSSLESS_OWN_FORMAT = "`lossless` stores its own format: drop `dtype` and `format`."
+LEVEL_OF_LOSSLESS = "`level` applies to `lossless` diffs only."
 LEVELS = range(1, 20)  # zstd's, as the command line's --level takes them
 
 
@@ -34,16 +35,13 @@ def diff(
     out: str | Path,
     *,
     dtype: str = "fp32",
-    fmt: str = "safetensors",
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-    device: str = "auto",
-    quiet: bool = False,
-    dry_run: bool = False,
     lossless: bool = False,
     level: int = DEFAULT_LEVEL,
+    options: WriteOptions | None = None,
+    hub: HubOptions | None = None,
 ) -> WriteResult:
-    """Write diff = tuned - raw (computed in fp32, stored in `dtype`) into `out`.
+    """Write diff = tuned - raw (computed in fp32, stored in `dtype`) into `out`; prints nothing,
+    returns the result.
 
     Besides the diff's own manifest, `out` gets `weightkit.target-manifest.json`: the manifest of
     the tuned model, which `recover` checks its output against. Where the stored diff cannot give
@@ -51,24 +49,25 @@ def diff(
     records the hash recovery will produce, so the check stays exact about what it accepts.
 
     `lossless=True` writes a lossless diff instead (weightkit.ops.lossless: compressed bit
-    patterns at zstd `level`; `device` does not apply, and another `dtype` or `fmt` than the
-    default is refused, as is a `level` for a plain diff: OptionConflict). Either input is any
-    model source (weightkit.sources): a raw Meta folder is read as `convert` writes it.
+    patterns at zstd `level`; `options.device` does not apply, and another `dtype` or
+    `options.format` than the default is refused, as is a `level` for a plain diff:
+    OptionConflict). Either input is any model source (weightkit.sources): a raw Meta folder is
+    read as `convert` writes it. `options`: how the output is written; `hub`: how a Hub input is
+    fetched.
     """
-    if lossless and (dtype != "fp32" or fmt != "safetensors"):
+    options = options if options is not None else WriteOptions()
+    if lossless and (dtype != "fp32" or options.format != "safetensors"):
         raise OptionConflict(LOSSLESS_OWN_FORMAT)
     if not lossless and level != DEFAULT_LEVEL:
         raise OptionConflict(LEVEL_OF_LOSSLESS)
     if lossless:  # a container of its own, not a checkpoint
         if level not in LEVELS:
             raise InputError(f"zstd level {level} is out of range",
-                             f"Use --level {LEVELS[0]}..{LEVELS[-1]}.")
-        parse_size(max_shard_size)  # refused by a dry run too, as the real run refuses it
-        return diff_lossless(raw, tuned, out, level=level, max_shard_size=max_shard_size,
-                             overwrite=overwrite, quiet=quiet, dry_run=dry_run)
-    check_output(out, local_paths(raw, tuned), overwrite, fmt, max_shard_size=max_shard_size)
-    view = DiffView(open_source(raw, role="raw", dry_run=dry_run, quiet=quiet),
-                    open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet),
+                             f"Use `level` {LEVELS[0]}..{LEVELS[-1]}.")
+        return diff_lossless(raw, tuned, out, level=level, options=options, hub=hub)
+    check_output(out, local_paths(raw, tuned), options)
+    reading = Reading.of(options, hub)
+    view = DiffView(reading.open(raw, role="raw"), reading.open(tuned, role="tuned"),
                     parse_dtype(dtype))
 
     def finish(folder: Path) -> list[str]:
@@ -81,10 +80,8 @@ def diff(
                 f"{dtype} diff (within one rounding); the target manifest records the result "
                 "recovery must give."]
 
-    return write_source(
-        view, out, title="diff", fmt=fmt, max_shard_size=max_shard_size, overwrite=overwrite,
-        device=device, quiet=quiet, dry_run=dry_run, finish=finish, side_manifest=view.target,
-    )
+    return write_source(view, out, title="diff", options=options, log=reading.log,
+                        finish=finish, side_manifest=view.target)
 
 
 class DiffView(View):

@@ -36,16 +36,16 @@ import zstandard
 from weightkit.dtypes import SAME_WIDTH, SIGNED, UNSIGNED, bit_patterns, output_dtype, short_name
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_bytes, release
-from weightkit.io.lossless_diff import LosslessDiffReader, LosslessDiffWriter
+from weightkit.io.lossless_diff import LOSSLESS_FORMAT, LosslessDiffReader, LosslessDiffWriter
 from weightkit.io.lossless_diff import file_names as lossless_file_names
 from weightkit.io.reader import folder_config
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import CheckpointFiles, PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops.pairing import Pair, Pairing, pair_checkpoints
+from weightkit.options import HubOptions, WriteOptions
 from weightkit.pipeline import WriteResult, identity, write_checkpoint
-from weightkit.progress import human_bytes, human_time
-from weightkit.sources.open import local_paths, open_source
+from weightkit.sources.open import Reading, local_paths
 from weightkit.sources.source import Node, SideFiles, Source, View, folder_files
 from weightkit.sources.write import check_output
 
@@ -151,10 +151,8 @@ def diff_lossless(
     out: str | Path,
     *,
     level: int = DEFAULT_LEVEL,
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-    quiet: bool = False,
-    dry_run: bool = False,
+    options: WriteOptions | None = None,
+    hub: HubOptions | None = None,
 ) -> WriteResult:
     """Write a lossless diff of `tuned` against `raw` (same dtype per tensor) into `out`.
 
@@ -162,25 +160,25 @@ def diff_lossless(
     (weightkit.target-manifest.json) and its config and tokenizer files. `level` is zstd's.
     It runs on write_checkpoint's outline: the jobs load the tuned tensors (so the run's
     manifest is the target manifest) and the writer encodes each against raw's; a killed run
-    resumes after its last finished file.
+    resumes after its last finished file. `options.format` and `options.device` do not apply.
     """
-    check_output(out, local_paths(raw, tuned), overwrite, "safetensors",
-                 max_shard_size=max_shard_size)
-    raw_src = open_source(raw, role="raw", dry_run=dry_run, quiet=quiet)
-    tuned_src = open_source(tuned, role="tuned", dry_run=dry_run, quiet=quiet)
+    options = options if options is not None else WriteOptions()
+    check_output(out, local_paths(raw, tuned), options)
+    reading = Reading.of(options, hub)
+    raw_src = reading.open(raw, role="raw")
+    tuned_src = reading.open(tuned, role="tuned")
     pairing = pair_checkpoints(raw_src, tuned_src, "tuned model")
     notes = [*raw_src.notes, *tuned_src.notes, *pairing.notes()]
     _check_dtypes(pairing, "the tuned model",
                   "A lossless diff stores bit patterns, so both models need the same dtype per "
-                  "tensor. Use --dtype fp32 instead of --lossless (a plain fp32 diff).")
+                  "tensor. Use `dtype` fp32 instead of `lossless` (a plain fp32 diff).")
     jobs = [_diff_node(tuned_src, p.name) for p in pairing.pairs]
-    total = sum(j.out.nbytes for j in jobs)
     files = _LosslessFiles(raw_src, {p.name: p.raw.shape for p in pairing.pairs}, level)
     return write_checkpoint(
         out, jobs, title="diff --lossless", inputs=[*raw_src.inputs, *tuned_src.inputs],
-        side_files=() if dry_run else tuned_src.side_files(), max_shard_size=max_shard_size,
-        overwrite=overwrite, device="cpu", quiet=quiet, dry_run=dry_run, notes=notes,
-        files=files, summarize=lambda result: _summary(result, total),
+        options=options.replace(device="cpu"), log=reading.log,
+        side_files=() if options.dry_run else tuned_src.side_files(), notes=notes,
+        files=files,
     )
 
 
@@ -199,12 +197,13 @@ class _LosslessFiles(CheckpointFiles):
     def __init__(self, raw: Source, raw_shapes: dict[str, tuple[int, ...]],
                  level: int) -> None:
         self.raw, self.raw_shapes, self.level = raw, raw_shapes, level
+        self.format = LOSSLESS_FORMAT
         self.key = f"lossless-diff level {level}"  # another level gives other bytes
 
     def file_names(self, shards: int) -> list[str]:
         return lossless_file_names(shards)
 
-    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int | str,
+    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int,
                done: set[int], on_shard_done: Callable[[int], None]) -> _EncodingWriter:
         container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size, done,
                                        on_shard_done)
@@ -310,7 +309,7 @@ def _check_raw_shape(p: Pair, packed: LosslessDiffReader) -> None:
         raise InputError(
             f"tensor {p.name!r} has shape {list(p.raw.shape)} in the raw model ({p.raw.file}), "
             f"the lossless diff was made against shape {list(raw_shape)}",
-            "Check that --raw is the base model this diff was made against.",
+            "Check that `raw` is the base model this diff was made against.",
         )
 
 
@@ -325,16 +324,3 @@ def _check_dtypes(pairing: Pairing, other: str, hint: str) -> None:
                 f"tensor {p.name!r} is {short_name(p.raw.dtype)} in the raw model "
                 f"({p.raw.file}) and {short_name(p.other.dtype)} in {other} "
                 f"({p.other.file})", hint)
-
-
-def _summary(r: WriteResult, total: int) -> str:
-    dtypes = sorted({e.dtype for e in r.manifest.entries.values()})
-    params = sum(_numel(e.shape) for e in r.manifest.entries.values())
-    text = (f"diff --lossless: wrote {r.tensors} tensors ({human_bytes(total)} of "
-            f"{', '.join(dtypes)}) as {human_bytes(r.bytes_written)} "
-            f"({8 * r.bytes_written / max(params, 1):.2f} bits per parameter) in "
-            f"{len(r.files)} file(s) to {r.out} in {human_time(r.seconds)}. Recovering from "
-            f"this diff gives all {r.tensors} tensors bit for bit; {TARGET_MANIFEST_NAME} holds "
-            "their manifest.")
-    return " ".join([text, *r.notes])
-

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -29,8 +28,9 @@ from weightkit.manifest import Manifest
 from weightkit.ops import lora_adapter
 from weightkit.ops.delta import accumulate_dtype
 from weightkit.ops.lora_adapter import AdapterConfig, LoraModule
+from weightkit.options import HubOptions, WriteOptions
 from weightkit.pipeline import WriteResult, checked_text
-from weightkit.sources.open import local_paths, open_source, resolve
+from weightkit.sources.open import Reading, local_paths
 from weightkit.sources.source import (
     Node,
     SideFiles,
@@ -56,51 +56,52 @@ def merge_lora(
     out: str | Path,
     *,
     dtype: str = "auto",
-    fmt: str = "safetensors",
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-    device: str = "auto",
-    quiet: bool = False,
-    dry_run: bool = False,
+    options: WriteOptions | None = None,
+    hub: HubOptions | None = None,
 ) -> WriteResult:
-    """Write base + LoRA adapter into `out`, computed in fp32 and rounded once.
+    """Write base + LoRA adapter into `out`, computed in fp32 and rounded once; prints nothing,
+    returns the result.
 
     `lora` is a peft adapter folder (adapter_config.json and adapter_model.safetensors or the
     legacy adapter_model.bin). dtype "auto" keeps each base tensor's dtype. `base` is any model
-    source (weightkit.sources): a raw Meta folder is read as `convert --dtype DTYPE` writes it,
+    source (weightkit.sources): a raw Meta folder is read as convert writes it in `dtype`,
     converted and merged in one pass. Every name and shape is checked from the headers before
-    any tensor is read; a mismatch raises InputError and nothing is written.
+    any tensor is read; a mismatch raises InputError and nothing is written. `options`: how the
+    checkpoint is written; `hub`: how a Hub input is fetched.
     """
+    options = options if options is not None else WriteOptions()
     forced = None if dtype == "auto" else parse_dtype(dtype)
-    check_output(out, local_paths(base, lora), overwrite, fmt, max_shard_size=max_shard_size)
-    base_src = open_source(base, role="base", dtype=forced, dry_run=dry_run, quiet=quiet)
-    return write_merged(base_src, lora, out, forced, title="merge-lora", fmt=fmt,
-                        max_shard_size=max_shard_size, overwrite=overwrite, device=device,
-                        quiet=quiet, dry_run=dry_run)
+    check_output(out, local_paths(base, lora), options)
+    reading = Reading.of(options, hub)
+    base_src = reading.open(base, role="base", dtype=forced)
+    return write_merged(base_src, lora, out, forced, title="merge-lora", options=options,
+                        reading=reading)
 
 
 def write_merged(base: Source, lora: str | Path, out: str | Path, forced: torch.dtype | None,
-                 *, title: str, dry_run: bool = False, quiet: bool = False,
-                 **options: Any) -> WriteResult:
-    """Merge adapter `lora` into `base` and write the result (`options`: write_checkpoint's).
+                 *, title: str, options: WriteOptions, reading: Reading) -> WriteResult:
+    """Merge adapter `lora` into `base` and write the result.
 
     A base whose tensors have a manifest to match (a recovered model: its diff's target
     manifest) has each tensor checked as it is computed, before the merge; those entries are
     kept with the output's journal, so a resumed run reports them too.
     """
-    merged = MergedView(base, open_adapter(lora, dry_run=dry_run, quiet=quiet), forced)
+    merged = MergedView(base, open_adapter(lora, reading), forced)
     if base.expected is None:
-        return write_source(merged, out, title=title, dry_run=dry_run, quiet=quiet, **options)
+        return write_source(merged, out, title=title, options=options, log=reading.log)
+    what = "the tuned model (the recovered tensors, before the merge)"
+
     def counts() -> tuple[int, list[str]]:
         return tally(base.expected, merged.base_entries, f"the model {base.label}")
 
     def finish(folder: Path) -> list[str]:
-        return [checked_text(*counts(), len(merged), "the tuned model (the recovered tensors, "
-                             "before the merge)")]
+        return [checked_text(*counts(), len(merged), what)]
 
-    result = write_source(merged, out, title=title, dry_run=dry_run, quiet=quiet, finish=finish,
-                          side_manifest=merged.base_entries, **options)
-    result.checked, result.within_rounding = counts()
+    result = write_source(merged, out, title=title, options=options, log=reading.log,
+                          finish=finish, side_manifest=merged.base_entries)
+    if not result.dry_run:
+        result.checked, result.within_rounding = counts()
+        result.expected_what, result.check_in_notes = what, True
     return result
 
 
@@ -113,9 +114,9 @@ class Adapter:
     weights: Checkpoint
 
 
-def open_adapter(spec: str | Path, *, dry_run: bool = False, quiet: bool = True) -> Adapter:
+def open_adapter(spec: str | Path, reading: Reading | None = None) -> Adapter:
     """The adapter folder `spec` names (a folder, its weight file, a Hub repo id or release)."""
-    folder = resolve(spec, role="lora", dry_run=dry_run, quiet=quiet)
+    folder = (reading if reading is not None else Reading()).resolve(spec, role="lora")
     if folder.is_file():  # the weight file was given; its config sits next to it
         folder = folder.parent
     config = lora_adapter.read_config(folder)
@@ -156,7 +157,7 @@ class MergedView(View):
             return apply_steps(w, tensors, steps)
 
         node = combine(out, [base, *(self.adapter.weights.node(k) for k in keys)], compute)
-        # on the CPU whatever --device says: the rank-r product and DoRA's norm must be taken
+        # on the CPU whatever `device` says: the rank-r product and DoRA's norm must be taken
         # there (see lora_delta), and what is left (a widening add) would not pay for the copies
         node.cpu_only = True
         return node
@@ -274,7 +275,7 @@ def _base_tensor(base: Source, adapter: Checkpoint, name: str, key: str) -> None
         raise InputError(
             f"adapter tensor {key!r} ({adapter.path}) changes base tensor {name!r}, which the "
             f"base model ({base.label}) does not have",
-            "Check that --base is the model this adapter was trained on.",
+            "Check that `base` is the model this adapter was trained on.",
         )
     dtype = base.info(name).dtype
     if dtype not in FLOAT_DTYPES:
@@ -292,7 +293,7 @@ def _mismatch(base: Source, adapter: Checkpoint, name: str, key: str, want: tupl
         f"{list(want)}, the base model has {list(base.info(name).shape)} "
         f"({base.where(name)})",
         "The adapter was trained on a different base model (or another size of it); "
-        "check --base.",
+        "check `base`.",
     )
 
 
@@ -361,7 +362,7 @@ def _check_bias(base: Source, adapter: Checkpoint, m: LoraModule) -> str:
         raise InputError(
             f"adapter tensor {m.bias!r} ({adapter.path}) adds a LoRA bias to {name!r}, but the "
             f"base layer has no bias ({base.label})",
-            "peft cannot merge lora_bias=True into a layer without bias either; check --base.",
+            "peft cannot merge lora_bias=True into a layer without bias either; check `base`.",
         )
     _base_tensor(base, adapter, name, m.bias)
     if adapter.info(m.bias).shape != base.info(name).shape:
@@ -440,7 +441,7 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, transposed: boo
     (the scaling is applied in place: same kernel, same values, one tensor fewer).
 
     Merge jobs run on the CPU whatever the device: a GPU matmul sums in another order, and the
-    output bytes must not depend on --device (nor differ from peft).
+    output bytes must not depend on `device` (nor differ from peft).
     """
     product = _product(a, b)
     return (product.T if transposed else product).mul_(scaling)

@@ -1,7 +1,7 @@
 """`weightkit recover`: tuned = raw + diff, streaming, checked against the diff's manifest.
 
 `RecoveredView` is the recovered model as a source (weightkit.sources): `recover` writes it;
-with `--lora` a merged view over it is written instead, the adapter merged into each recovered
+with `lora` a merged view over it is written instead, the adapter merged into each recovered
 tensor in the same pass, and the recovered model is never written.
 """
 
@@ -19,8 +19,9 @@ from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest
 from weightkit.ops import delta
 from weightkit.ops.pairing import Pair, pair_checkpoints
+from weightkit.options import HubOptions, WriteOptions
 from weightkit.pipeline import WriteResult
-from weightkit.sources.open import local_paths, open_path, open_source, resolve
+from weightkit.sources.open import Reading, local_paths, open_path
 from weightkit.sources.source import Node, SideFiles, Source, View
 from weightkit.sources.write import check_output, write_source
 
@@ -33,55 +34,53 @@ def recover(
     lora: str | Path | None = None,
     dtype: str = "auto",
     fp16: bool = False,
-    fmt: str = "safetensors",
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-    device: str = "auto",
-    quiet: bool = False,
-    dry_run: bool = False,
+    options: WriteOptions | None = None,
+    hub: HubOptions | None = None,
 ) -> WriteResult:
-    """Write tuned = raw + diff (added in fp32) into `out`.
+    """Write tuned = raw + diff (added in fp32) into `out`; prints nothing, returns the result.
 
     dtype "auto" writes what the diff's target manifest says the tuned model was, or else the
     wider of the raw and diff dtypes, so no precision is lost; another dtype converts the plain
     float tensors (fp32, fp16, bf16). `fp16=True` is KnowLM's spelling of "the diff is fp16" and
     writes fp16; with another `dtype` it is refused (OptionConflict). Tensors that are not floats
-    are added bit for bit (weightkit.ops.delta).
+    are added bit for bit (weightkit.ops.delta). `options`: how the checkpoint is written;
+    `hub`: how a Hub input is fetched.
 
     Each input is any model source (weightkit.sources): a raw Meta folder as `raw` is read as
-    `convert --dtype DTYPE` writes it. With `lora`, that adapter is merged into the recovered
-    model in the same pass: the bytes of `recover` then `merge-lora --dtype DTYPE`, without the
+    convert writes it in `dtype`. With `lora`, that adapter is merged into the recovered model
+    in the same pass: the bytes of `recover` then `merge_lora` in `dtype`, without the
     recovered model on disk; its tensors are still checked against the diff's target manifest.
     """
+    options = options if options is not None else WriteOptions()
     if fp16 and dtype not in ("auto", "fp16"):
-        raise OptionConflict(f"--fp16 writes fp16 and --dtype {dtype} asks for {dtype}: "
+        raise OptionConflict(f"`fp16` writes fp16 and `dtype` {dtype} asks for {dtype}: "
                              "give one of them")
     forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
-    check_output(out, local_paths(raw, diff, lora), overwrite, fmt, max_shard_size=max_shard_size)
-    options = dict(fmt=fmt, max_shard_size=max_shard_size, overwrite=overwrite, quiet=quiet,
-                   dry_run=dry_run)
-    tuned = open_recovered(raw, diff, forced, dry_run=dry_run, quiet=quiet)
+    check_output(out, local_paths(raw, diff, lora), options)
+    reading = Reading.of(options, hub)
+    tuned = open_recovered(raw, diff, forced, reading)
     if lora is not None:
         from weightkit.ops.merge_lora import write_merged
 
         return write_merged(tuned, lora, out, forced, title="recover + merge-lora",
-                            device=device, **options)
+                            options=options, reading=reading)
     return write_source(
         tuned, out, title="recover",
         # a lossless diff is integer work, done while loading: a GPU would only add copies
-        device="cpu" if tuned.lossless else device,
-        expected=tuned.expected, expected_what="the tuned model", **options)
+        options=options.replace(device="cpu") if tuned.lossless else options,
+        log=reading.log, expected=tuned.expected, expected_what="the tuned model")
 
 
-def open_recovered(raw: str | Path, diff: str | Path, forced: torch.dtype | None, *,
-                   dry_run: bool = False, quiet: bool = True) -> RecoveredView:
+def open_recovered(raw: str | Path, diff: str | Path, forced: torch.dtype | None,
+                   reading: Reading | None = None) -> RecoveredView:
     """The model recovered from `raw` and `diff`, as a source; nothing computed yet.
 
-    `forced` is recover's --dtype (None: auto); a raw Meta folder is read in it too, as
-    `convert --dtype` would have written it.
+    `forced` is recover's `dtype` (None: auto); a raw Meta folder is read in it too, as
+    convert would have written it.
     """
-    raw_src = open_source(raw, role="raw", dtype=forced, dry_run=dry_run, quiet=quiet)
-    diff_path = resolve(diff, role="diff", dry_run=dry_run, quiet=quiet)
+    reading = reading if reading is not None else Reading()
+    raw_src = reading.open(raw, role="raw", dtype=forced)
+    diff_path = reading.resolve(diff, role="diff")
     folder = diff_path if diff_path.is_dir() else diff_path.parent
     # the tuned model's manifest, which `weightkit diff` puts next to the diff's weights
     target = Manifest.find(folder, TARGET_MANIFEST_NAME)
@@ -89,7 +88,8 @@ def open_recovered(raw: str | Path, diff: str | Path, forced: torch.dtype | None
         from weightkit.ops.lossless import LosslessRecoveredView
 
         return LosslessRecoveredView(raw_src, diff_path, forced, target)
-    return RecoveredView(raw_src, open_path(diff_path, quiet=quiet), forced, target, folder)
+    return RecoveredView(raw_src, open_path(diff_path, progress=reading.progress), forced,
+                         target, folder)
 
 
 class RecoveredView(View):
@@ -135,7 +135,7 @@ class RecoveredView(View):
 def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None,
                folder: Path) -> torch.dtype:
     """The tuned model's dtype (from the target manifest), else the wider of raw's and the
-    diff's; --dtype converts it when that is a plain float. A tensor that is not a float keeps
+    diff's; `dtype` converts it when that is a plain float. A tensor that is not a float keeps
     its dtype (pairing made it the same on both sides)."""
     if not is_float(p.raw.dtype):
         return p.other.dtype

@@ -412,7 +412,7 @@ def _hash_paths(todo: dict[str, tuple[Path, str]], jobs: int | None, progress: b
     sizes = {k: path.stat().st_size for k, (path, _) in todo.items()}
     # largest first, so the workers run out of files at about the same time
     order = sorted(todo, key=lambda k: sizes[k], reverse=True)
-    with ByteProgress(title, sum(sizes.values()), len(todo), quiet=not show_progress(progress),
+    with ByteProgress(title, sum(sizes.values()), len(todo), show_progress(progress),
                      unit="files") as bar:
         def one(key: str, stop: threading.Event) -> str:
             path, algo = todo[key]
@@ -506,7 +506,7 @@ def _check_tensors(path: Path, source: Path, jobs: int | None,
     present = [n for n in listed if n in ckpt]
     nbytes = sum(ckpt.info(n).nbytes for n in present)
     start = time.perf_counter()
-    with ByteProgress("verify", nbytes, len(present), quiet=not show_progress(progress),
+    with ByteProgress("verify", nbytes, len(present), show_progress(progress),
                      unit="tensors") as bar:
         def one(name: str, stop: threading.Event) -> ManifestEntry:
             entry = ckpt.manifest_entry(name)

@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from weightkit.io.output import OutputFolder
-from weightkit.io.writer import check_format, parse_size
+from weightkit.manifest import Manifest
+from weightkit.options import WriteOptions
 from weightkit.pipeline import WriteResult, write_checkpoint
 from weightkit.sources.source import Source
 
 
-def write_source(source: Source, out: str | Path, *, title: str, notes: Sequence[str] = (),
-                 **options: Any) -> WriteResult:
+def write_source(source: Source, out: str | Path, *, title: str, options: WriteOptions,
+                 notes: Sequence[str] = (), log: Sequence[str] = (),
+                 expected: Manifest | None = None, expected_what: str = "the expected model",
+                 finish: Callable[[Path], list[str]] | None = None,
+                 side_manifest: Manifest | None = None) -> WriteResult:
     """Write every tensor of `source`, computed in one pass, into a new checkpoint folder at
-    `out`, with its config and tokenizer files; `options` are pipeline.write_checkpoint's."""
-    dry_run = options.get("dry_run", False)
+    `out`, with its config and tokenizer files (the rest as pipeline.write_checkpoint takes it;
+    the source's notes come first)."""
     return write_checkpoint(
         out, [source.node(name) for name in source.names()], title=title,
-        inputs=source.inputs, side_files=() if dry_run else source.side_files(),
-        notes=[*source.notes, *notes], **options)
+        inputs=source.inputs, options=options,
+        side_files=() if options.dry_run else source.side_files(),
+        notes=[*source.notes, *notes], log=log, expected=expected, expected_what=expected_what,
+        finish=finish, side_manifest=side_manifest)
 
 
-def check_output(out: str | Path, inputs: list[Path], overwrite: bool, fmt: str,
-                 needed_bytes: int = 0, max_shard_size: int | str = 0) -> None:
-    """Refuse a wrong --out, --format or --max-shard-size before work that takes long (hashing
-    a raw Meta folder's shards, downloading); the writer checks again, with every input."""
-    OutputFolder(out, inputs=inputs, overwrite=overwrite, needed_bytes=needed_bytes)
-    check_format(fmt)
-    parse_size(max_shard_size)
+def check_output(out: str | Path, inputs: list[Path], options: WriteOptions,
+                 needed_bytes: int = 0) -> None:
+    """Refuse a wrong `out` before work that takes long (hashing a raw Meta folder's shards,
+    downloading); the writer checks again, with every input. (`options` were checked when they
+    were made.)"""
+    OutputFolder(out, inputs=inputs, overwrite=options.overwrite, needed_bytes=needed_bytes)
