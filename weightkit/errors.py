@@ -6,16 +6,21 @@ library users catch it like any exception.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class WeightkitError(Exception):
     """A failure explained in words: what went wrong, where, and what to do about it."""
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, result: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # what was done before the failure (a result with summary() and to_dict(): a download
+        # that does not match its manifest, a dry run's would-download report), shown first
+        self.result = result
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n{self.hint}"

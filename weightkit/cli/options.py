@@ -48,9 +48,8 @@ def subcommand(name: str) -> Decorator:
             except WeightkitError as e:
                 # what was done before the failure (a download that does not match its
                 # manifest: what was fetched and checked), read before the error
-                done = getattr(e, "result", None)
-                if done is not None and not (as_json or is_quiet(quiet)):
-                    render(done, ctx.command, as_json=False, quiet=False)
+                if e.result is not None and not (as_json or is_quiet(quiet)):
+                    render(e.result, ctx.command, as_json=False, quiet=False)
                 raise
             code = render(result, ctx.command, as_json=as_json, quiet=root.obj["quiet"])
             if code:

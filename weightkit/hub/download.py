@@ -527,5 +527,5 @@ class ManifestMismatch(ChecksumError):
         super().__init__(f"{result.out} does not match the catalog manifest "
                          f"{result.manifest.name}: {bad}",
                          "Download the files named again, or tell the catalog's maintainers "
-                         f"(checking {result.out} against {result.manifest} lists every file).")
-        self.result = result
+                         f"(checking {result.out} against {result.manifest} lists every file).",
+                         result=result)

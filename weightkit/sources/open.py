@@ -69,6 +69,7 @@ class Reading:
                 f"yet ({', '.join(names[:3])}{', …' if len(names) > 3 else ''}); a dry run does "
                 "not download them, so the inputs cannot be checked",
                 "Run the command without `dry_run`: it downloads them into the cache first.",
+                result=model,  # what the dry run would download
             )
         return Path(model.folder)
 
