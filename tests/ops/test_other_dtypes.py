@@ -118,7 +118,7 @@ def test_verify_hashes_every_dtype_and_names_a_damaged_u64(pair, tmp_path):
     raw_dir, tuned_dir, raw, tuned = pair
     diff(raw_dir, tuned_dir, tmp_path / "diff")
     recover(raw_dir, tmp_path / "diff", tmp_path / "out")
-    report = verify(tmp_path / "out", quiet=True)
+    report = verify(tmp_path / "out")
     assert report.ok and len(report.rows) == len(tuned)
     manifest = json.loads((tmp_path / "out" / "weightkit.manifest.json").read_text())
     assert {manifest["tensors"][f"extra.{n}"]["dtype"] for n in OTHER_DTYPES} == set(OTHER_DTYPES)
@@ -129,7 +129,7 @@ def test_verify_hashes_every_dtype_and_names_a_damaged_u64(pair, tmp_path):
     begin = json.loads(data[8:header])["extra.U64"]["data_offsets"][0]
     data[header + begin + 5] ^= 0x01
     path.write_bytes(bytes(data))
-    report = verify(tmp_path / "out", quiet=True)
+    report = verify(tmp_path / "out")
     assert [(r.name, r.verdict) for r in report.rows if r.verdict != "ok"] == [
         ("extra.U64", "MISMATCH")]
 
