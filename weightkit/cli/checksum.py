@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import is_quiet, subcommand
+from weightkit.cli.options import progress, subcommand
 from weightkit.ops.verify import ALGOS
 
 
@@ -25,4 +25,4 @@ def command(**kwargs: Any) -> Any:
     """
     from weightkit.ops.verify import write_checksums
 
-    return write_checksums(**kwargs, progress=not is_quiet())
+    return write_checksums(**kwargs, progress=progress())

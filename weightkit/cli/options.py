@@ -17,7 +17,7 @@ from weightkit.options import DTYPES, HubOptions, WriteOptions
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-__all__ = ["DTYPES", "hub_options", "is_quiet", "subcommand", "write_options"]
+__all__ = ["DTYPES", "hub_options", "is_quiet", "progress", "subcommand", "write_options"]
 
 
 class Conflict(click.UsageError):
@@ -64,6 +64,11 @@ def subcommand(name: str) -> Decorator:
     return decorate
 
 
+def progress() -> bool | None:
+    """Progress bars on stderr: none with --quiet, else where a person watches (a terminal)."""
+    return False if is_quiet() else None
+
+
 def is_quiet(quiet: bool = False) -> bool:
     """True when --quiet was given to the command or to `weightkit` itself."""
     ctx = click.get_current_context(silent=True)
@@ -102,7 +107,7 @@ def _family(cls: type, param: str, skip: tuple[str, ...]) -> Decorator:
         @functools.wraps(f)
         def with_options(*args: Any, **kwargs: Any) -> Any:
             given = {name: kwargs.pop(name) for name, _ in flags}
-            kwargs[param] = cls(**given, progress=not is_quiet())
+            kwargs[param] = cls(**given, progress=progress())
             return f(*args, **kwargs)
 
         for _, option in reversed(flags):

@@ -36,7 +36,7 @@ def command(**kwargs: Any) -> Any:
     the Hugging Face cache is audited, each blob hashed against the name the cache gave it
     (nothing is downloaded). Exits 1 when one is damaged or gone, also with --fix.
     """
-    from weightkit.cli.options import is_quiet
+    from weightkit.cli.options import progress
     from weightkit.ops.verify import verify
 
-    return verify(**kwargs, progress=not is_quiet())
+    return verify(**kwargs, progress=progress())
