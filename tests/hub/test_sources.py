@@ -89,8 +89,8 @@ def test_recover_and_merge_lora_read_a_cached_hub_id_offline(
         capsys.readouterr()
         assert _run([command, flag, "org/llama", *rest, "--out", str(got)], debug=False) == 0
         err = " ".join(capsys.readouterr().err.split())
-        # after the bar: the command's result says it, ahead of the summary
-        assert f" org/llama@main: complete in the Hugging Face cache, read from {snapshot} " \
+        # the command's result says it, ahead of the summary
+        assert f"org/llama@main: complete in the Hugging Face cache, read from {snapshot} " \
             f"{command}: wrote 21 tensors" in err
         assert file_bytes(got) == file_bytes(want)
     assert state(cache) == before and hub.log == []
