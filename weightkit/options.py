@@ -72,7 +72,7 @@ class WriteOptions:
     format: str = field(default="safetensors", metadata={
         "help": "Output file format.", "choices": FORMATS})
     max_shard_size: int | str = field(default="5GB", metadata={
-        "help": "Largest output shard, e.g. 5GB, 500MB, 2GiB."})
+        "help": "Largest output shard, e.g. 5GB, 500MB, 2GiB.", "metavar": "SIZE"})
     overwrite: bool = field(default=False, metadata={"help": "Replace OUT if it already exists."})
     device: str = field(default="auto", metadata={
         "help": "Where the arithmetic runs; auto uses CUDA when present. Output bytes are the "

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import DTYPES, subcommand, write_options
+from weightkit.cli.options import DTYPES, dtype_option, out_option, subcommand, write_options
 
 LLAMA_VERSIONS = ["auto", "1", "2", "3", "3.1", "3.2"]
 
@@ -15,14 +15,14 @@ LLAMA_VERSIONS = ["auto", "1", "2", "3", "3.1", "3.2"]
 @click.option("--input-dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Meta's download: the folder with params.json and consolidated.*.pth, or its "
                    "parent with --model-size.")
-@click.option("--out", required=True, type=click.Path(), help="Folder to write the HF model into.")
+@out_option("the HF model")
 @click.option("--model-size", default=None,
               help="Subfolder of --input-dir to convert (7B, 13B, llama-2-70b, ...); also checks "
                    "the number of shards.")
 @click.option("--llama-version", type=click.Choice(LLAMA_VERSIONS), default="auto",
               show_default=True,
               help="Which LLaMA; auto reads it from params.json and tokenizer.model.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+@dtype_option("auto", DTYPES,
               help="Output dtype; auto keeps the raw weights' (no silent cast). bf16 is what the "
                    "transformers converter writes.")
 @click.option("--instruct", is_flag=True,

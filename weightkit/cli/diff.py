@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import hub_options, subcommand, write_options
+from weightkit.cli.options import dtype_option, hub_options, out_option, subcommand, write_options
 from weightkit.options import DIFF_DTYPES
 
 
@@ -15,9 +15,9 @@ from weightkit.options import DIFF_DTYPES
               help="The base model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.")
 @click.option("--tuned", required=True, metavar="MODEL",
               help="The fine-tuned model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.")
-@click.option("--out", required=True, type=click.Path(), help="Folder to write the diff into.")
-@click.option("--dtype", type=click.Choice(DIFF_DTYPES), default="fp32",
-              show_default=True, help="How the diff is stored (it is computed in fp32).")
+@out_option("the diff")
+@dtype_option("fp32", DIFF_DTYPES,
+              help="How the diff is stored (it is computed in fp32).")
 @click.option("--lossless", is_flag=True,
               help="Instead of --dtype: store the difference of the weights' bit patterns, "
                    "zstd-compressed; recover gives the tuned model back bit for bit. Raw and "

@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import DTYPES, hub_options, subcommand, write_options
+from weightkit.cli.options import (
+    DTYPES,
+    dtype_option,
+    hub_options,
+    out_option,
+    subcommand,
+    write_options,
+)
 
 
 @subcommand("merge-lora")
@@ -16,8 +23,8 @@ from weightkit.cli.options import DTYPES, hub_options, subcommand, write_options
 @click.option("--lora", required=True, metavar="ADAPTER",
               help="peft adapter folder (adapter_config.json plus adapter_model.safetensors "
                    "or adapter_model.bin), a Hub repo id or a release name.")
-@click.option("--out", required=True, type=click.Path(), help="Folder to write the model into.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+@out_option("the model")
+@dtype_option("auto", DTYPES,
               help="Output dtype; auto = the base model's. The merge is computed in fp32 and "
                    "rounded once.")
 @write_options()

@@ -17,7 +17,8 @@ from weightkit.options import DTYPES, HubOptions, WriteOptions
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-__all__ = ["DTYPES", "hub_options", "is_quiet", "progress", "subcommand", "write_options"]
+__all__ = ["DTYPES", "dtype_option", "hub_options", "is_quiet", "out_option", "progress",
+           "subcommand", "write_options"]
 
 
 class Conflict(click.UsageError):
@@ -59,6 +60,8 @@ def subcommand(name: str) -> Decorator:
                            help="Print the result (or an error) as one JSON object on stdout.")(run)
         run = click.option("--quiet", "-q", is_flag=True,
                            help="No progress bar or summary.")(run)
+        params = run.__click_params__  # type: ignore[attr-defined]  # click's own list
+        params[:] = params[-2:] + params[:-2]  # listed last in --help
         return click.command(name)(run)
 
     return decorate
@@ -115,6 +118,18 @@ def _family(cls: type, param: str, skip: tuple[str, ...]) -> Decorator:
         return with_options
 
     return decorate
+
+
+def out_option(what: str) -> Decorator:
+    """--out for a command that writes a checkpoint folder."""
+    return click.option("--out", required=True, type=click.Path(),
+                        help=f"Folder to write {what} into.")
+
+
+def dtype_option(default: str, choices: tuple[str, ...], help: str) -> Decorator:
+    """--dtype of what a command writes."""
+    return click.option("--dtype", type=click.Choice(list(choices)), default=default,
+                        show_default=True, help=help)
 
 
 def write_options(*, device: bool = True) -> Decorator:

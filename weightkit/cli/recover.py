@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import DTYPES, hub_options, subcommand, write_options
+from weightkit.cli.options import (
+    DTYPES,
+    dtype_option,
+    hub_options,
+    out_option,
+    subcommand,
+    write_options,
+)
 
 
 @subcommand("recover")
@@ -18,8 +25,8 @@ from weightkit.cli.options import DTYPES, hub_options, subcommand, write_options
 @click.option("--lora", default=None, metavar="ADAPTER",
               help="A LoRA adapter to merge into the recovered model in the same pass (a folder, "
                    "a Hub repo id or a release name); the recovered model is not written.")
-@click.option("--out", required=True, type=click.Path(), help="Folder to write the model into.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+@out_option("the model")
+@dtype_option("auto", DTYPES,
               help="Output dtype; auto = the tuned model's (from the diff's manifest), else the "
                    "wider of raw and diff.")
 @click.option("--fp16", is_flag=True, help="KnowLM's flag for an fp16 diff: write fp16.")
