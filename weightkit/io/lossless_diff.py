@@ -42,7 +42,6 @@ from weightkit.io.sniff import DOWNLOAD_AGAIN
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import (
     DEFAULT_SHARD_BYTES,
-    PlannedTensor,
     ShardFiles,
     numbered_names,
     plan_shards,
@@ -77,7 +76,7 @@ class LosslessDiffWriter(ShardFiles):
     """Write compressed tensors, in plan order, into `folder`; a killed run's finished files
     (`done`) are kept, as ShardFiles says."""
 
-    def __init__(self, folder: Path, plan: list[PlannedTensor],
+    def __init__(self, folder: Path, plan: list[TensorInfo],
                  raw_shapes: dict[str, tuple[int, ...]], max_shard_size: int = DEFAULT_SHARD_BYTES,
                  done: set[int] = frozenset(),
                  on_shard_done: Callable[[int], None] | None = None) -> None:

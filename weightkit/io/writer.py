@@ -11,15 +11,15 @@ import json
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from weightkit.dtypes import TORCH_TO_SAFETENSORS, to_header
 from weightkit.errors import InputError
+from weightkit.io.raw_bytes import tensor_bytes, write_chunked
 from weightkit.io.reader import Checkpoint, open_checkpoint
-from weightkit.io.tensor_info import tensor_bytes, write_chunked
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.torch_file import TorchZipWriter
 from weightkit.manifest import MANIFEST_NAME
 from weightkit.options import FORMATS, check_choice
@@ -32,21 +32,7 @@ LAYOUTS = {
 DEFAULT_SHARD_BYTES = 5 * 10**9  # WriteOptions' 5GB
 
 
-@dataclass(frozen=True)
-class PlannedTensor:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
-
-
-def check_dtypes(plan: list[PlannedTensor]) -> None:
+def check_dtypes(plan: list[TensorInfo]) -> None:
     """Refuse up front a tensor no output can hold: both formats, and the tensor manifests, take
     the dtypes safetensors defines (a `.bin` input may hold others)."""
     for t in plan:
@@ -57,9 +43,9 @@ def check_dtypes(plan: list[PlannedTensor]) -> None:
                 "those", "Convert that tensor to another dtype with torch first.")
 
 
-def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
+def plan_shards(plan: list[TensorInfo], max_shard_size: int) -> list[list[TensorInfo]]:
     """Greedy, in plan order: a shard closes when the next tensor would push it past the limit."""
-    shards: list[list[PlannedTensor]] = [[]]
+    shards: list[list[TensorInfo]] = [[]]
     size = 0
     for t in plan:
         if shards[-1] and size + t.nbytes > max_shard_size:
@@ -92,7 +78,7 @@ class ShardFiles:
     between `_begin_shard` and `_end_shard`.
     """
 
-    def __init__(self, folder: Path, shards: list[list[PlannedTensor]], file_names: list[str],
+    def __init__(self, folder: Path, shards: list[list[TensorInfo]], file_names: list[str],
                  done: set[int], on_shard_done: Callable[[int], None] | None) -> None:
         self.folder = folder
         self.shards = shards
@@ -137,7 +123,7 @@ class ShardWriter(ShardFiles):
     def __init__(
         self,
         folder: Path,
-        plan: list[PlannedTensor],
+        plan: list[TensorInfo],
         fmt: str = "safetensors",
         max_shard_size: int = DEFAULT_SHARD_BYTES,
         done: set[int] = frozenset(),
@@ -224,7 +210,7 @@ class ShardWriter(ShardFiles):
         self._end_shard()
 
 
-def _safetensors_header(shard: list[PlannedTensor]) -> bytes:
+def _safetensors_header(shard: list[TensorInfo]) -> bytes:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for t in shard:
@@ -252,7 +238,7 @@ class CheckpointFiles:
     def file_names(self, shards: int) -> list[str]:
         return shard_file_names(self.fmt, shards)
 
-    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int,
+    def writer(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
                done: set[int], on_shard_done: Callable[[int], None]) -> ShardWriter:
         return ShardWriter(folder, plan, self.fmt, max_shard_size, done, on_shard_done)
 
