@@ -22,7 +22,7 @@ from weightkit.io.disk import free_bytes
 from weightkit.io.journal import Journal, run_key
 from weightkit.io.output import OutputFolder
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import CheckpointFiles, check_dtypes, plan_shards
+from weightkit.io.writer import CheckpointFiles, check_dtypes
 from weightkit.manifest import Manifest
 from weightkit.options import WriteOptions
 from weightkit.progress import ByteProgress
@@ -112,22 +112,22 @@ def _write_into(tmp: Path, run: _Run) -> WriteResult:
     files, plan, expected = run.files, run.plan, run.expected
     max_bytes = run.options.shard_bytes
     journal = Journal.open(tmp, run_key(run.title, files.key, max_bytes, plan, run.inputs))
-    shards = plan_shards(plan, max_bytes)
-    names = files.file_names(len(shards))
+
+    def shard_done(i: int) -> None:  # the writer calls it as each file is finished
+        journal.record(names[i], {t.name: stats.manifest.entries[t.name] for t in shards[i]},
+                       None if side is None else {t.name: side.entries[t.name]
+                                                  for t in shards[i] if t.name in side})
+
+    writer = files.writer(tmp, plan, max_bytes, shard_done)
+    shards, names = writer.shards, writer.file_names
     done = journal.finished(names, [[t.name for t in s] for s in shards], files.open)
+    writer.resume(done)
     kept = Manifest({n: e for i in done for n, e in journal.shards[names[i]].items()})
     stats = RunStats(Manifest(dict(kept.entries)))
     side = run.side
     if side is not None:
         for i in done:
             side.entries.update(journal.side.get(names[i], {}))
-
-    def shard_done(i: int) -> None:
-        journal.record(names[i], {t.name: stats.manifest.entries[t.name] for t in shards[i]},
-                       None if side is None else {t.name: side.entries[t.name]
-                                                  for t in shards[i] if t.name in side})
-
-    writer = files.writer(tmp, plan, max_bytes, done, shard_done)
     todo = [j for j in run.jobs if j.out.name not in kept]
     for name, entry in kept.entries.items():  # resumed tensors are checked like the others
         if checkable(expected, name, entry):

@@ -39,7 +39,6 @@ from weightkit.engine import identity
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LOSSLESS_FORMAT, LosslessDiffReader, LosslessDiffWriter
-from weightkit.io.lossless_diff import file_names as lossless_file_names
 from weightkit.io.reader import folder_config
 from weightkit.io.tensor_info import TensorInfo, numel
 from weightkit.io.writer import CheckpointFiles
@@ -195,12 +194,9 @@ class _LosslessFiles(CheckpointFiles):
         self.format = LOSSLESS_FORMAT
         self.key = f"lossless-diff level {level}"  # another level gives other bytes
 
-    def file_names(self, shards: int) -> list[str]:
-        return lossless_file_names(shards)
-
     def writer(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
-               done: set[int], on_shard_done: Callable[[int], None]) -> _EncodingWriter:
-        container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size, done,
+               on_shard_done: Callable[[int], None]) -> _EncodingWriter:
+        container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size,
                                        on_shard_done)
         return _EncodingWriter(container, self.raw, self.level)
 
@@ -214,6 +210,8 @@ class _EncodingWriter:
     def __init__(self, container: LosslessDiffWriter, raw: Source, level: int) -> None:
         self.container, self.raw, self.level = container, raw, level
         self.total_size = container.total_size  # of the tuned tensors: what progress counts
+        self.shards, self.file_names = container.shards, container.file_names
+        self.resume = container.resume
 
     @property
     def bytes_written(self) -> int:
