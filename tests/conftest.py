@@ -106,10 +106,10 @@ def model_pair(tmp_path: Path):
 def small_pieces(monkeypatch):
     """Make the pipeline cut every tensor it can into pieces of at most 700 bytes (real runs
     cut at 16 MiB); returns the (name, rows) of every piece written."""
-    import weightkit.pipeline as pipeline
+    import weightkit.engine as engine
     from weightkit.io.writer import ShardWriter
 
-    monkeypatch.setattr(pipeline, "_PIECE", 700)
+    monkeypatch.setattr(engine, "_PIECE", 700)
     written: list[tuple[str, tuple[int, int]]] = []
     original = ShardWriter.write
 

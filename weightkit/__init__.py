@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from weightkit.ops.recover import recover
     from weightkit.ops.verify import ChecksumResult, VerifyReport, verify, write_checksums
     from weightkit.options import HubOptions, WriteOptions
-    from weightkit.pipeline import WriteResult
+    from weightkit.results import WriteResult
     from weightkit.sources.open import open_source
     from weightkit.sources.source import Source
 
@@ -65,7 +65,7 @@ _API = {
     "WriteOptions": "weightkit.options",
     "HubOptions": "weightkit.options",
     # results
-    "WriteResult": "weightkit.pipeline",
+    "WriteResult": "weightkit.results",
     "VerifyReport": "weightkit.ops.verify",
     "ChecksumResult": "weightkit.ops.verify",
     "DownloadResult": "weightkit.hub.download",

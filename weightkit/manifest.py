@@ -40,7 +40,7 @@ class ManifestEntry:
     def of(cls, tensor: torch.Tensor) -> ManifestEntry:
         """The entry for a tensor: dtype, shape and the sha256 of its raw bytes."""
         from weightkit.dtypes import safetensors_name
-        from weightkit.io.tensor_info import tensor_bytes
+        from weightkit.io.raw_bytes import tensor_bytes
 
         return cls(safetensors_name(tensor.dtype), tuple(tensor.shape),
                    sha256_bytes(tensor_bytes(tensor)))
@@ -60,7 +60,7 @@ class RowHasher:
 
     def add(self, piece: torch.Tensor) -> bool:
         """Hash one piece; True once the last one is in."""
-        from weightkit.io.tensor_info import tensor_bytes
+        from weightkit.io.raw_bytes import tensor_bytes
 
         self.digest.update(tensor_bytes(piece))
         self.rows_left -= piece.shape[0] if self.shape else 1

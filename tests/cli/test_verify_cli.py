@@ -122,12 +122,13 @@ def test_checksum_default_file_is_found_by_verify(download: Path) -> None:
 def test_tensor_manifest_names_the_damaged_tensor(tmp_path: Path) -> None:
     import torch
 
-    from weightkit.io.writer import PlannedTensor
+    from weightkit.checkpoint import write_checkpoint
+    from weightkit.engine import Job, identity
+    from weightkit.io.tensor_info import TensorInfo
     from weightkit.options import WriteOptions
-    from weightkit.pipeline import Job, identity, write_checkpoint
 
     t = torch.arange(16, dtype=torch.float32)
-    jobs = [Job(PlannedTensor(name, t.dtype, (16,)), lambda: (t,), identity)
+    jobs = [Job(TensorInfo(name, t.dtype, (16,)), lambda: (t,), identity)
             for name in ("a.weight", "b.weight")]
     write_checkpoint(tmp_path / "out", jobs, title="test", inputs=[], options=WriteOptions())
     shard = tmp_path / "out" / "model.safetensors"

@@ -19,11 +19,11 @@ from weightkit.io.lossless_diff import (
     is_lossless_diff,
     lossless_files,
 )
-from weightkit.io.writer import PlannedTensor
+from weightkit.io.tensor_info import TensorInfo
 
-PLAN = [PlannedTensor("a.weight", torch.float16, (6, 4)),
-        PlannedTensor("b.weight", torch.bfloat16, (5,)),
-        PlannedTensor("c.weight", torch.float32, (0,))]
+PLAN = [TensorInfo("a.weight", torch.float16, (6, 4)),
+        TensorInfo("b.weight", torch.bfloat16, (5,)),
+        TensorInfo("c.weight", torch.float32, (0,))]
 RAW_SHAPES = {"a.weight": (5, 4), "b.weight": (5,), "c.weight": (0,)}
 PAYLOADS = {"a.weight": b"frame-a" * 3, "b.weight": b"\x00\xff" * 40, "c.weight": b""}
 

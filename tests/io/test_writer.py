@@ -11,11 +11,12 @@ from safetensors.torch import load_file
 
 from weightkit.errors import OutputError
 from weightkit.io.output import OutputFolder
-from weightkit.io.writer import PlannedTensor, ShardWriter, plan_shards
+from weightkit.io.tensor_info import TensorInfo
+from weightkit.io.writer import ShardWriter, plan_shards
 
 
 def plan_of(state):
-    return [PlannedTensor(n, t.dtype, tuple(t.shape)) for n, t in state.items()]
+    return [TensorInfo(n, t.dtype, tuple(t.shape)) for n, t in state.items()]
 
 
 STATE = {"b": torch.arange(6, dtype=torch.float16).reshape(2, 3),
@@ -23,7 +24,7 @@ STATE = {"b": torch.arange(6, dtype=torch.float16).reshape(2, 3),
 
 
 def test_plan_shards_is_greedy_in_order():
-    plan = [PlannedTensor(str(i), torch.float32, (n,)) for i, n in enumerate([10, 10, 15, 5, 30])]
+    plan = [TensorInfo(str(i), torch.float32, (n,)) for i, n in enumerate([10, 10, 15, 5, 30])]
     shards = plan_shards(plan, 80)
     assert [[t.name for t in s] for s in shards] == [["0", "1"], ["2", "3"], ["4"]]
 

@@ -14,7 +14,7 @@ from conftest import file_bytes
 from meta_checkpoints import SENTENCE, build_raw, tiktoken_encoding
 from safetensors.torch import load_file
 
-from weightkit import pipeline
+from weightkit import engine
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import Checkpoint
 from weightkit.ops.convert_llama import convert_llama, from_hf_rotary, hf_name, to_hf_rotary
@@ -238,7 +238,7 @@ def test_tensors_streamed_in_pieces_give_the_same_bytes(raw, tmp_path, small_pie
     vocab = EXPECTED_CONFIG[case]["vocab_size"]
     per = 700 // (64 * rc.case.dtype.itemsize)
     assert embed == [(a, min(a + per, vocab)) for a in range(0, vocab, per)]
-    monkeypatch.setattr(pipeline, "_PIECE", 2**40)
+    monkeypatch.setattr(engine, "_PIECE", 2**40)
     convert(rc, tmp_path / "whole")
     assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")
 

@@ -20,7 +20,7 @@ from lora_models import (
 )
 from safetensors.torch import load_file, save_file
 
-from weightkit import pipeline
+from weightkit import engine
 from weightkit.errors import InputError
 from weightkit.io.reader import Checkpoint
 from weightkit.ops.merge_lora import merge_lora
@@ -120,7 +120,7 @@ def test_arithmetic_in_small_blocks_still_equals_peft(built, tmp_path, monkeypat
     from weightkit.ops import merge_lora as module
 
     monkeypatch.setattr(module, "_BLOCK_BYTES", 3 * 64 * 4)
-    monkeypatch.setattr(pipeline, "_CHECK_BLOCK", 100)
+    monkeypatch.setattr(engine, "_CHECK_BLOCK", 100)
     root = built(case, "fp16")
     merge_lora(root / "base", root / "adapter", tmp_path / "ours")
     got = compare(tensors(tmp_path / "ours"), tensors(root / "ref"))
@@ -134,7 +134,7 @@ def test_untouched_tensors_stream_in_pieces_with_the_same_bytes(built, tmp_path,
     root = built("plain", "fp16")
     merge_lora(root / "base", root / "adapter", tmp_path / "pieces")
     assert {name for name, _ in small_pieces} == {"model.embed_tokens.weight", "lm_head.weight"}
-    monkeypatch.setattr(pipeline, "_PIECE", 2**40)
+    monkeypatch.setattr(engine, "_PIECE", 2**40)
     merge_lora(root / "base", root / "adapter", tmp_path / "whole")
     assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")
 

@@ -10,7 +10,7 @@ import torch
 from conftest import file_bytes, save_bin_shards, tensors
 from safetensors.torch import load_file
 
-from weightkit import pipeline
+from weightkit import engine
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import open_checkpoint
 from weightkit.ops.diff import diff
@@ -231,7 +231,7 @@ def test_tensors_streamed_in_pieces_give_the_same_bytes(model_pair, tmp_path, sm
     assert embed == [(a, min(a + 5, 129)) for a in range(0, 129, 5)]
     # 2 layers x 7 matrices, the embeddings and lm_head; the norms fit in one piece
     assert len({name for name, _ in small_pieces}) == 16
-    monkeypatch.setattr(pipeline, "_PIECE", 2**40)
+    monkeypatch.setattr(engine, "_PIECE", 2**40)
     recover(raw_bin, tmp_path / "diff", tmp_path / "whole", options=WriteOptions(format=fmt))
     assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")
 
@@ -241,7 +241,7 @@ def test_diff_in_pieces_gives_the_same_diff_and_target_manifest(model_pair, tmp_
     raw, tuned = model_pair("llama", torch.float16, extra_vocab=1, tuned_dtype=torch.float32)
     diff(raw, tuned, tmp_path / "pieces", dtype="fp16")
     assert ("lm_head.weight", (125, 129)) in small_pieces  # fp16 rows: 5 to a piece
-    monkeypatch.setattr(pipeline, "_PIECE", 2**40)
+    monkeypatch.setattr(engine, "_PIECE", 2**40)
     diff(raw, tuned, tmp_path / "whole", dtype="fp16")
     pieces = file_bytes(tmp_path / "pieces")
     assert pieces == file_bytes(tmp_path / "whole")

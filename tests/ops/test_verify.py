@@ -322,15 +322,16 @@ def output(tmp_path: Path) -> Path:
     """A two-shard weightkit output, written the way every command writes one."""
     import torch
 
-    from weightkit.io.writer import PlannedTensor
-    from weightkit.pipeline import Job, identity, write_checkpoint
+    from weightkit.checkpoint import write_checkpoint
+    from weightkit.engine import Job, identity
+    from weightkit.io.tensor_info import TensorInfo
 
     tensors = {
         "model.embed_tokens.weight": torch.arange(32, dtype=torch.float32).reshape(8, 4),
         "model.norm.weight": torch.ones(4, dtype=torch.float16),
         "lm_head.weight": torch.arange(32, dtype=torch.bfloat16).reshape(8, 4),
     }
-    jobs = [Job(PlannedTensor(n, t.dtype, tuple(t.shape)), lambda t=t: (t,), identity)
+    jobs = [Job(TensorInfo(n, t.dtype, tuple(t.shape)), lambda t=t: (t,), identity)
             for n, t in tensors.items()]
     write_checkpoint(tmp_path / "out", jobs, title="test", inputs=[],
                      options=WriteOptions(max_shard_size="100B"))

@@ -10,12 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 import weightkit.hub.cache
+from weightkit.engine import identity
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.reader import open_checkpoint
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import Manifest, ManifestEntry
-from weightkit.pipeline import identity
 from weightkit.sources import Node, Source, View
 from weightkit.sources.open import resolve
 from weightkit.sources.source import checked, combine, retyped, stored_node
@@ -23,7 +22,7 @@ from weightkit.sources.source import checked, combine, retyped, stored_node
 
 def stored(t: torch.Tensor, dtype: torch.dtype | None = None, multiple: int = 1) -> Node:
     """A tensor read as stored (in `dtype` if given: what a cast view like Meta's reports)."""
-    node = stored_node(PlannedTensor("w", dtype or t.dtype, tuple(t.shape)), lambda: t.clone(),
+    node = stored_node(TensorInfo("w", dtype or t.dtype, tuple(t.shape)), lambda: t.clone(),
                        lambda a, b: t[a:b].clone())
     node.row_multiple = multiple
     return node
@@ -46,7 +45,7 @@ def test_a_checkpoint_is_a_source(tmp_path):
 
 def test_combine_gives_compute_each_parts_value_in_order():
     a, b = torch.arange(12.0).reshape(6, 2), torch.full((6, 2), 0.5)
-    out = PlannedTensor("w", torch.float32, (6, 2))
+    out = TensorInfo("w", torch.float32, (6, 2))
     node = combine(out, [stored(a), stored(b)], lambda x, y: x * 10 + y,
                    rows=lambda start, stop: [(start, stop), (start, stop)])
     assert node.arity == 2
@@ -66,10 +65,10 @@ def test_each_step_rounds_to_its_own_dtype():
     rounded to fp16 first, as the first command would have written it."""
     x = torch.tensor([1.0 + 2**-9, 3.14159265, 1e-6, 65519.0])
     step = stored(x, torch.float16)  # stored fp32, the step's dtype fp16 (convert --dtype fp16)
-    got = run(retyped(step, PlannedTensor("w", torch.bfloat16, (4,))))
+    got = run(retyped(step, TensorInfo("w", torch.bfloat16, (4,))))
     assert torch.equal(got, x.half().bfloat16())
     assert not torch.equal(got, x.bfloat16())  # one rounding would give other bits
-    same = retyped(stored(x), PlannedTensor("w", torch.float32, (4,)))
+    same = retyped(stored(x), TensorInfo("w", torch.float32, (4,)))
     assert same.compute is identity  # nothing to round: the stored tensor streams through
 
 
@@ -88,7 +87,7 @@ def test_a_checked_model_is_hashed_piece_by_piece_and_refused_on_a_mismatch():
 
 def test_a_checked_step_refuses_nan_it_made_before_its_hash():
     x = torch.full((4,), 6e4)
-    node = combine(PlannedTensor("w", torch.float16, (4,)), [stored(x), stored(x)], torch.add)
+    node = combine(TensorInfo("w", torch.float16, (4,)), [stored(x), stored(x)], torch.add)
     with pytest.raises(InputError, match="the result has 4 NaN/Inf value"):
         run(checked(node, Manifest({"w": ManifestEntry.of(x.half())}), Manifest(), "it"))
 
@@ -108,7 +107,7 @@ class Doubled(View):
             assert a % 2 == 0 and (b % 2 == 0 or b == self.t.shape[0]), (a, b)
             return (self.t[a:b].clone(),)
 
-        return Node(PlannedTensor(name, self.t.dtype, tuple(self.t.shape)),
+        return Node(TensorInfo(name, self.t.dtype, tuple(self.t.shape)),
                     lambda: (self.t.clone(),), lambda x: x * 2, load_rows=load_rows,
                     row_multiple=2)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 import threading
 from collections.abc import Callable, Iterable
 
 import torch
+
+from weightkit.io.tensor_info import numel
 
 _local = threading.local()
 # Smaller requests are not pooled: malloc serves them from its heap, already faulted in, and
@@ -126,7 +127,7 @@ def empty_bytes(nbytes: int) -> torch.Tensor:
 
 def empty_tensor(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor, pooled as empty_bytes is (give it back with `release`)."""
-    return empty_bytes(math.prod(shape) * dtype.itemsize).view(dtype).view(tuple(shape))
+    return empty_bytes(numel(shape) * dtype.itemsize).view(dtype).view(tuple(shape))
 
 
 def use_pool(pool: BufferPool | None) -> None:

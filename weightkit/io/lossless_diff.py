@@ -28,7 +28,6 @@ padded with spaces (which safetensors allows). One pass, one frame in memory at 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,10 +41,9 @@ from weightkit.io.sniff import DOWNLOAD_AGAIN
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.writer import (
     DEFAULT_SHARD_BYTES,
-    PlannedTensor,
     ShardFiles,
     numbered_names,
-    plan_shards,
+    safetensors_header,
 )
 
 PREFIX = "lossless-diff"
@@ -75,14 +73,12 @@ def file_names(n: int) -> list[str]:
 
 class LosslessDiffWriter(ShardFiles):
     """Write compressed tensors, in plan order, into `folder`; a killed run's finished files
-    (`done`) are kept, as ShardFiles says."""
+    are kept, as ShardFiles says."""
 
-    def __init__(self, folder: Path, plan: list[PlannedTensor],
+    def __init__(self, folder: Path, plan: list[TensorInfo],
                  raw_shapes: dict[str, tuple[int, ...]], max_shard_size: int = DEFAULT_SHARD_BYTES,
-                 done: set[int] = frozenset(),
                  on_shard_done: Callable[[int], None] | None = None) -> None:
-        shards = plan_shards(plan, max_shard_size)
-        super().__init__(folder, shards, file_names(len(shards)), done, on_shard_done)
+        super().__init__(folder, plan, max_shard_size, file_names, on_shard_done)
         self.raw_shapes = raw_shapes
         self._sizes: list[int] = []  # frame sizes written to the current file
         self._file = None
@@ -137,18 +133,10 @@ class LosslessDiffWriter(ShardFiles):
             dtype, shape = to_header(t.dtype, t.shape)
             tensors[t.name] = {"dtype": dtype, "shape": shape,
                                "raw_shape": to_header(t.dtype, self.raw_shapes[t.name])[1]}
-        header: dict[str, object] = {"__metadata__": {
-            "format": FORMAT, "version": VERSION, "encoding": ENCODING,
-            "tensors": json.dumps(tensors, separators=(",", ":"))}}
-        begin = 0
-        for t, size in zip(shard, sizes, strict=True):
-            header[t.name] = {"dtype": "U8", "shape": [size], "data_offsets": [begin, begin + size]}
-            begin += size
-        body = json.dumps(header, separators=(",", ":")).encode()
-        size = room - 8 if room else len(body) + (-len(body) % 8)  # 8-byte aligned data
-        if len(body) > size:
-            raise RuntimeError("lossless diff header outgrew the room reserved for it")
-        return struct.pack("<Q", size) + body + b" " * (size - len(body))
+        metadata = {"format": FORMAT, "version": VERSION, "encoding": ENCODING,
+                    "tensors": json.dumps(tensors, separators=(",", ":"))}
+        frames = [(t.name, "U8", [size], size) for t, size in zip(shard, sizes, strict=True)]
+        return safetensors_header(frames, metadata, room)
 
 
 class LosslessDiffReader:

@@ -18,8 +18,9 @@ import torch
 
 from weightkit.dtypes import safetensors_name
 from weightkit.errors import InputError
+from weightkit.io.raw_bytes import tensor_bytes
 from weightkit.io.safetensors_file import SafetensorsFile
-from weightkit.io.tensor_info import PIECE_BYTES, Listing, TensorInfo, row_ranges, tensor_bytes
+from weightkit.io.tensor_info import PIECE_BYTES, Listing, TensorInfo
 from weightkit.io.torch_file import TorchFile
 from weightkit.manifest import Manifest, ManifestEntry
 
@@ -83,7 +84,7 @@ class Checkpoint(Listing):
         if len(info.shape) == 0 or info.nbytes <= piece_bytes:
             return ManifestEntry.of(self.read(name))
         digest = hashlib.sha256()
-        for start, stop in row_ranges(info.shape[0], info.nbytes // info.shape[0], piece_bytes):
+        for start, stop in info.row_ranges(piece_bytes):
             digest.update(tensor_bytes(self.read_rows(name, start, stop)))
         return ManifestEntry(safetensors_name(info.dtype), info.shape, digest.hexdigest())
 
@@ -93,12 +94,10 @@ class Checkpoint(Listing):
 
     def node(self, name: str) -> Node:
         """The tensor as the pipeline reads it: as stored, in row pieces when large."""
-        # here, not at the top: the writer reads finished files back with this module
-        from weightkit.io.writer import PlannedTensor
+        # here, not at the top: the sources read files with this module
         from weightkit.sources.source import stored_node
 
-        info = self.infos[name]
-        return stored_node(PlannedTensor(name, info.dtype, info.shape), lambda: self.read(name),
+        return stored_node(self.infos[name], lambda: self.read(name),
                            lambda start, stop: self.read_rows(name, start, stop))
 
     @property

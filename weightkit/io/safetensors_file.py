@@ -20,8 +20,9 @@ import torch
 
 from weightkit.dtypes import FORMAT_DTYPES, from_header
 from weightkit.errors import InputError
+from weightkit.io.raw_bytes import read_exact
 from weightkit.io.sniff import DOWNLOAD_AGAIN, SAFETENSORS, TRUNCATED_HINT, not_weights
-from weightkit.io.tensor_info import TensorInfo, read_exact
+from weightkit.io.tensor_info import TensorInfo
 
 _MAX_HEADER = 100_000_000  # the safetensors crate refuses longer headers
 

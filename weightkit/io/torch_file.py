@@ -26,8 +26,9 @@ import torch
 import torch._weights_only_unpickler as _wo
 
 from weightkit.errors import InputError
+from weightkit.io.raw_bytes import read_exact, write_chunked
 from weightkit.io.sniff import DOWNLOAD_AGAIN, TORCH_ZIP, TRUNCATED_HINT, not_weights
-from weightkit.io.tensor_info import TensorInfo, read_exact, write_chunked
+from weightkit.io.tensor_info import TensorInfo, numel
 
 _STORAGE_TYPES = {
     torch.float64: "DoubleStorage",
@@ -361,7 +362,7 @@ class TorchZipWriter:
         self._names = [name for name, _, _ in plan]
         self._next = 0
         state = {
-            name: _Tensor(_Storage(str(i), dtype, _numel(shape)), tuple(shape))
+            name: _Tensor(_Storage(str(i), dtype, numel(shape)), tuple(shape))
             for i, (name, dtype, shape) in enumerate(plan)
         }
         buf = io.BytesIO()
@@ -402,9 +403,3 @@ class TorchZipWriter:
         info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
         return info
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

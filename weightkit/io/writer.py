@@ -7,19 +7,20 @@ computed; no shard is ever held in memory. Same plan and tensors -> byte-identic
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from weightkit.dtypes import TORCH_TO_SAFETENSORS, to_header
 from weightkit.errors import InputError
+from weightkit.io.raw_bytes import tensor_bytes, write_chunked
 from weightkit.io.reader import Checkpoint, open_checkpoint
-from weightkit.io.tensor_info import tensor_bytes, write_chunked
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.torch_file import TorchZipWriter
 from weightkit.manifest import MANIFEST_NAME
 from weightkit.options import FORMATS, check_choice
@@ -32,21 +33,7 @@ LAYOUTS = {
 DEFAULT_SHARD_BYTES = 5 * 10**9  # WriteOptions' 5GB
 
 
-@dataclass(frozen=True)
-class PlannedTensor:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        n = self.dtype.itemsize
-        for d in self.shape:
-            n *= d
-        return n
-
-
-def check_dtypes(plan: list[PlannedTensor]) -> None:
+def check_dtypes(plan: list[TensorInfo]) -> None:
     """Refuse up front a tensor no output can hold: both formats, and the tensor manifests, take
     the dtypes safetensors defines (a `.bin` input may hold others)."""
     for t in plan:
@@ -57,9 +44,9 @@ def check_dtypes(plan: list[PlannedTensor]) -> None:
                 "those", "Convert that tensor to another dtype with torch first.")
 
 
-def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
+def plan_shards(plan: list[TensorInfo], max_shard_size: int) -> list[list[TensorInfo]]:
     """Greedy, in plan order: a shard closes when the next tensor would push it past the limit."""
-    shards: list[list[PlannedTensor]] = [[]]
+    shards: list[list[TensorInfo]] = [[]]
     size = 0
     for t in plan:
         if shards[-1] and size + t.nbytes > max_shard_size:
@@ -84,23 +71,29 @@ def numbered_names(prefix: str, suffix: str, n: int) -> list[str]:
 
 
 class ShardFiles:
-    """Shards of planned tensors written one after another into `folder`.
+    """The planned tensors, in plan order, written into `folder` as files of at most
+    `max_shard_size` tensor bytes each (`shards`), named by `name_files(number of files)`.
 
-    Each shard is written as `NAME.tmp`, flushed to disk and renamed when complete, then
-    `on_shard_done(index)` is called; shards listed in `done` (finished by an earlier, killed run)
-    are skipped, and their tensors must not be written again. Subclasses write a shard's bytes
-    between `_begin_shard` and `_end_shard`.
+    Each file is written as `NAME.tmp`, flushed to disk and renamed when complete, then
+    `on_shard_done(index)` is called; after `resume(done)`, the files listed (finished by an
+    earlier, killed run) are skipped, and their tensors must not be written again. Subclasses
+    write a file's bytes between `_begin_shard` and `_end_shard`.
     """
 
-    def __init__(self, folder: Path, shards: list[list[PlannedTensor]], file_names: list[str],
-                 done: set[int], on_shard_done: Callable[[int], None] | None) -> None:
+    def __init__(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
+                 name_files: Callable[[int], list[str]],
+                 on_shard_done: Callable[[int], None] | None) -> None:
         self.folder = folder
-        self.shards = shards
-        self.file_names = file_names
-        self.done = set(done)
+        self.shards = plan_shards(plan, max_shard_size)
+        self.file_names = name_files(len(self.shards))
         self._on_shard_done = on_shard_done
-        self._todo = [i for i in range(len(shards)) if i not in self.done]
+        self.resume(set())
         self._shard = -1  # index into self.shards of the shard being written
+
+    def resume(self, done: set[int]) -> None:
+        """Skip the files in `done` (indexes into `shards`): a killed run finished them."""
+        self.done = set(done)
+        self._todo = [i for i in range(len(self.shards)) if i not in self.done]
 
     @property
     def total_size(self) -> int:
@@ -137,15 +130,14 @@ class ShardWriter(ShardFiles):
     def __init__(
         self,
         folder: Path,
-        plan: list[PlannedTensor],
+        plan: list[TensorInfo],
         fmt: str = "safetensors",
         max_shard_size: int = DEFAULT_SHARD_BYTES,
-        done: set[int] = frozenset(),
         on_shard_done: Callable[[int], None] | None = None,
     ) -> None:
         check_choice(fmt, FORMATS, "format")
-        shards = plan_shards(plan, max_shard_size)
-        super().__init__(folder, shards, shard_file_names(fmt, len(shards)), done, on_shard_done)
+        super().__init__(folder, plan, max_shard_size, functools.partial(shard_file_names, fmt),
+                         on_shard_done)
         self.fmt = fmt
         self.index_name = LAYOUTS[fmt][2]
         self._pos = 0  # index of the next tensor inside the shard being written
@@ -211,7 +203,9 @@ class ShardWriter(ShardFiles):
         shard = self.shards[self._shard]
         if self.fmt == "safetensors":
             self._file = open(path, "wb")
-            self._file.write(_safetensors_header(shard))
+            self._file.write(safetensors_header(
+                [(t.name, *to_header(t.dtype, t.shape), t.nbytes) for t in shard],
+                {"format": "pt"}))
         else:
             self._file = TorchZipWriter(path, [(t.name, t.dtype, t.shape) for t in shard])
 
@@ -224,23 +218,27 @@ class ShardWriter(ShardFiles):
         self._end_shard()
 
 
-def _safetensors_header(shard: list[PlannedTensor]) -> bytes:
-    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+def safetensors_header(tensors: list[tuple[str, str, list[int], int]],
+                       metadata: dict[str, str], room: int = 0) -> bytes:
+    """The header of a safetensors file holding `tensors` (name, safetensors dtype, shape, bytes)
+    one after another: padded with spaces to 8-byte aligned data, or to exactly `room` bytes
+    (a header reserved before the sizes are known, rewritten in place once they are)."""
+    header: dict[str, object] = {"__metadata__": metadata}
     offset = 0
-    for t in shard:
-        dtype, shape = to_header(t.dtype, t.shape)
-        header[t.name] = {"dtype": dtype, "shape": shape,
-                          "data_offsets": [offset, offset + t.nbytes]}
-        offset += t.nbytes
+    for name, dtype, shape, nbytes in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     body = json.dumps(header, separators=(",", ":")).encode()
-    body += b" " * (-len(body) % 8)
-    return struct.pack("<Q", len(body)) + body
+    size = room - 8 if room else len(body) + (-len(body) % 8)
+    if len(body) > size:
+        raise RuntimeError("safetensors header outgrew the room reserved for it")
+    return struct.pack("<Q", size) + body + b" " * (size - len(body))
 
 
 class CheckpointFiles:
-    """The files a run's tensors become (write_checkpoint's outline asks it for their names, a
-    writer, and a finished file to re-check on resume): checkpoint shards in `fmt`. A command
-    with a container of its own (diff --lossless) passes its own kind."""
+    """The files a run's tensors become (write_checkpoint's outline asks it for a writer, which
+    names them, and for a finished file to re-check on resume): checkpoint shards in `fmt`. A
+    command with a container of its own (a lossless diff) passes its own kind."""
 
     manifest_name = MANIFEST_NAME  # where the manifest of the computed tensors goes
 
@@ -249,12 +247,9 @@ class CheckpointFiles:
         self.format = fmt  # what the result says the files are
         self.key = fmt  # what sets runs into these files apart (in the resume journal's key)
 
-    def file_names(self, shards: int) -> list[str]:
-        return shard_file_names(self.fmt, shards)
-
-    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int,
-               done: set[int], on_shard_done: Callable[[int], None]) -> ShardWriter:
-        return ShardWriter(folder, plan, self.fmt, max_shard_size, done, on_shard_done)
+    def writer(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
+               on_shard_done: Callable[[int], None]) -> ShardWriter:
+        return ShardWriter(folder, plan, self.fmt, max_shard_size, on_shard_done)
 
     def open(self, path: Path) -> Checkpoint:
         """A finished file, whose `manifest_entry(name)` is re-checked against the journal."""

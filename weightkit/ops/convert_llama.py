@@ -22,16 +22,16 @@ from pathlib import Path
 import torch
 
 from weightkit.dtypes import output_dtype, parse_dtype, short_name
+from weightkit.engine import identity
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_tensor, release
 from weightkit.io.output import copy_side_files
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor
 from weightkit.ops import llama_params, llama_tokenizer
 from weightkit.ops.llama_params import LlamaParams
 from weightkit.options import WriteOptions
-from weightkit.pipeline import WriteResult, identity
+from weightkit.results import WriteResult
 from weightkit.sources.source import Node, SideFiles, View
 from weightkit.sources.write import check_output, write_source
 
@@ -493,7 +493,7 @@ def _node(p: Part, shards: list[Checkpoint], info: TensorInfo, tied: bool) -> No
             joined = permuted
         return (joined,)
 
-    return Node(PlannedTensor(p.name, info.dtype, shape), load, identity,
+    return Node(info, load, identity,
                 load_rows=lambda start, stop: load((start, stop)), row_multiple=head_rows)
 
 

@@ -7,17 +7,18 @@ from pathlib import Path
 import torch
 
 from weightkit.dtypes import is_float, parse_dtype
+from weightkit.engine import canonical_result
 from weightkit.errors import InputError, OptionConflict
 from weightkit.io.buffers import release
-from weightkit.io.tensor_info import TensorInfo, tensor_bytes
-from weightkit.io.writer import PlannedTensor
+from weightkit.io.raw_bytes import tensor_bytes
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.kernels import same_bytes
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry, RowHasher
 from weightkit.ops import delta
 from weightkit.ops.lossless import DEFAULT_LEVEL, diff_lossless
 from weightkit.ops.pairing import pair_checkpoints
 from weightkit.options import HubOptions, WriteOptions
-from weightkit.pipeline import WriteResult, canonical_result
+from weightkit.results import WriteResult
 from weightkit.sources.open import Reading, local_paths
 from weightkit.sources.source import Node, SideFiles, Source, View
 from weightkit.sources.write import check_output, write_source
@@ -115,8 +116,7 @@ class DiffView(View):
             release(recovered)
             return d
 
-        return p.node(self.raw, self.tuned, PlannedTensor(name, info.dtype, info.shape), compute,
-                      check_finite=is_float(info.dtype))
+        return p.node(self.raw, self.tuned, info, compute, check_finite=is_float(info.dtype))
 
     @property
     def inputs(self) -> list[Path]:

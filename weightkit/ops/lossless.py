@@ -33,18 +33,19 @@ import numpy as np
 import torch
 import zstandard
 
+from weightkit.checkpoint import write_checkpoint
 from weightkit.dtypes import SAME_WIDTH, SIGNED, UNSIGNED, bit_patterns, output_dtype, short_name
+from weightkit.engine import identity
 from weightkit.errors import ChecksumError, InputError
 from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LOSSLESS_FORMAT, LosslessDiffReader, LosslessDiffWriter
-from weightkit.io.lossless_diff import file_names as lossless_file_names
 from weightkit.io.reader import folder_config
-from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import CheckpointFiles, PlannedTensor
+from weightkit.io.tensor_info import TensorInfo, numel
+from weightkit.io.writer import CheckpointFiles
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops.pairing import Pair, Pairing, pair_checkpoints
 from weightkit.options import HubOptions, WriteOptions
-from weightkit.pipeline import WriteResult, identity, write_checkpoint
+from weightkit.results import WriteResult
 from weightkit.sources.open import Reading, local_paths
 from weightkit.sources.source import Node, SideFiles, Source, View, folder_files
 from weightkit.sources.write import check_output
@@ -68,7 +69,7 @@ def encode(raw: torch.Tensor, tuned: torch.Tensor, level: int = DEFAULT_LEVEL) -
 def decode(raw: torch.Tensor, payload: bytes | memoryview | np.ndarray,
            shape: tuple[int, ...]) -> torch.Tensor:
     """The tuned tensor (of `shape`, in raw's dtype) that `encode` made `payload` from."""
-    return add_back(raw, unpack(payload, raw.dtype, _numel(shape)), shape)
+    return add_back(raw, unpack(payload, raw.dtype, numel(shape)), shape)
 
 
 def unpack(payload: bytes | memoryview | np.ndarray, dtype: torch.dtype, numel: int,
@@ -135,13 +136,6 @@ def _to_planes(z: np.ndarray) -> np.ndarray:
     return z.view(np.uint8).reshape(-1, z.itemsize).T.copy()
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 # --- the commands: `diff --lossless` and `recover` of a lossless diff ---------------------------
 
 
@@ -200,12 +194,9 @@ class _LosslessFiles(CheckpointFiles):
         self.format = LOSSLESS_FORMAT
         self.key = f"lossless-diff level {level}"  # another level gives other bytes
 
-    def file_names(self, shards: int) -> list[str]:
-        return lossless_file_names(shards)
-
-    def writer(self, folder: Path, plan: list[PlannedTensor], max_shard_size: int,
-               done: set[int], on_shard_done: Callable[[int], None]) -> _EncodingWriter:
-        container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size, done,
+    def writer(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
+               on_shard_done: Callable[[int], None]) -> _EncodingWriter:
+        container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size,
                                        on_shard_done)
         return _EncodingWriter(container, self.raw, self.level)
 
@@ -219,6 +210,8 @@ class _EncodingWriter:
     def __init__(self, container: LosslessDiffWriter, raw: Source, level: int) -> None:
         self.container, self.raw, self.level = container, raw, level
         self.total_size = container.total_size  # of the tuned tensors: what progress counts
+        self.shards, self.file_names = container.shards, container.file_names
+        self.resume = container.resume
 
     @property
     def bytes_written(self) -> int:
@@ -288,7 +281,7 @@ class LosslessRecoveredView(View):
             return (tuned,)
 
         # decoded in load(): nothing left to compute (and no NaN/Inf check on the publisher's bits)
-        return Node(PlannedTensor(p.name, self.infos[name].dtype, p.other.shape), load, identity)
+        return Node(self.infos[name], load, identity)
 
     @property
     def inputs(self) -> list[Path]:

@@ -22,14 +22,13 @@ from weightkit.errors import InputError
 from weightkit.io.buffers import empty_tensor
 from weightkit.io.reader import Checkpoint, open_checkpoint
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor
 from weightkit.kernels import BLOCK, DEFAULT_THREADS, intra_op_threads, scratch
 from weightkit.manifest import Manifest
 from weightkit.ops import lora_adapter
 from weightkit.ops.delta import accumulate_dtype
 from weightkit.ops.lora_adapter import AdapterConfig, LoraModule
 from weightkit.options import HubOptions, WriteOptions
-from weightkit.pipeline import WriteResult, checked_text
+from weightkit.results import WriteResult, checked_text
 from weightkit.sources.open import Reading, local_paths
 from weightkit.sources.source import (
     Node,
@@ -142,8 +141,7 @@ class MergedView(View):
         self.base_entries = Manifest()  # of the base's tensors, where they are checked
 
     def node(self, name: str) -> Node:
-        info = self.infos[name]
-        out = PlannedTensor(name, info.dtype, info.shape)
+        out = self.infos[name]
         base = self.base.node(name)
         if self.base.expected is not None:
             base = checked(base, self.base.expected, self.base_entries,

@@ -15,7 +15,6 @@ import torch
 from weightkit.dtypes import is_float, short_name
 from weightkit.errors import InputError
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor
 from weightkit.sources.source import Node, Source, combine
 
 # Tensors whose first dimension is the vocabulary: a fine-tune may add rows (new tokens).
@@ -54,7 +53,7 @@ class Pair:
         shared = self.raw.shape[0]
         return [(min(start, shared), min(stop, shared)), (start, stop)]
 
-    def node(self, raw: Source, other: Source, out: PlannedTensor,
+    def node(self, raw: Source, other: Source, out: TensorInfo,
              compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
              check_finite: bool = True) -> Node:
         """The result `compute(raw tensor, other tensor)` as a node, streaming in row pieces;

@@ -15,12 +15,11 @@ from weightkit.dtypes import is_float, output_dtype, parse_dtype, torch_dtype, w
 from weightkit.errors import InputError, OptionConflict
 from weightkit.io.lossless_diff import is_lossless_diff
 from weightkit.io.tensor_info import TensorInfo
-from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest
 from weightkit.ops import delta
 from weightkit.ops.pairing import Pair, pair_checkpoints
 from weightkit.options import HubOptions, WriteOptions
-from weightkit.pipeline import WriteResult
+from weightkit.results import WriteResult
 from weightkit.sources.open import Reading, local_paths, open_path
 from weightkit.sources.source import Node, SideFiles, Source, View
 from weightkit.sources.write import check_output, write_source
@@ -111,7 +110,7 @@ class RecoveredView(View):
         self.notes = [*raw.notes, *diff.notes, *pairing.notes()]
 
     def node(self, name: str) -> Node:
-        out = PlannedTensor(name, self.infos[name].dtype, self.infos[name].shape)
+        out = self.infos[name]
 
         def add(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
             return delta.add_any(r, d, out.dtype, name, reuse_diff=True)

@@ -27,12 +27,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from weightkit.engine import Job, checkable, identity, refuse_new_non_finite
 from weightkit.io.buffers import release
 from weightkit.io.output import copy_side_files
 from weightkit.io.tensor_info import Listing, TensorInfo
-from weightkit.io.writer import PlannedTensor
 from weightkit.manifest import Manifest, RowHasher
-from weightkit.pipeline import Job, checkable, identity, refuse_new_non_finite
 
 # Writes a source's config and tokenizer files into an output folder, skipping names already
 # there (an earlier source's win); returns notes for the summary.
@@ -133,14 +132,14 @@ def _value_of(node: Node, loaded: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return t
 
 
-def stored_node(out: PlannedTensor, read: Callable[[], torch.Tensor],
+def stored_node(out: TensorInfo, read: Callable[[], torch.Tensor],
                 read_rows: Callable[[int, int], torch.Tensor]) -> Node:
     """A tensor read as it is stored: nothing to compute."""
     return Node(out, lambda: (read(),), identity,
                 load_rows=lambda start, stop: (read_rows(start, stop),))
 
 
-def combine(out: PlannedTensor, parts: list[Node], compute: Callable[..., torch.Tensor],
+def combine(out: TensorInfo, parts: list[Node], compute: Callable[..., torch.Tensor],
             rows: Callable[[int, int], list[tuple[int, int]]] | None = None, *,
             check_finite: bool = True) -> Node:
     """A tensor computed from other sources' tensors: `compute` gets each part's value, in order,
@@ -182,7 +181,7 @@ def _rows_of(parts: list[Node], rows: Callable[[int, int], list[tuple[int, int]]
     return load_rows
 
 
-def retyped(node: Node, out: PlannedTensor) -> Node:
+def retyped(node: Node, out: TensorInfo) -> Node:
     """`node` written as `out` (another dtype): rounded to its own dtype first, as the command
     that made it would have written it, then to `out`'s by the pipeline."""
     if node.out.dtype == out.dtype:

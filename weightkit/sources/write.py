@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from weightkit.checkpoint import write_checkpoint
 from weightkit.io.output import OutputFolder
 from weightkit.manifest import Manifest
 from weightkit.options import WriteOptions
-from weightkit.pipeline import WriteResult, write_checkpoint
+from weightkit.results import WriteResult
 from weightkit.sources.source import Source
 
 
@@ -18,8 +19,8 @@ def write_source(source: Source, out: str | Path, *, title: str, options: WriteO
                  finish: Callable[[Path], list[str]] | None = None,
                  side_manifest: Manifest | None = None) -> WriteResult:
     """Write every tensor of `source`, computed in one pass, into a new checkpoint folder at
-    `out`, with its config and tokenizer files (the rest as pipeline.write_checkpoint takes it;
-    the source's notes come first)."""
+    `out`, with its config and tokenizer files (the rest as write_checkpoint takes it; the
+    source's notes come first)."""
     return write_checkpoint(
         out, [source.node(name) for name in source.names()], title=title,
         inputs=source.inputs, options=options,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from weightkit.io.writer import PlannedTensor
+from weightkit.engine import Job, identity
+from weightkit.io.tensor_info import TensorInfo
 from weightkit.options import WriteOptions
-from weightkit.pipeline import Job, identity
 
 
 def job(shape: tuple[int, ...], rows: bool = True, multiple: int = 1) -> Job:
     t = torch.zeros(shape)
-    return Job(PlannedTensor("w", torch.float32, shape), lambda: (t,), identity,
+    return Job(TensorInfo("w", torch.float32, shape), lambda: (t,), identity,
                load_rows=(lambda a, b: (t[a:b],)) if rows else None, row_multiple=multiple)
 
 
@@ -36,36 +36,36 @@ def test_small_scalar_and_whole_only_jobs_are_one_piece():
 
 
 def test_the_finite_check_finds_inf_and_nan_in_any_block(monkeypatch):
-    from weightkit import pipeline
+    from weightkit import engine
 
-    monkeypatch.setattr(pipeline, "_CHECK_BLOCK", 100)
+    monkeypatch.setattr(engine, "_CHECK_BLOCK", 100)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         x = torch.linspace(-3e4, 3e4, 1000).to(dtype).reshape(10, 100)
-        assert pipeline._all_finite_fast(x)
+        assert engine._all_finite_fast(x)
         for bad in (float("inf"), float("-inf"), float("nan")):
             y = x.clone()
             y[2, 50] = bad  # the third block
-            assert not pipeline._all_finite_fast(y), (dtype, bad)
+            assert not engine._all_finite_fast(y), (dtype, bad)
 
 
 def test_the_finite_check_reads_the_bits_of_small_floats():
     import pytest
 
-    from weightkit import pipeline
+    from weightkit import engine
     from weightkit.errors import InputError
 
     finite = (torch.ones(4),)
     for dtype, nan in ((torch.float8_e4m3fn, 0xFF), (torch.float8_e5m2, 0x7C),
                        (torch.float8_e4m3fnuz, 0x80), (torch.float8_e8m0fnu, 0xFF)):
         x = torch.tensor([1.0, 2.0, 0.5, 4.0]).to(dtype)
-        pipeline.refuse_new_non_finite("w", x, finite)  # finite: passes
+        engine.refuse_new_non_finite("w", x, finite)  # finite: passes
         x.view(torch.uint8)[2] = nan
         with pytest.raises(InputError, match="the result has 1 NaN/Inf value"):
-            pipeline.refuse_new_non_finite("w", x, finite)
-        pipeline.refuse_new_non_finite("w", x, (x.clone(),))  # the input had it already
+            engine.refuse_new_non_finite("w", x, finite)
+        engine.refuse_new_non_finite("w", x, (x.clone(),))  # the input had it already
     packed = torch.full((4,), 0xFF, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
-    assert pipeline._all_finite_fast(packed)  # E2M1 has no NaN or Inf
-    pipeline.refuse_new_non_finite("w", packed, finite)
+    assert engine._all_finite_fast(packed)  # E2M1 has no NaN or Inf
+    engine.refuse_new_non_finite("w", packed, finite)
 
 
 NAN16 = {"payload": 0x7E01, "negative": -0x0200, "signalling": 0x7D00}  # 0xFE00 as int16
@@ -118,8 +118,8 @@ def test_a_diff_of_nans_recovers_to_what_it_predicts(model_pair, tmp_path):
 def run_on(device: torch.device, jobs: list[Job], folder) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    from weightkit.engine import run_jobs
     from weightkit.io.writer import ShardWriter
-    from weightkit.pipeline import run_jobs
 
     folder.mkdir()
     writer = ShardWriter(folder, [j.out for j in jobs])
@@ -138,9 +138,9 @@ def test_data_movement_and_cpu_only_jobs_never_touch_the_device(tmp_path):
     """On the meta device any real work would fail: identity jobs (convert, merge-lora's
     untouched tensors) and cpu_only jobs (merges) run on the CPU whatever the device is."""
     t = torch.arange(12, dtype=torch.float32).reshape(4, 3)
-    jobs = [Job(PlannedTensor("copied", torch.float32, (4, 3)), lambda: (t.clone(),), identity),
-            Job(PlannedTensor("cast", torch.float16, (4, 3)), lambda: (t.clone(),), identity),
-            Job(PlannedTensor("merged", torch.float32, (4, 3)), lambda: (t.clone(),),
+    jobs = [Job(TensorInfo("copied", torch.float32, (4, 3)), lambda: (t.clone(),), identity),
+            Job(TensorInfo("cast", torch.float16, (4, 3)), lambda: (t.clone(),), identity),
+            Job(TensorInfo("merged", torch.float32, (4, 3)), lambda: (t.clone(),),
                 lambda x: x + 1, cpu_only=True)]
     meta = torch.device("meta")
     assert [j.uses(meta) for j in jobs] == [False, False, False]
@@ -151,7 +151,7 @@ def test_data_movement_and_cpu_only_jobs_never_touch_the_device(tmp_path):
 
 def test_a_piece_that_does_not_fit_the_device_runs_on_the_cpu(tmp_path):
     t = torch.arange(12, dtype=torch.float32).reshape(4, 3)
-    job = Job(PlannedTensor("w", torch.float16, (4, 3)), lambda: (t.clone(),), double)
+    job = Job(TensorInfo("w", torch.float16, (4, 3)), lambda: (t.clone(),), double)
     assert job.uses(torch.device("meta"))
     got = run_on(torch.device("meta"), [job], tmp_path / "out")
     assert torch.equal(got["w"], (t * 2).half())
@@ -163,7 +163,7 @@ def test_a_cast_keeps_the_direct_casts_bits_also_for_nans(tmp_path):
     x = torch.linspace(-2, 2, 3 * 2**16).half().reshape(-1, 64)
     y = x.clone()
     y.view(-1)[:3] = torch.tensor(list(NAN16.values()), dtype=torch.int16).view(torch.float16)
-    jobs = [Job(PlannedTensor(n, torch.bfloat16, tuple(t.shape)), lambda t=t: (t.clone(),),
+    jobs = [Job(TensorInfo(n, torch.bfloat16, tuple(t.shape)), lambda t=t: (t.clone(),),
                 identity) for n, t in (("finite", x), ("nans", y))]
     got = run_on(torch.device("cpu"), jobs, tmp_path / "out")
     for name, t in (("finite", x), ("nans", y)):

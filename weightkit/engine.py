@@ -11,35 +11,21 @@ come from a pool so each piece does not pay for fresh pages.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
-import errno
 import functools
 import hashlib
-import math
 import queue
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 
-from weightkit.device import resolve_device
 from weightkit.dtypes import NON_FINITE_BITS, count_non_finite, safetensors_name
-from weightkit.errors import InputError, OutputError
+from weightkit.errors import InputError
 from weightkit.io.buffers import BufferPool, use_pool
-from weightkit.io.journal import Journal, run_key
-from weightkit.io.lossless_diff import LOSSLESS_FORMAT
-from weightkit.io.output import OutputFolder, free_bytes
-from weightkit.io.tensor_info import PIECE_BYTES, row_ranges, tensor_bytes
-from weightkit.io.writer import (
-    CheckpointFiles,
-    PlannedTensor,
-    ShardWriter,
-    check_dtypes,
-    plan_shards,
-)
+from weightkit.io.raw_bytes import tensor_bytes
+from weightkit.io.tensor_info import PIECE_BYTES, TensorInfo, numel
 from weightkit.kernels import (
     canonicalize_nans,
     intra_op_threads,
@@ -47,9 +33,16 @@ from weightkit.kernels import (
     round_into,
     scratch,
 )
-from weightkit.manifest import MANIFEST_NAME, TARGET_MANIFEST_NAME, Manifest, ManifestEntry
-from weightkit.options import WriteOptions
-from weightkit.progress import ByteProgress, human_bytes, human_time
+from weightkit.manifest import Manifest, ManifestEntry
+from weightkit.progress import ByteProgress
+
+
+class TensorWriter(Protocol):
+    """Where run_jobs writes each result: a tensor, or rows [start, stop) of one, in order."""
+
+    def write(self, name: str, tensor: torch.Tensor,
+              rows: tuple[int, int] | None = None) -> None: ...
+
 
 _READ_AHEAD = 2
 _WRITE_BEHIND = 2
@@ -70,7 +63,7 @@ class Job:
     does not follow the model's largest tensor. Pieces start at multiples of `row_multiple`.
     """
 
-    out: PlannedTensor
+    out: TensorInfo
     load: Callable[[], tuple[torch.Tensor, ...]]
     compute: Callable[..., torch.Tensor]  # inputs already on the device -> result there
     check_finite: bool = True  # False for pure data movement, which cannot create NaN/Inf
@@ -86,11 +79,9 @@ class Job:
 
     def pieces(self, max_bytes: int) -> list[Piece]:
         """The job cut into pieces of at most `max_bytes` of output where it can be."""
-        shape = self.out.shape
-        if self.load_rows is None or not shape or self.out.nbytes <= max_bytes:
+        if self.load_rows is None or not self.out.shape or self.out.nbytes <= max_bytes:
             return [Piece(self, None)]
-        return [Piece(self, rows) for rows in row_ranges(
-            shape[0], self.out.nbytes // shape[0], max_bytes, self.row_multiple)]
+        return [Piece(self, rows) for rows in self.out.row_ranges(max_bytes, self.row_multiple)]
 
 
 @dataclass(frozen=True)
@@ -107,7 +98,7 @@ class Piece:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * self.job.out.dtype.itemsize
+        return numel(self.shape) * self.job.out.dtype.itemsize
 
     @property
     def first(self) -> bool:
@@ -286,7 +277,7 @@ def _return_big_buffers_to_the_os() -> None:
 
 def run_jobs(
     jobs: Iterable[Job],
-    writer: ShardWriter,
+    writer: TensorWriter,
     device: torch.device,
     progress: ByteProgress | None = None,
     expected: Manifest | None = None,
@@ -442,265 +433,10 @@ def _get(q: queue.Queue, stop: threading.Event) -> object:
     return None
 
 
-@dataclass(frozen=True)
-class Needs:
-    """What a run will need, from headers alone: what a dry run reports."""
-
-    bytes: int  # the tensors to write
-    disk_free: int  # where the output goes, now
-    memory: int  # at most, beyond the program itself
-    gpu_memory: int | None  # at most, when the arithmetic runs on a GPU
-    largest_tensor: str
-    largest_tensor_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class WriteResult:
-    """What a checkpoint-writing command did (a dry run: what it would need); what its library
-    function returns. `summary()` is the text the command line shows, `to_dict()` the same as
-    plain values (for JSON)."""
-
-    command: str  # the title the summary starts with: "recover", "diff --lossless", ...
-    out: Path
-    format: str  # what the files are: safetensors, bin, lossless-diff
-    files: list[str]  # their names in `out`
-    tensors: int
-    bytes_written: int  # the tensors' bytes (a lossless diff: its files')
-    seconds: float
-    manifest: Manifest
-    dtypes: list[str] = field(default_factory=list)  # of the tensors, as safetensors names them
-    tensor_bytes: int = 0  # the tensors' bytes as computed (before a lossless diff's encoding)
-    checked: int = 0  # tensors checked against the manifest of `expected_what`
-    within_rounding: list[str] = field(default_factory=list)  # of those: the predicted result
-    expected_what: str | None = None  # what the tensors were checked against; None: nothing
-    check_in_notes: bool = False  # the check is reported in `notes` (not after the totals)
-    notes: list[str] = field(default_factory=list)  # for the summary, in the order they came
-    log: list[str] = field(default_factory=list)  # what was done before the run (an input
-    # found in the Hugging Face cache, fetched into it): a line each, ahead of the summary
-    dry_run: bool = False
-    needs: Needs | None = None  # a dry run's
-
-    def summary(self) -> str:
-        """What the command line prints: the log's lines, then the summary (a dry run: what
-        the run would need)."""
-        return "\n".join([*self.log, summary_text(self)])
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as JSON-able values: what was written, what was checked, the notes."""
-        checked: dict[str, Any] = {}
-        if self.expected_what is not None:
-            checked = {"against": self.expected_what, "tensors": self.checked,
-                       "exact": self.checked - len(self.within_rounding),
-                       "within_rounding": list(self.within_rounding),
-                       "not_checked": self.tensors - self.checked}
-        d: dict[str, Any] = {
-            "command": self.command, "out": str(self.out), "format": self.format,
-            "dry_run": self.dry_run, "files": list(self.files), "tensors": self.tensors,
-            "bytes": self.bytes_written, "tensor_bytes": self.tensor_bytes,
-            "seconds": self.seconds, "dtypes": list(self.dtypes), "checked": checked,
-            "notes": [*self.log, *self.notes]}
-        if self.needs is not None:
-            d["needs"] = self.needs.to_dict()
-        return d
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One write_checkpoint call, as _write_into needs it."""
-
-    title: str
-    jobs: list[Job]
-    plan: list[PlannedTensor]
-    inputs: list[Path]
-    files: CheckpointFiles
-    options: WriteOptions
-    device: torch.device
-    expected: Manifest | None
-    out: Path  # where the folder appears (the tensors' check names it)
-    side: Manifest | None
-
-
-def write_checkpoint(
-    out: str | Path,
-    jobs: list[Job],
-    *,
-    title: str,
-    inputs: list[Path],
-    options: WriteOptions,
-    side_files: Sequence[Callable[[Path], list[str]]] = (),
-    finish: Callable[[Path], list[str]] | None = None,
-    expected: Manifest | None = None,
-    expected_what: str = "the expected model",
-    notes: Sequence[str] = (),
-    log: Sequence[str] = (),
-    side_manifest: Manifest | None = None,
-    files: CheckpointFiles | None = None,
-) -> WriteResult:
-    """Run `jobs` into a new checkpoint folder at `out`, atomically, with its tensor manifest;
-    prints nothing (a progress bar where `options.show_progress`) and returns what it did.
-
-    `finish`, if given, runs on the still-hidden folder after the tensors are written (to add
-    files of the command's own) and returns notes for the summary. Then each of `side_files`
-    (the inputs' config and tokenizer files: see weightkit.sources) writes into it what is not
-    there yet, so the first one wins.
-    A killed or interrupted run of the same command is resumed after its last finished shard;
-    `side_manifest`, which the jobs fill as they compute (diff's target manifest), is kept in
-    the journal with each shard and refilled on resume.
-    With `options.dry_run`, everything is checked and the needs are returned, but nothing is
-    written. `files` (default: checkpoint shards in `options.format`) is what the tensors are
-    written as. `notes` and `log` start the result's.
-    """
-    plan = [j.out for j in jobs]
-    if not plan:
-        raise InputError(f"{title}: nothing to write (the inputs hold no tensors)")
-    files = files if files is not None else CheckpointFiles(options.format)
-    check_dtypes(plan)
-    dev = resolve_device(options.device)
-    needed = sum(t.nbytes for t in plan)
-    folder = OutputFolder(out, inputs=list(inputs), overwrite=options.overwrite,
-                          needed_bytes=needed)
-    if options.dry_run:
-        largest = max(p.nbytes for j in jobs for p in j.pieces(_PIECE))
-        return WriteResult(title, folder.out, files.format, [], len(plan), needed, 0.0,
-                           Manifest(), planned_dtypes(plan), needed, notes=list(notes),
-                           log=list(log), dry_run=True,
-                           needs=needs(folder.out, plan, dev, largest))
-    run = _Run(title, jobs, plan, list(inputs), files, options, dev, expected, folder.out,
-               side_manifest)
-    try:
-        with folder as tmp:
-            result = _write_into(tmp, run)
-            result.notes = [*notes, *result.notes, *(finish(tmp) if finish else [])]
-            for write_side_files in side_files:
-                result.notes += write_side_files(tmp)
-    except OSError as e:
-        raise output_error(e, folder.out, needed) from None
-    result.log = list(log)
-    if expected is not None:
-        result.expected_what = expected_what
-    return result
-
-
-def planned_dtypes(plan: list[PlannedTensor]) -> list[str]:
-    return sorted({safetensors_name(t.dtype) for t in plan})
-
-
-def _write_into(tmp: Path, run: _Run) -> WriteResult:
-    files, plan, expected = run.files, run.plan, run.expected
-    max_bytes = run.options.shard_bytes
-    journal = Journal.open(tmp, run_key(run.title, files.key, max_bytes, plan, run.inputs))
-    shards = plan_shards(plan, max_bytes)
-    names = files.file_names(len(shards))
-    done = journal.finished(names, [[t.name for t in s] for s in shards], files.open)
-    kept = Manifest({n: e for i in done for n, e in journal.shards[names[i]].items()})
-    stats = RunStats(Manifest(dict(kept.entries)))
-    side = run.side
-    if side is not None:
-        for i in done:
-            side.entries.update(journal.side.get(names[i], {}))
-
-    def shard_done(i: int) -> None:
-        journal.record(names[i], {t.name: stats.manifest.entries[t.name] for t in shards[i]},
-                       None if side is None else {t.name: side.entries[t.name]
-                                                  for t in shards[i] if t.name in side})
-
-    writer = files.writer(tmp, plan, max_bytes, done, shard_done)
-    todo = [j for j in run.jobs if j.out.name not in kept]
-    for name, entry in kept.entries.items():  # resumed tensors are checked like the others
-        if checkable(expected, name, entry):
-            stats.checked += 1
-            if not expected.check(name, entry, str(run.out)):
-                stats.within_rounding.append(name)
-    with ByteProgress(run.title, writer.total_size, len(plan),
-                      run.options.show_progress) as progress:
-        progress.advance(sum(t.nbytes for t in plan if t.name in kept), len(kept))
-        run_jobs(todo, writer, run.device, progress, expected, where=str(run.out), stats=stats)
-        written = [p.name for p in writer.close()]
-    journal.remove()
-    stats.manifest.write(tmp, files.manifest_name)
-    notes = ([f"Resumed a killed run: {len(done)} of {len(shards)} shard(s) were already "
-              "written and checked."] if done else [])
-    return WriteResult(run.title, run.out, files.format, written, len(plan),
-                       writer.bytes_written, progress.elapsed, stats.manifest,
-                       sorted({e.dtype for e in stats.manifest.entries.values()}),
-                       writer.total_size, stats.checked, stats.within_rounding, notes=notes)
-
-
-def needs(out: Path, plan: list[PlannedTensor], dev: torch.device,
-          largest_piece: int | None = None) -> Needs:
-    """What a run will need, from headers alone (for a dry run). `largest_piece`: the largest
-    part of a tensor held at once, when tensors stream in pieces."""
-    largest = max(plan, key=lambda t: t.nbytes)
-    held = largest.nbytes if largest_piece is None else largest_piece
-    total = sum(t.nbytes for t in plan)
+def memory_needs(jobs: list[Job]) -> tuple[int, int]:
+    """(host, device) bytes a run of `jobs` holds at most beyond the program itself, from the
+    plan alone (a dry run reports them)."""
+    held = max(p.nbytes for j in jobs for p in j.pieces(_PIECE))  # at once, of one tensor
+    total = sum(j.out.nbytes for j in jobs)
     # outputs in flight, their inputs (up to 1.5x), the buffer pool (2x)
-    ram = 9 * min(max(held, _IN_FLIGHT), total) // 2
-    return Needs(total, free_bytes(out.parent), ram, 4 * held if dev.type == "cuda" else None,
-                 largest.name, largest.nbytes)
-
-
-def summary_text(r: WriteResult) -> str:
-    """The summary line of `r` (without its log)."""
-    if r.dry_run:
-        assert r.needs is not None
-        return preflight(r.command, r.out, r.tensors, r.needs)
-    if r.format == LOSSLESS_FORMAT:
-        return _lossless_summary(r)
-    rate = r.bytes_written / r.seconds if r.seconds > 0 else 0.0
-    text = (f"{r.command}: wrote {r.tensors} tensors, {human_bytes(r.bytes_written)} "
-            f"({', '.join(r.dtypes)}) in {len(r.files)} file(s) to {r.out} in "
-            f"{human_time(r.seconds)} ({human_bytes(rate)}/s).")
-    if r.expected_what is not None and not r.check_in_notes:
-        text += " " + checked_text(r.checked, r.within_rounding, r.tensors, r.expected_what)
-    else:
-        text += f" Its tensor manifest is in {MANIFEST_NAME}."
-    return " ".join([text, *r.notes])
-
-
-def _lossless_summary(r: WriteResult) -> str:
-    params = sum(math.prod(e.shape) for e in r.manifest.entries.values())
-    text = (f"{r.command}: wrote {r.tensors} tensors ({human_bytes(r.tensor_bytes)} of "
-            f"{', '.join(r.dtypes)}) as {human_bytes(r.bytes_written)} "
-            f"({8 * r.bytes_written / max(params, 1):.2f} bits per parameter) in "
-            f"{len(r.files)} file(s) to {r.out} in {human_time(r.seconds)}. Recovering from "
-            f"this diff gives all {r.tensors} tensors bit for bit; {TARGET_MANIFEST_NAME} holds "
-            "their manifest.")
-    return " ".join([text, *r.notes])
-
-
-def preflight(title: str, out: Path, tensors: int, n: Needs) -> str:
-    """A dry run's report of what the run will need."""
-    text = (f"{title} (dry run): inputs check out; {tensors} tensors, "
-            f"{human_bytes(n.bytes)} to write to {out} "
-            f"(disk free: {human_bytes(n.disk_free)}). Largest tensor: {n.largest_tensor} "
-            f"({human_bytes(n.largest_tensor_bytes)}); memory needed beyond the program itself: "
-            f"at most {human_bytes(n.memory)}")
-    if n.gpu_memory is not None:
-        text += f"; GPU memory: at most {human_bytes(n.gpu_memory)}"
-    return text + ". Nothing was written."
-
-
-def output_error(e: OSError, out: Path, needed: int) -> OutputError:
-    if e.errno == errno.ENOSPC:
-        return OutputError(
-            f"disk full while writing {out} (the output needs {human_bytes(needed)}; "
-            f"{human_bytes(free_bytes(out.parent))} are free now). The partial output was removed.",
-            "Free some space or choose another `out`, then run the command again.",
-        )
-    return OutputError(f"cannot write {out}: {e.strerror or e}",
-                       "Check the folder's permissions and the disk, then run again.")
-
-
-def checked_text(checked: int, within_rounding: list[str], tensors: int, expected_what: str
-                 ) -> str:
-    """What the check of `tensors` tensors against a manifest found, for the summary."""
-    text = (f"Checked against the manifest of {expected_what}: {checked - len(within_rounding)} "
-            "tensors match exactly")
-    if within_rounding:
-        text += (f", {len(within_rounding)} match the within-one-rounding result the diff "
-                 "predicted")
-    unchecked = tensors - checked
-    return text + f"{f', {unchecked} not checked (other dtype)' if unchecked else ''}."
+    return 9 * min(max(held, _IN_FLIGHT), total) // 2, 4 * held
