@@ -28,9 +28,9 @@ from measure import drop_caches, measure
 from safetensors.torch import load_file, save_file
 from synthetic import SHAPES, write_model
 
-from weightkit.dtypes import parse_dtype
+from weightkit.dtypes import bit_patterns, parse_dtype
 from weightkit.io.reader import open_checkpoint
-from weightkit.ops.lossless import _bits, _to_planes, _zigzag
+from weightkit.ops.lossless import _to_planes, _zigzag
 
 WK = [sys.executable, "-m", "weightkit", "--quiet"]
 # the encoding choices, measured on these tensors of each family (layer 0)
@@ -110,7 +110,7 @@ def bench_case(work: Path, dtype: str, scale: float, level: int, params: int) ->
 def variant_bits(raw: torch.Tensor, tuned: torch.Tensor, variant: tuple, level: int) -> float:
     """Bits per parameter of one encoding variant at one zstd level."""
     op, zigzag, planes = variant
-    r, t = _bits(raw), _bits(tuned)
+    r, t = bit_patterns(raw), bit_patterns(tuned)
     d = t - r if op == "sub" else t ^ r  # unsigned: subtraction wraps
     d = _zigzag(d) if zigzag else d
     data = _to_planes(d) if planes else d
