@@ -104,3 +104,18 @@ def test_every_module_imports_the_submodules_it_uses():
     missing = sorted(f"{name} in {file}" for name in set(found) for chain, files in users.items()
                      if f"{chain}.".startswith(f"{name}.") for file in files)
     assert missing == []
+
+
+def test_benchmarks_import_what_weightkit_has() -> None:
+    """Benchmarks are not run by the suite; what they take from weightkit must still exist
+    (bench_lossless.py once imported a helper that had moved)."""
+    import importlib
+
+    missing = []
+    for path in sorted((PACKAGE.parent / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("weightkit"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name)]
+    assert missing == []
