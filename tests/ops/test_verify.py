@@ -411,3 +411,11 @@ def test_file_checks_do_not_import_torch(download: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout == "True False\n"
+
+
+def test_python_calls_print_nothing(download: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    result = write_checksums(download, algo="sha256")
+    report = verify(download, manifest=result.path)
+    assert (report.ok, capfd.readouterr()) == (True, ("", ""))  # no bar, no summary
+    assert json.loads(json.dumps(result.to_dict()))["files"] == ["config.json", "one.bin",
+                                                                 "sub/two.bin"]
