@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -135,7 +136,8 @@ class _TargetEntry:
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.want = RowHasher(shape)
-        self.got = None  # the recovered bytes' hash, from the first piece that differs on
+        # the recovered bytes' hash, from the first piece that differs on
+        self.got: hashlib._Hash | None = None
 
     def add(self, tuned: torch.Tensor, recovered: torch.Tensor) -> bool:
         """Hash one piece; True once the last one is in. While every piece recovers exactly,
