@@ -34,7 +34,7 @@ class _Run:
     """One write_checkpoint call, as _write_into needs it."""
 
     title: str
-    jobs: list[Job]
+    jobs: Sequence[Job]
     plan: list[TensorInfo]
     inputs: list[Path]
     files: CheckpointFiles
@@ -47,7 +47,7 @@ class _Run:
 
 def write_checkpoint(
     out: str | Path,
-    jobs: list[Job],
+    jobs: Sequence[Job],
     *,
     title: str,
     inputs: list[Path],
@@ -149,7 +149,7 @@ def _write_into(tmp: Path, run: _Run) -> WriteResult:
                        writer.total_size, stats.checked, stats.within_rounding, notes=notes)
 
 
-def needs(out: Path, jobs: list[Job], dev: torch.device) -> Needs:
+def needs(out: Path, jobs: Sequence[Job], dev: torch.device) -> Needs:
     """What a run of `jobs` into `out` will need, from headers alone (for a dry run)."""
     largest = max((j.out for j in jobs), key=lambda t: t.nbytes)
     memory, device_memory = memory_needs(jobs)

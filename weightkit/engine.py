@@ -15,9 +15,9 @@ import functools
 import hashlib
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeGuard, TypeVar
 
 import torch
 
@@ -51,7 +51,13 @@ _WRITE_BEHIND = 2
 # pieces: one being read, one computed, one written, one spare (more gained nothing measured).
 _IN_FLIGHT = 128 * 2**20
 _PIECE = PIECE_BYTES
-_DONE = object()
+
+
+class _Done:
+    """The end marker a stage puts on its queue after its last item."""
+
+
+_DONE = _Done()
 
 
 @dataclass
@@ -109,7 +115,12 @@ class Piece:
         return self.rows is None or self.rows[1] == self.job.out.shape[0]
 
     def load(self) -> tuple[torch.Tensor, ...]:
-        return self.job.load() if self.rows is None else self.job.load_rows(*self.rows)
+        if self.rows is None:
+            return self.job.load()
+        load_rows = self.job.load_rows
+        if load_rows is None:  # Job.pieces cuts only a job with load_rows
+            raise RuntimeError(f"{self.job.out.name}: rows {self.rows} of a job loaded whole")
+        return load_rows(*self.rows)
 
     def run(self, inputs: tuple[torch.Tensor, ...], device: torch.device,
             pool: BufferPool) -> torch.Tensor:
@@ -299,8 +310,8 @@ def run_jobs(
                       pinned=device.type == "cuda" and any(p.job.uses(device) for p in pieces))
     stop = threading.Event()
     errors: list[BaseException] = []
-    loaded: queue.Queue = queue.Queue(_READ_AHEAD)
-    computed: queue.Queue = queue.Queue(_WRITE_BEHIND)
+    loaded: queue.Queue[_Loaded | _Done] = queue.Queue(_READ_AHEAD)
+    computed: queue.Queue[_Computed | _Done] = queue.Queue(_WRITE_BEHIND)
     stats = stats if stats is not None else RunStats(Manifest())
 
     def read_stage() -> None:
@@ -324,7 +335,7 @@ def run_jobs(
         try:
             while True:
                 item = _get(computed, stop)
-                if item is _DONE or item is None:
+                if item is None or isinstance(item, _Done):
                     return
                 piece, inputs, tensor, digest = item
                 out = piece.job.out
@@ -360,8 +371,8 @@ def run_jobs(
 
 
 def _run_stages(read_stage: Callable[[], None], write_stage: Callable[[], None],
-                loaded: queue.Queue, computed: queue.Queue, stop: threading.Event,
-                device: torch.device, pool: BufferPool) -> None:
+                loaded: queue.Queue[_Loaded | _Done], computed: queue.Queue[_Computed | _Done],
+                stop: threading.Event, device: torch.device, pool: BufferPool) -> None:
     """Start the reader and writer threads and compute on this one until all is done."""
     threads = [threading.Thread(target=read_stage, daemon=True, name="weightkit-read"),
                threading.Thread(target=write_stage, daemon=True, name="weightkit-write")]
@@ -372,7 +383,7 @@ def _run_stages(read_stage: Callable[[], None], write_stage: Callable[[], None],
     try:
         while True:
             item = _get(loaded, stop)
-            if item is _DONE or item is None:
+            if item is None or isinstance(item, _Done):
                 break
             piece, inputs = item
             result = piece.run(inputs, device, pool)
@@ -408,13 +419,23 @@ class _ComputeThreadHashes:
         return self._hasher.hexdigest() if piece.last else ""
 
 
-def checkable(expected: Manifest | None, name: str, entry: ManifestEntry) -> bool:
+def checkable(expected: Manifest | None, name: str, entry: ManifestEntry
+              ) -> TypeGuard[Manifest]:
+    """Whether `entry` is to be checked against `expected` (then not None)."""
     # a tensor asked for in another dtype than the manifest's cannot be compared by hash
     return expected is not None and (name not in expected
                                      or expected.entries[name].dtype == entry.dtype)
 
 
-def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+# what the reader gives the compute thread: a piece and its inputs; what the compute thread
+# gives the writer: with the result and its digest (None: the writer hashes it, see
+# _ComputeThreadHashes)
+_Loaded = tuple[Piece, tuple[torch.Tensor, ...]]
+_Computed = tuple[Piece, tuple[torch.Tensor, ...], torch.Tensor, str | None]
+_Item = TypeVar("_Item")
+
+
+def _put(q: queue.Queue[_Item], item: _Item, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
             q.put(item, timeout=0.05)
@@ -424,7 +445,8 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
     return False
 
 
-def _get(q: queue.Queue, stop: threading.Event) -> object:
+def _get(q: queue.Queue[_Item], stop: threading.Event) -> _Item | None:
+    """The next item, or None once the run is stopped."""
     while not stop.is_set():
         try:
             return q.get(timeout=0.05)
@@ -433,7 +455,7 @@ def _get(q: queue.Queue, stop: threading.Event) -> object:
     return None
 
 
-def memory_needs(jobs: list[Job]) -> tuple[int, int]:
+def memory_needs(jobs: Sequence[Job]) -> tuple[int, int]:
     """(host, device) bytes a run of `jobs` holds at most beyond the program itself, from the
     plan alone (a dry run reports them)."""
     held = max(p.nbytes for j in jobs for p in j.pieces(_PIECE))  # at once, of one tensor

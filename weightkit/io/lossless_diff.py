@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -81,7 +82,7 @@ class LosslessDiffWriter(ShardFiles):
         super().__init__(folder, plan, max_shard_size, file_names, on_shard_done)
         self.raw_shapes = raw_shapes
         self._sizes: list[int] = []  # frame sizes written to the current file
-        self._file = None
+        self._file: BinaryIO | None = None  # the file being written
         self._room = 0  # header bytes reserved in the current file
 
     @property
@@ -90,12 +91,13 @@ class LosslessDiffWriter(ShardFiles):
         return sum((self.folder / self.file_names[i]).stat().st_size for i in self.done)
 
     def write(self, name: str, payload: bytes) -> None:
-        if self._file is None or len(self._sizes) == len(self.shards[self._shard]):
-            self._next_file()
+        file = self._file
+        if file is None or len(self._sizes) == len(self.shards[self._shard]):
+            file = self._next_file()
         expected = self.shards[self._shard][len(self._sizes)].name
         if name != expected:
             raise RuntimeError(f"lossless diff writer got {name}, planned {expected}")
-        self._file.write(payload)
+        file.write(payload)
         self._sizes.append(len(payload))
 
     def close(self) -> list[Path]:
@@ -104,7 +106,8 @@ class LosslessDiffWriter(ShardFiles):
         self._check_complete()
         return [self.folder / f for f in self.file_names]
 
-    def _next_file(self) -> None:
+    def _next_file(self) -> BinaryIO:
+        """Finish the current file and start the next; returns it."""
         self._finish_file()
         path = self._begin_shard()
         self._sizes = []
@@ -112,6 +115,7 @@ class LosslessDiffWriter(ShardFiles):
         reserved = self._header([_ROOM] * len(self.shards[self._shard]))
         self._room = len(reserved)
         self._file.write(reserved)
+        return self._file
 
     def _finish_file(self) -> None:
         if self._file is None:
@@ -173,7 +177,7 @@ class LosslessDiffReader:
         for name, e in _tensors(path).items():
             if name in self.infos:
                 raise InputError(f"{path}: tensor {name!r} is stored twice "
-                                 f"({self.infos[name].file.name} and {path.name})")
+                                 f"({self._where[name].path.name} and {path.name})")
             if name not in frames.infos:
                 raise InputError(f"{path}: tensor {name!r} is listed but has no data",
                                  DOWNLOAD_AGAIN)

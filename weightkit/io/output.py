@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -29,7 +30,7 @@ class OutputFolder:
     def __init__(
         self,
         out: str | Path,
-        inputs: list[Path] = (),
+        inputs: Sequence[Path] = (),
         overwrite: bool = False,
         needed_bytes: int = 0,
     ) -> None:

@@ -4,7 +4,7 @@ chunks the kernel takes fast."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import torch
 
@@ -13,12 +13,20 @@ from weightkit.io.buffers import empty_bytes
 from weightkit.io.sniff import TRUNCATED_HINT
 
 
-def read_exact(f: BinaryIO, offset: int, nbytes: int, path: Path, name: str) -> torch.Tensor:
+class RawFile(Protocol):
+    """A file opened for reading, unbuffered (`open(path, "rb", buffering=0)`): what gives the
+    bytes straight into a buffer."""
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+def read_exact(f: RawFile, offset: int, nbytes: int, path: Path, name: str) -> torch.Tensor:
     """Read `nbytes` at `offset` into a uint8 buffer; a short read means a truncated file."""
     buf = empty_bytes(nbytes)
     if nbytes:
         f.seek(offset)
-        view = memoryview(buf.numpy())
+        view = buf.numpy().data
         got = 0
         while got < nbytes:
             n = f.readinto(view[got:])
@@ -35,7 +43,7 @@ def read_exact(f: BinaryIO, offset: int, nbytes: int, path: Path, name: str) -> 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The tensor's raw little-endian bytes, without a copy when it is already contiguous on CPU."""
     flat = t.detach().cpu().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 # The kernel here takes one huge write() ten times slower than the same bytes in 1 MiB writes

@@ -13,16 +13,17 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO, BinaryIO, Protocol
 
 import torch
 
 from weightkit.dtypes import TORCH_TO_SAFETENSORS, to_header
 from weightkit.errors import InputError
-from weightkit.io.raw_bytes import tensor_bytes, write_chunked
-from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.raw_bytes import Sink, tensor_bytes, write_chunked
+from weightkit.io.reader import open_checkpoint
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.io.torch_file import TorchZipWriter
-from weightkit.manifest import MANIFEST_NAME
+from weightkit.manifest import MANIFEST_NAME, ManifestEntry
 from weightkit.options import FORMATS, check_choice
 
 # each checkpoint format's file names: weights prefix, suffix, index
@@ -141,8 +142,8 @@ class ShardWriter(ShardFiles):
         self.fmt = fmt
         self.index_name = LAYOUTS[fmt][2]
         self._pos = 0  # index of the next tensor inside the shard being written
-        self._file = None
-        self._stream = None  # .bin: the zip record of the tensor being written
+        self._file: BinaryIO | TorchZipWriter | None = None  # the shard being written
+        self._stream: IO[bytes] | None = None  # .bin: the zip record of the tensor being written
         self._row = 0  # next row of the tensor being written in pieces (0: none begun)
 
     @property
@@ -167,10 +168,7 @@ class ShardWriter(ShardFiles):
                 f"writer got {name}{got} {tuple(tensor.shape)} {tensor.dtype}, planned "
                 f"{planned.name} {planned.shape} {planned.dtype} from row {self._row}"
             )
-        if self._row == 0 and self.fmt == "bin":
-            self._stream = self._file.open_tensor(name, planned.nbytes)
-        data = tensor_bytes(tensor)
-        write_chunked(self._file if self.fmt == "safetensors" else self._stream, data)
+        write_chunked(self._sink(name, planned.nbytes), tensor_bytes(tensor))
         self._row = stop
         if rows is None or stop == planned.shape[0]:
             if self._stream is not None:
@@ -179,10 +177,21 @@ class ShardWriter(ShardFiles):
             self._row = 0
             self._pos += 1
 
+    def _sink(self, name: str, nbytes: int) -> Sink:
+        """Where the bytes of tensor `name` go: the safetensors file, or in a .bin the tensor's
+        zip record (opened at its first piece)."""
+        if self._file is None:
+            raise RuntimeError(f"writer got {name} with no shard open")
+        if not isinstance(self._file, TorchZipWriter):
+            return self._file
+        if self._stream is None:
+            self._stream = self._file.open_tensor(name, nbytes)
+        return self._stream
+
     def close(self) -> list[Path]:
         """Finish the last shard and write the index; returns the files written."""
         if self._file is not None:
-            self._finish_shard()
+            self._finish_shard(self._file)
         self._check_complete()
         written = [self.folder / f for f in self.file_names]
         if len(self.file_names) > 1:
@@ -197,7 +206,7 @@ class ShardWriter(ShardFiles):
 
     def _next_shard(self) -> None:
         if self._file is not None:
-            self._finish_shard()
+            self._finish_shard(self._file)
         path = self._begin_shard()
         self._pos = 0
         shard = self.shards[self._shard]
@@ -209,11 +218,11 @@ class ShardWriter(ShardFiles):
         else:
             self._file = TorchZipWriter(path, [(t.name, t.dtype, t.shape) for t in shard])
 
-    def _finish_shard(self) -> None:
+    def _finish_shard(self, file: BinaryIO | TorchZipWriter) -> None:
         if self._pos != len(self.shards[self._shard]):
             missing = self.shards[self._shard][self._pos].name
             raise RuntimeError(f"shard closed before tensor {missing} was written")
-        self._file.close()
+        file.close()
         self._file = None
         self._end_shard()
 
@@ -235,6 +244,29 @@ def safetensors_header(tensors: list[tuple[str, str, list[int], int]],
     return struct.pack("<Q", size) + body + b" " * (size - len(body))
 
 
+class FilesWriter(Protocol):
+    """What write_checkpoint's outline asks of the writer of a run's files (a ShardWriter, or a
+    command's own kind): the planned files, resumed after a kill, written tensor by tensor."""
+
+    shards: list[list[TensorInfo]]
+    file_names: list[str]
+
+    @property
+    def total_size(self) -> int: ...
+    @property
+    def bytes_written(self) -> int: ...
+    def resume(self, done: set[int]) -> None: ...
+    def write(self, name: str, tensor: torch.Tensor,
+              rows: tuple[int, int] | None = None) -> None: ...
+    def close(self) -> list[Path]: ...
+
+
+class FinishedFile(Protocol):
+    """A finished file of a killed run, whose tensors' entries are re-checked on resume."""
+
+    def manifest_entry(self, name: str) -> ManifestEntry: ...
+
+
 class CheckpointFiles:
     """The files a run's tensors become (write_checkpoint's outline asks it for a writer, which
     names them, and for a finished file to re-check on resume): checkpoint shards in `fmt`. A
@@ -248,9 +280,9 @@ class CheckpointFiles:
         self.key = fmt  # what sets runs into these files apart (in the resume journal's key)
 
     def writer(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
-               on_shard_done: Callable[[int], None]) -> ShardWriter:
+               on_shard_done: Callable[[int], None]) -> FilesWriter:
         return ShardWriter(folder, plan, self.fmt, max_shard_size, on_shard_done)
 
-    def open(self, path: Path) -> Checkpoint:
+    def open(self, path: Path) -> FinishedFile:
         """A finished file, whose `manifest_entry(name)` is re-checked against the journal."""
         return open_checkpoint(path)

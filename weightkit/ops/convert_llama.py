@@ -18,6 +18,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,6 +35,9 @@ from weightkit.options import WriteOptions
 from weightkit.results import WriteResult
 from weightkit.sources.source import Node, SideFiles, View
 from weightkit.sources.write import check_output, write_source
+
+if TYPE_CHECKING:  # transformers is imported only when a tokenizer is converted
+    from transformers import PreTrainedTokenizerBase
 
 PARAMS_NAME = "params.json"
 CHECKLIST_NAME = "checklist.chk"  # Meta's md5sum list of the shards and params.json
@@ -151,10 +155,11 @@ def open_meta(input_dir: str | Path, *, model_size: str | None = None,
     params = llama_params.read_params(folder / PARAMS_NAME)
     shards = [open_checkpoint(f) for f in shard_files(folder, model_size)]
     check_shards(shards)
-    tok_path = llama_tokenizer.find_tokenizer(folder)
-    tok_kind = llama_tokenizer.tokenizer_kind(tok_path) if tok_path else None
+    found = llama_tokenizer.find_tokenizer(folder)
+    # tokenizer.model and its format, where there is one
+    tok = None if found is None else (found, llama_tokenizer.tokenizer_kind(found))
     notes: list[str] = []
-    version = _version(llama_version, params, tok_kind, notes)
+    version = _version(llama_version, params, None if tok is None else tok[1], notes)
     if instruct and not version.startswith("3"):
         notes.append("`instruct` changes nothing for LLaMA 1/2 (stop token </s> either way).")
     tied = version == "3.2"
@@ -163,7 +168,8 @@ def open_meta(input_dir: str | Path, *, model_size: str | None = None,
     vocab_size = shapes["model.embed_tokens.weight"][0]
     config = llama_params.hf_config(params, version, vocab_size, instruct)
     tokenizer = None
-    if tok_path is not None:
+    if tok is not None:
+        tok_path, tok_kind = tok
         check_tokenizer_size(tok_path, tok_kind, vocab_size)
         tokenizer = Tokenizer(tok_path, tok_kind, version, instruct, vocab_size)
     else:
@@ -219,19 +225,20 @@ class MetaView(View):
         """Check Meta's md5 lists (checklist.chk, tokenizer_checklist.chk), where the download
         has them; ChecksumError on a mismatch. What they found goes into the notes; `progress`
         as WriteOptions.progress says."""
-        self.notes += verify_checklists(self.folder, self.tokenizer and self.tokenizer.path,
-                                        progress)
+        tok = self.tokenizer
+        self.notes += verify_checklists(self.folder, None if tok is None else tok.path, progress)
 
     def config(self) -> dict:
         return llama_params.config_json(self.hf_config, self.dtype_name)
 
     def side_files(self) -> list[SideFiles]:
+        tok = self.tokenizer
         prepared = None
-        if self.tokenizer is not None:
+        if tok is not None:
             # importing transformers and converting the tokenizer take seconds: done in a thread
             # from now on, while the weights stream (that work is I/O and torch, which free the GIL)
             background = ThreadPoolExecutor(1, thread_name_prefix="weightkit-tokenizer")
-            prepared = background.submit(_tokenizer, self.tokenizer)
+            prepared = background.submit(_tokenizer, tok)
             background.shutdown(wait=False)
 
         def write(dest: Path) -> list[str]:
@@ -241,12 +248,13 @@ class MetaView(View):
             with tempfile.TemporaryDirectory(prefix="weightkit-meta-") as tmp:
                 made = Path(tmp)
                 llama_params.write_config_files(made, self.hf_config, self.dtype_name)
-                tokenizer, notes = prepared.result() if prepared is not None else (None, [])
-                if tokenizer is not None:
+                notes: list[str] = []
+                if tok is not None and prepared is not None:
+                    tokenizer, notes = prepared.result()
                     tokenizer.save_pretrained(made)
-                    if self.tokenizer.kind == llama_tokenizer.SENTENCEPIECE:
+                    if tok.kind == llama_tokenizer.SENTENCEPIECE:
                         # sentencepiece users (slow tokenizer, llama.cpp) read the original model
-                        shutil.copyfile(self.tokenizer.path, made / llama_tokenizer.TOKENIZER_NAME)
+                        shutil.copyfile(tok.path, made / llama_tokenizer.TOKENIZER_NAME)
                 copy_side_files([made], dest)
             return notes
 
@@ -460,7 +468,7 @@ def check_tokenizer_size(path: Path, kind: str, vocab_size: int) -> None:
         )
 
 
-def _tokenizer(t: Tokenizer) -> tuple[object, list[str]]:
+def _tokenizer(t: Tokenizer) -> tuple[PreTrainedTokenizerBase, list[str]]:
     """The converted tokenizer and the notes about it."""
     tokenizer = llama_tokenizer.convert_tokenizer(t.path, t.kind, t.version, t.instruct)
     notes = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from weightkit.results import WriteResult
 from weightkit.sources.open import Reading, local_paths
 from weightkit.sources.source import Node, SideFiles, Source, View
 from weightkit.sources.write import check_output, write_source
+
+if TYPE_CHECKING:
+    from hashlib import _Hash  # typeshed's name for what hashlib.sha256() returns (stubs only)
 
 # parameters that describe the other kind of diff (the command line also refuses them when
 # given with their default value)
@@ -135,7 +139,8 @@ class _TargetEntry:
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.want = RowHasher(shape)
-        self.got = None  # the recovered bytes' hash, from the first piece that differs on
+        # the recovered bytes' hash, from the first piece that differs on
+        self.got: _Hash | None = None
 
     def add(self, tuned: torch.Tensor, recovered: torch.Tensor) -> bool:
         """Hash one piece; True once the last one is in. While every piece recovers exactly,

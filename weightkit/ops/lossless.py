@@ -41,7 +41,7 @@ from weightkit.io.buffers import empty_bytes, release
 from weightkit.io.lossless_diff import LOSSLESS_FORMAT, LosslessDiffReader, LosslessDiffWriter
 from weightkit.io.reader import folder_config
 from weightkit.io.tensor_info import TensorInfo, numel
-from weightkit.io.writer import CheckpointFiles
+from weightkit.io.writer import CheckpointFiles, FilesWriter, FinishedFile
 from weightkit.manifest import TARGET_MANIFEST_NAME, Manifest, ManifestEntry
 from weightkit.ops.pairing import Pair, Pairing, pair_checkpoints
 from weightkit.options import HubOptions, WriteOptions
@@ -63,16 +63,16 @@ def encode(raw: torch.Tensor, tuned: torch.Tensor, level: int = DEFAULT_LEVEL) -
     # threads >= 1 always (never 0): zstd's multi-threaded output is the same for any number
     # of workers, so the diff's bytes do not depend on the machine that made it
     zstd = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
-    return zstd.compress(_to_planes(_zigzag(d)))
+    return zstd.compress(_to_planes(_zigzag(d)).data)
 
 
-def decode(raw: torch.Tensor, payload: bytes | memoryview | np.ndarray,
+def decode(raw: torch.Tensor, payload: bytes | memoryview,
            shape: tuple[int, ...]) -> torch.Tensor:
     """The tuned tensor (of `shape`, in raw's dtype) that `encode` made `payload` from."""
     return add_back(raw, unpack(payload, raw.dtype, numel(shape)), shape)
 
 
-def unpack(payload: bytes | memoryview | np.ndarray, dtype: torch.dtype, numel: int,
+def unpack(payload: bytes | memoryview, dtype: torch.dtype, numel: int,
            scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Decompress a payload into its zigzagged differences (the costly half of decode).
 
@@ -97,10 +97,10 @@ def unpack(payload: bytes | memoryview | np.ndarray, dtype: torch.dtype, numel: 
     return out
 
 
-def _decompress_into(payload: bytes | memoryview | np.ndarray, out: np.ndarray) -> None:
+def _decompress_into(payload: bytes | memoryview, out: np.ndarray) -> None:
     """One whole frame into `out`, its exact size: into a reused buffer, decompressing runs 2x
     faster than into a fresh one (no page faults)."""
-    view = memoryview(out).cast("B")
+    view = out.data.cast("B")
     with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
         got = 0
         while got < len(view):
@@ -195,12 +195,12 @@ class _LosslessFiles(CheckpointFiles):
         self.key = f"lossless-diff level {level}"  # another level gives other bytes
 
     def writer(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
-               on_shard_done: Callable[[int], None]) -> _EncodingWriter:
+               on_shard_done: Callable[[int], None]) -> FilesWriter:
         container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size,
                                        on_shard_done)
         return _EncodingWriter(container, self.raw, self.level)
 
-    def open(self, path: Path) -> _DecodedFile:
+    def open(self, path: Path) -> FinishedFile:
         return _DecodedFile(LosslessDiffReader(path), self.raw)
 
 
@@ -217,7 +217,9 @@ class _EncodingWriter:
     def bytes_written(self) -> int:
         return self.container.bytes_written
 
-    def write(self, name: str, tuned: torch.Tensor, rows: None = None) -> None:
+    def write(self, name: str, tuned: torch.Tensor, rows: tuple[int, int] | None = None) -> None:
+        if rows is not None:  # the jobs load whole tensors (_diff_node): one frame per tensor
+            raise RuntimeError(f"lossless diff writer got rows {rows} of {name}, not all of it")
         self.container.write(name, encode(self.raw.read(name), tuned, self.level))
 
     def close(self) -> list[Path]:
@@ -231,8 +233,8 @@ class _DecodedFile:
         self.packed, self.raw = packed, raw
 
     def manifest_entry(self, name: str) -> ManifestEntry:
-        shape = self.packed.info(name).shape
-        return ManifestEntry.of(decode(self.raw.read(name), self.packed.read(name).numpy(), shape))
+        shape, payload = self.packed.info(name).shape, self.packed.read(name).numpy().data
+        return ManifestEntry.of(decode(self.raw.read(name), payload, shape))
 
 
 class LosslessRecoveredView(View):
@@ -268,7 +270,7 @@ class LosslessRecoveredView(View):
             r, payload = raw.read(p.name), packed.read(p.name)
             scratch = empty_bytes(p.other.nbytes)
             try:
-                packed_ints = unpack(payload.numpy(), p.other.dtype, p.other.numel, scratch)
+                packed_ints = unpack(payload.numpy().data, p.other.dtype, p.other.numel, scratch)
             except zstandard.ZstdError as e:
                 raise ChecksumError(
                     f"tensor {p.name!r} in {p.other.file}: the compressed data is damaged ({e})",

@@ -86,12 +86,13 @@ def write_merged(base: Source, lora: str | Path, out: str | Path, forced: torch.
     kept with the output's journal, so a resumed run reports them too.
     """
     merged = MergedView(base, open_adapter(lora, reading), forced)
-    if base.expected is None:
+    expected = base.expected
+    if expected is None:
         return write_source(merged, out, title=title, options=options, log=reading.log)
     what = "the tuned model (the recovered tensors, before the merge)"
 
     def counts() -> tuple[int, list[str]]:
-        return tally(base.expected, merged.base_entries, f"the model {base.label}")
+        return tally(expected, merged.base_entries, f"the model {base.label}")
 
     def finish(folder: Path) -> list[str]:
         return [checked_text(*counts(), len(merged), what)]
@@ -224,7 +225,7 @@ def plan_merge(base: Source, adapter: Checkpoint, config: AdapterConfig) -> Merg
             "lora", tensors, lora_adapter.scaling_of(config, m.module), transposed,
             m.magnitude is not None))
         if m.bias is not None:
-            bias = _check_bias(base, adapter, m)
+            bias = _check_bias(base, adapter, m.module, m.bias)
             plan.steps.setdefault(bias, []).append(
                 Step("bias", (m.bias,), lora_adapter.scaling_of(config, m.module)))
     merged = sum(1 for s in plan.steps.values() if s[-1].kind != "replace")
@@ -354,17 +355,18 @@ def _check_magnitude(base: Source, adapter: Checkpoint, m: LoraModule, target: s
                         f"the DoRA magnitude must have {out} entries, it has shape")
 
 
-def _check_bias(base: Source, adapter: Checkpoint, m: LoraModule) -> str:
-    name = f"{m.module}.bias"
+def _check_bias(base: Source, adapter: Checkpoint, module: str, bias: str) -> str:
+    """The base tensor that adapter tensor `bias` (of `module`) adds to, checked."""
+    name = f"{module}.bias"
     if name not in base:
         raise InputError(
-            f"adapter tensor {m.bias!r} ({adapter.path}) adds a LoRA bias to {name!r}, but the "
+            f"adapter tensor {bias!r} ({adapter.path}) adds a LoRA bias to {name!r}, but the "
             f"base layer has no bias ({base.label})",
             "peft cannot merge lora_bias=True into a layer without bias either; check `base`.",
         )
-    _base_tensor(base, adapter, name, m.bias)
-    if adapter.info(m.bias).shape != base.info(name).shape:
-        raise _mismatch(base, adapter, name, m.bias, adapter.info(m.bias).shape,
+    _base_tensor(base, adapter, name, bias)
+    if adapter.info(bias).shape != base.info(name).shape:
+        raise _mismatch(base, adapter, name, bias, adapter.info(bias).shape,
                         "the LoRA bias has shape")
     return name
 

@@ -8,6 +8,7 @@ tensor in the same pass, and the recovered model is never written.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from weightkit.results import WriteResult
 from weightkit.sources.open import Reading, local_paths, open_path
 from weightkit.sources.source import Node, SideFiles, Source, View
 from weightkit.sources.write import check_output, write_source
+
+if TYPE_CHECKING:  # open_recovered imports it only for a lossless diff
+    from weightkit.ops.lossless import LosslessRecoveredView
 
 
 def recover(
@@ -71,7 +75,7 @@ def recover(
 
 
 def open_recovered(raw: str | Path, diff: str | Path, forced: torch.dtype | None,
-                   reading: Reading | None = None) -> RecoveredView:
+                   reading: Reading | None = None) -> RecoveredView | LosslessRecoveredView:
     """The model recovered from `raw` and `diff`, as a source; nothing computed yet.
 
     `forced` is recover's `dtype` (None: auto); a raw Meta folder is read in it too, as
