@@ -69,14 +69,53 @@ def timed(cmd: list[str]) -> dict:
 
 def separate(work: Path, dtype: str) -> tuple[list[tuple[str, dict]], dict[str, str]]:
     steps = [
-        ("convert", [*WK, "convert", "--input-dir", str(work / "meta"), "--out",
-                     str(work / "converted"), "--dtype", dtype]),
-        ("recover", [*WK, "recover", "--raw", str(work / "converted"), "--diff",
-                     str(work / "diff"), "--out", str(work / "recovered"), "--dtype", dtype,
-                     "--device", "cpu"]),
-        ("merge-lora", [*WK, "merge-lora", "--base", str(work / "recovered"), "--lora",
-                        str(work / "lora"), "--out", str(work / "out-separate"), "--dtype",
-                        dtype, "--device", "cpu"]),
+        (
+            "convert",
+            [
+                *WK,
+                "convert",
+                "--input-dir",
+                str(work / "meta"),
+                "--out",
+                str(work / "converted"),
+                "--dtype",
+                dtype,
+            ],
+        ),
+        (
+            "recover",
+            [
+                *WK,
+                "recover",
+                "--raw",
+                str(work / "converted"),
+                "--diff",
+                str(work / "diff"),
+                "--out",
+                str(work / "recovered"),
+                "--dtype",
+                dtype,
+                "--device",
+                "cpu",
+            ],
+        ),
+        (
+            "merge-lora",
+            [
+                *WK,
+                "merge-lora",
+                "--base",
+                str(work / "recovered"),
+                "--lora",
+                str(work / "lora"),
+                "--out",
+                str(work / "out-separate"),
+                "--dtype",
+                dtype,
+                "--device",
+                "cpu",
+            ],
+        ),
     ]
     rows = [(name, timed(cmd)) for name, cmd in steps]
     final = hashes(work / "out-separate")
@@ -86,9 +125,24 @@ def separate(work: Path, dtype: str) -> tuple[list[tuple[str, dict]], dict[str, 
 
 
 def fused(work: Path, dtype: str) -> tuple[dict, dict[str, str]]:
-    m = timed([*WK, "recover", "--raw", str(work / "meta"), "--diff", str(work / "diff"),
-               "--lora", str(work / "lora"), "--out", str(work / "out-fused"), "--dtype", dtype,
-               "--device", "cpu"])
+    m = timed(
+        [
+            *WK,
+            "recover",
+            "--raw",
+            str(work / "meta"),
+            "--diff",
+            str(work / "diff"),
+            "--lora",
+            str(work / "lora"),
+            "--out",
+            str(work / "out-fused"),
+            "--dtype",
+            dtype,
+            "--device",
+            "cpu",
+        ]
+    )
     final = hashes(work / "out-fused")
     shutil.rmtree(work / "out-fused")
     return m, final
@@ -103,15 +157,20 @@ def median(runs: list[dict]) -> dict:
 
 
 def row(label: str, m: dict) -> str:
-    return (f"| {label} | {m['seconds']:.1f} | {m['cpu']:.1f} | {m['read_bytes'] / 1e9:.2f} | "
-            f"{m['write_bytes'] / 1e9:.2f} | {m['rss_gb']:.2f} |")
+    return (
+        f"| {label} | {m['seconds']:.1f} | {m['cpu']:.1f} | {m['read_bytes'] / 1e9:.2f} | "
+        f"{m['write_bytes'] / 1e9:.2f} | {m['rss_gb']:.2f} |"
+    )
 
 
 def total(steps: list[dict]) -> dict:
-    return {"seconds": sum(m["seconds"] for m in steps), "cpu": sum(m["cpu"] for m in steps),
-            "read_bytes": sum(m["read_bytes"] for m in steps),
-            "write_bytes": sum(m["write_bytes"] for m in steps),
-            "rss_gb": max(m["rss_gb"] for m in steps)}
+    return {
+        "seconds": sum(m["seconds"] for m in steps),
+        "cpu": sum(m["cpu"] for m in steps),
+        "read_bytes": sum(m["read_bytes"] for m in steps),
+        "write_bytes": sum(m["write_bytes"] for m in steps),
+        "rss_gb": max(m["rss_gb"] for m in steps),
+    }
 
 
 def main() -> None:
@@ -121,16 +180,23 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="rounds, separate then fused each")
     ap.add_argument("--dir", type=Path, default=None, help="where the inputs are made")
     ap.add_argument("--keep", action="store_true", help="keep the inputs in DIR/SIZE for reuse")
-    ap.add_argument("--omp-threads", type=int, default=None,
-                    help="OMP_NUM_THREADS for every command: torch's idle intra-op threads spin "
-                         "between operations, which shows in CPU time as work")
+    ap.add_argument(
+        "--omp-threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS for every command: torch's idle intra-op threads spin "
+        "between operations, which shows in CPU time as work",
+    )
     args = ap.parse_args()
     if args.omp_threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.omp_threads)
     if args.keep and args.dir is None:
         ap.error("--keep needs --dir")
-    work = (args.dir / args.size if args.keep
-            else Path(tempfile.mkdtemp(prefix=f"bench-chain-{args.size}-", dir=args.dir)))
+    work = (
+        args.dir / args.size
+        if args.keep
+        else Path(tempfile.mkdtemp(prefix=f"bench-chain-{args.size}-", dir=args.dir))
+    )
     try:
         make_inputs(work, args.size)
         rounds_separate, rounds_fused, same = [], [], True
@@ -144,19 +210,25 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     params = sum(torch.Size(s).numel() for s in tensor_shapes(args.size).values())
-    print(f"{args.size}: {params / 1e9:.2f}B parameters; raw Meta fp16 in 2 shards, fp32 diff, "
-          f"LoRA r=16 on 7 modules; --dtype {args.dtype}; {os.cpu_count()} cores, "
-          f"OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}; page cache "
-          f"dropped before each command: {'yes' if drop_caches() else 'no'}; median of "
-          f"{args.repeat} round(s).\n")
+    print(
+        f"{args.size}: {params / 1e9:.2f}B parameters; raw Meta fp16 in 2 shards, fp32 diff, "
+        f"LoRA r=16 on 7 modules; --dtype {args.dtype}; {os.cpu_count()} cores, "
+        f"OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}; page cache "
+        f"dropped before each command: {'yes' if drop_caches() else 'no'}; median of "
+        f"{args.repeat} round(s).\n"
+    )
     print("| run | wall s | CPU s (user+sys) | read GB | written GB | peak RSS GiB |")
     print("|---|---:|---:|---:|---:|---:|")
     medians = [median([r[i][1] for r in rounds_separate]) for i in range(3)]
     for (name, _), m in zip(rounds_separate[0], medians, strict=True):
         print(row(f"separate: `weightkit {name}`", m))
     print(row("**separate, all three**", total(medians)))
-    print(row("**fused: `weightkit recover --raw META --diff DIFF --lora LORA`**",
-              median(rounds_fused)))
+    print(
+        row(
+            "**fused: `weightkit recover --raw META --diff DIFF --lora LORA`**",
+            median(rounds_fused),
+        )
+    )
     print(f"\nThe two final folders hold the same bytes (every file): {same}")
 
 

@@ -33,16 +33,23 @@ DTYPES = ["fp16", "bf16"]
 REPO = Path(__file__).resolve().parent.parent  # `python -m weightkit` runs this tree's code
 
 
-def make_raw(folder: Path, dim: int, layers: int, heads: int, shards: int, vocab: int,
-             dtype_name: str) -> int:
+def make_raw(
+    folder: Path, dim: int, layers: int, heads: int, shards: int, vocab: int, dtype_name: str
+) -> int:
     """Meta's layout: every matrix cut over the shards as model-parallel training saved it."""
     import torch
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     multiple_of = 256
     inter = multiple_of * ((int(8 * dim / 3) + multiple_of - 1) // multiple_of)
-    params = {"dim": dim, "multiple_of": multiple_of, "n_heads": heads, "n_layers": layers,
-              "norm_eps": 1e-05, "vocab_size": -1}
+    params = {
+        "dim": dim,
+        "multiple_of": multiple_of,
+        "n_heads": heads,
+        "n_layers": layers,
+        "norm_eps": 1e-05,
+        "vocab_size": -1,
+    }
     (folder / "params.json").write_text(json.dumps(params))
     gen = torch.Generator().manual_seed(0)
 
@@ -51,20 +58,24 @@ def make_raw(folder: Path, dim: int, layers: int, heads: int, shards: int, vocab
 
     count = 0
     for s in range(shards):
-        state = {"tok_embeddings.weight": rand(vocab, dim // shards),
-                 "norm.weight": torch.ones(dim, dtype=dtype),
-                 "output.weight": rand(vocab // shards, dim)}
+        state = {
+            "tok_embeddings.weight": rand(vocab, dim // shards),
+            "norm.weight": torch.ones(dim, dtype=dtype),
+            "output.weight": rand(vocab // shards, dim),
+        }
         for i in range(layers):
             p = f"layers.{i}."
-            state |= {p + "attention.wq.weight": rand(dim // shards, dim),
-                      p + "attention.wk.weight": rand(dim // shards, dim),
-                      p + "attention.wv.weight": rand(dim // shards, dim),
-                      p + "attention.wo.weight": rand(dim, dim // shards),
-                      p + "feed_forward.w1.weight": rand(inter // shards, dim),
-                      p + "feed_forward.w2.weight": rand(dim, inter // shards),
-                      p + "feed_forward.w3.weight": rand(inter // shards, dim),
-                      p + "attention_norm.weight": torch.ones(dim, dtype=dtype),
-                      p + "ffn_norm.weight": torch.ones(dim, dtype=dtype)}
+            state |= {
+                p + "attention.wq.weight": rand(dim // shards, dim),
+                p + "attention.wk.weight": rand(dim // shards, dim),
+                p + "attention.wv.weight": rand(dim // shards, dim),
+                p + "attention.wo.weight": rand(dim, dim // shards),
+                p + "feed_forward.w1.weight": rand(inter // shards, dim),
+                p + "feed_forward.w2.weight": rand(dim, inter // shards),
+                p + "feed_forward.w3.weight": rand(inter // shards, dim),
+                p + "attention_norm.weight": torch.ones(dim, dtype=dtype),
+                p + "ffn_norm.weight": torch.ones(dim, dtype=dtype),
+            }
         torch.save(state, folder / f"consolidated.{s:02d}.pth")
         count += sum(t.numel() for n, t in state.items() if "norm" not in n or s == 0)
         del state
@@ -78,8 +89,10 @@ def naive_convert(raw: Path, out: Path) -> None:
 
     params = json.loads((raw / "params.json").read_text())
     dim, heads, layers = params["dim"], params["n_heads"], params["n_layers"]
-    loaded = [torch.load(f, map_location="cpu", weights_only=True)
-              for f in sorted(raw.glob("consolidated.*.pth"))]
+    loaded = [
+        torch.load(f, map_location="cpu", weights_only=True)
+        for f in sorted(raw.glob("consolidated.*.pth"))
+    ]
 
     def permute(w: torch.Tensor) -> torch.Tensor:
         return w.view(heads, dim // heads // 2, 2, dim).transpose(1, 2).reshape(dim, dim)
@@ -90,18 +103,22 @@ def naive_convert(raw: Path, out: Path) -> None:
     state = {}
     for i in range(layers):
         p, hf = f"layers.{i}.", f"model.layers.{i}."
-        state |= {hf + "self_attn.q_proj.weight": permute(cat(p + "attention.wq.weight", 0)),
-                  hf + "self_attn.k_proj.weight": permute(cat(p + "attention.wk.weight", 0)),
-                  hf + "self_attn.v_proj.weight": cat(p + "attention.wv.weight", 0),
-                  hf + "self_attn.o_proj.weight": cat(p + "attention.wo.weight", 1),
-                  hf + "mlp.gate_proj.weight": cat(p + "feed_forward.w1.weight", 0),
-                  hf + "mlp.down_proj.weight": cat(p + "feed_forward.w2.weight", 1),
-                  hf + "mlp.up_proj.weight": cat(p + "feed_forward.w3.weight", 0),
-                  hf + "input_layernorm.weight": loaded[0][p + "attention_norm.weight"].clone(),
-                  hf + "post_attention_layernorm.weight": loaded[0][p + "ffn_norm.weight"].clone()}
-    state |= {"model.embed_tokens.weight": cat("tok_embeddings.weight", 1),
-              "model.norm.weight": loaded[0]["norm.weight"].clone(),
-              "lm_head.weight": cat("output.weight", 0)}
+        state |= {
+            hf + "self_attn.q_proj.weight": permute(cat(p + "attention.wq.weight", 0)),
+            hf + "self_attn.k_proj.weight": permute(cat(p + "attention.wk.weight", 0)),
+            hf + "self_attn.v_proj.weight": cat(p + "attention.wv.weight", 0),
+            hf + "self_attn.o_proj.weight": cat(p + "attention.wo.weight", 1),
+            hf + "mlp.gate_proj.weight": cat(p + "feed_forward.w1.weight", 0),
+            hf + "mlp.down_proj.weight": cat(p + "feed_forward.w2.weight", 1),
+            hf + "mlp.up_proj.weight": cat(p + "feed_forward.w3.weight", 0),
+            hf + "input_layernorm.weight": loaded[0][p + "attention_norm.weight"].clone(),
+            hf + "post_attention_layernorm.weight": loaded[0][p + "ffn_norm.weight"].clone(),
+        }
+    state |= {
+        "model.embed_tokens.weight": cat("tok_embeddings.weight", 1),
+        "model.norm.weight": loaded[0]["norm.weight"].clone(),
+        "lm_head.weight": cat("output.weight", 0),
+    }
     out.mkdir(parents=True)
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
 
@@ -137,8 +154,10 @@ def same_tensors(a: Path, b: Path) -> bool:
     import torch
     from safetensors import safe_open
 
-    with safe_open(a / "model.safetensors", "pt") as ours, \
-            safe_open(b / "model.safetensors", "pt") as theirs:
+    with (
+        safe_open(a / "model.safetensors", "pt") as ours,
+        safe_open(b / "model.safetensors", "pt") as theirs,
+    ):
         if set(ours.keys()) != set(theirs.keys()):
             return False
         return all(torch.equal(ours.get_tensor(n), theirs.get_tensor(n)) for n in theirs.keys())
@@ -151,29 +170,85 @@ def benchmark(args: argparse.Namespace) -> None:
         raw = root / "raw"
         raw.mkdir()
         py = sys.executable
-        shape = ["--dim", str(args.dim), "--layers", str(args.layers), "--heads", str(args.heads),
-                 "--shards", str(args.shards), "--vocab", str(args.vocab), "--dtype", args.dtype]
+        shape = [
+            "--dim",
+            str(args.dim),
+            "--layers",
+            str(args.layers),
+            "--heads",
+            str(args.heads),
+            "--shards",
+            str(args.shards),
+            "--vocab",
+            str(args.vocab),
+            "--dtype",
+            args.dtype,
+        ]
         params = int(_output([py, __file__, *shape, "--make", str(raw)]))
         size = sum(f.stat().st_size for f in raw.glob("*.pth"))
         rows = [
-            ("python -c 'import torch, transformers' (floor)",
-             best([py, "-c", "import torch, transformers"], args.repeat, None), ""),
-            ("naive: torch.load every shard, join, save_file",
-             best([py, __file__, "--naive", str(raw), str(root / "naive")], args.repeat,
-                  root / "naive"), args.dtype),
-            (f"weightkit convert (dtype auto -> {args.dtype})",
-             best([py, "-m", "weightkit", "-q", "convert", "--input-dir", str(raw), "--out",
-                   str(root / "wk")], args.repeat, root / "wk"), args.dtype),
-            ("weightkit convert --dtype bf16",
-             best([py, "-m", "weightkit", "-q", "convert", "--input-dir", str(raw), "--out",
-                   str(root / "wk-bf16"), "--dtype", "bf16"], args.repeat, root / "wk-bf16"),
-             "bf16"),
+            (
+                "python -c 'import torch, transformers' (floor)",
+                best([py, "-c", "import torch, transformers"], args.repeat, None),
+                "",
+            ),
+            (
+                "naive: torch.load every shard, join, save_file",
+                best(
+                    [py, __file__, "--naive", str(raw), str(root / "naive")],
+                    args.repeat,
+                    root / "naive",
+                ),
+                args.dtype,
+            ),
+            (
+                f"weightkit convert (dtype auto -> {args.dtype})",
+                best(
+                    [
+                        py,
+                        "-m",
+                        "weightkit",
+                        "-q",
+                        "convert",
+                        "--input-dir",
+                        str(raw),
+                        "--out",
+                        str(root / "wk"),
+                    ],
+                    args.repeat,
+                    root / "wk",
+                ),
+                args.dtype,
+            ),
+            (
+                "weightkit convert --dtype bf16",
+                best(
+                    [
+                        py,
+                        "-m",
+                        "weightkit",
+                        "-q",
+                        "convert",
+                        "--input-dir",
+                        str(raw),
+                        "--out",
+                        str(root / "wk-bf16"),
+                        "--dtype",
+                        "bf16",
+                    ],
+                    args.repeat,
+                    root / "wk-bf16",
+                ),
+                "bf16",
+            ),
         ]
         identical = _output([py, __file__, "--compare", str(root / "wk"), str(root / "naive")])
 
-    print(f"Synthetic LLaMA-2-shaped raw checkpoint: {params / 1e9:.2f}B parameters, "
-          f"{args.shards} MP shards, {args.dtype}, {size / 1e9:.2f} GB; dim {args.dim}, "
-          f"{args.layers} layers; {os.cpu_count()} cores; best of {args.repeat}.\n")
+    print(
+        f"Synthetic LLaMA-2-shaped raw checkpoint: {params / 1e9:.2f}B parameters, "
+        f"{args.shards} MP shards, {args.dtype}, {size / 1e9:.2f} GB; dim {args.dim}, "
+        f"{args.layers} layers; {os.cpu_count()} cores; best of {args.repeat}.\n"
+    )
     print("| command | wall time | peak RSS | output dtype |")
     print("|---|---:|---:|---|")
     for name, (seconds, rss), dtype in rows:
@@ -199,8 +274,11 @@ def main() -> None:
     if args.naive:
         naive_convert(*args.naive)
     elif args.make:
-        print(make_raw(args.make, args.dim, args.layers, args.heads, args.shards, args.vocab,
-                       args.dtype))
+        print(
+            make_raw(
+                args.make, args.dim, args.layers, args.heads, args.shards, args.vocab, args.dtype
+            )
+        )
     elif args.compare:
         print(same_tensors(*args.compare))
     else:

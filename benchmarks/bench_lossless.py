@@ -36,9 +36,12 @@ WK = [sys.executable, "-m", "weightkit", "--quiet"]
 # the encoding choices, measured on these tensors of each family (layer 0)
 SAMPLE = ("self_attn.q_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight")
 VARIANTS = {  # name -> (integer difference, zigzag, byte planes)
-    "xor": ("xor", False, False), "xor + planes": ("xor", False, True),
-    "sub": ("sub", False, False), "sub + planes": ("sub", False, True),
-    "sub + zigzag": ("sub", True, False), "sub + zigzag + planes (chosen)": ("sub", True, True),
+    "xor": ("xor", False, False),
+    "xor + planes": ("xor", False, True),
+    "sub": ("sub", False, False),
+    "sub + planes": ("sub", False, True),
+    "sub + zigzag": ("sub", True, False),
+    "sub + zigzag + planes (chosen)": ("sub", True, True),
 }
 LEVELS = (1, 3, 9, 19)
 KINDS = {"fp32": ["--dtype", "fp32"], "fp16": ["--dtype", "fp16"], "lossless": ["--lossless"]}
@@ -56,8 +59,9 @@ def write_tuned(raw: Path, out: Path, scale: float, seed: int) -> None:
         shard = load_file(f)
         for name, w in shard.items():
             wide = w.float()
-            shard[name] = (wide + torch.randn(w.shape, generator=gen) * wide.abs() * scale
-                           ).to(w.dtype)
+            shard[name] = (wide + torch.randn(w.shape, generator=gen) * wide.abs() * scale).to(
+                w.dtype
+            )
         save_file(shard, out / f.name, metadata={"format": "pt"})
 
 
@@ -76,8 +80,9 @@ def differing(a: Path, b: Path) -> str:
     if not bits:
         return "yes"
     zeros = bits - values
-    return (f"no: {bits:,} values in {tensors} tensors"
-            + (f" ({zeros:,} of them 0.0 vs -0.0)" if zeros else ""))
+    return f"no: {bits:,} values in {tensors} tensors" + (
+        f" ({zeros:,} of them 0.0 vs -0.0)" if zeros else ""
+    )
 
 
 def weight_bytes(folder: Path) -> int:
@@ -92,16 +97,43 @@ def bench_case(work: Path, dtype: str, scale: float, level: int, params: int) ->
         if kind == "lossless":
             opts = [*opts, "--level", str(level)]
         drop_caches()
-        made = measure([*WK, "diff", "--raw", str(raw), "--tuned", str(tuned), "--out",
-                        str(diff), "--device", "cpu", *opts])
+        made = measure(
+            [
+                *WK,
+                "diff",
+                "--raw",
+                str(raw),
+                "--tuned",
+                str(tuned),
+                "--out",
+                str(diff),
+                "--device",
+                "cpu",
+                *opts,
+            ]
+        )
         drop_caches()
-        back = measure([*WK, "recover", "--raw", str(raw), "--diff", str(diff), "--out",
-                        str(out), "--device", "cpu"])
+        back = measure(
+            [
+                *WK,
+                "recover",
+                "--raw",
+                str(raw),
+                "--diff",
+                str(diff),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
         size = weight_bytes(diff)
         exact = differing(out, tuned)
-        rows.append(f"| {dtype} | {scale:g} | {kind} | {size / 1e9:.3f} | "
-                    f"{8 * size / params:.2f} | {made['seconds']:.1f} | {back['seconds']:.1f} | "
-                    f"{max(made['rss_gb'], back['rss_gb']):.2f} | {exact} |")
+        rows.append(
+            f"| {dtype} | {scale:g} | {kind} | {size / 1e9:.3f} | "
+            f"{8 * size / params:.2f} | {made['seconds']:.1f} | {back['seconds']:.1f} | "
+            f"{max(made['rss_gb'], back['rss_gb']):.2f} | {exact} |"
+        )
         shutil.rmtree(diff)
         shutil.rmtree(out)
     return rows
@@ -119,8 +151,7 @@ def variant_bits(raw: torch.Tensor, tuned: torch.Tensor, variant: tuple, level: 
 
 def bench_choices(work: Path, dtype: str, scale: float) -> list[str]:
     raw, tuned = open_checkpoint(work / f"raw-{dtype}"), open_checkpoint(work / "tuned")
-    pairs = [(raw.read(f"model.layers.0.{n}"), tuned.read(f"model.layers.0.{n}"))
-             for n in SAMPLE]
+    pairs = [(raw.read(f"model.layers.0.{n}"), tuned.read(f"model.layers.0.{n}")) for n in SAMPLE]
     params = sum(r.numel() for r, _ in pairs)
     rows = []
     for name, variant in VARIANTS.items():
@@ -145,10 +176,12 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where the models are made")
     args = ap.parse_args()
     cold = drop_caches()
-    print(f"{args.size} family, {platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-          f"torch {torch.__version__}, zstandard {zstandard.__version__}; page cache dropped "
-          f"before each command: {'yes' if cold else 'no (not permitted)'}\n")
+    print(
+        f"{args.size} family, {platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, zstandard {zstandard.__version__}; page cache dropped "
+        f"before each command: {'yes' if cold else 'no (not permitted)'}\n"
+    )
     choices, results = [], []
     work = Path(tempfile.mkdtemp(prefix="wk-bench-lossless-", dir=args.dir))
     try:
@@ -159,24 +192,31 @@ def main() -> None:
                 write_tuned(work / f"raw-{dtype}", work / "tuned", scale, seed=1)
                 choices += bench_choices(work, dtype, scale)
                 results += bench_case(work, dtype, scale, args.level, params)
-                print(f"{dtype} {scale:g} done:", *results[-3:], sep="\n", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"{dtype} {scale:g} done:", *results[-3:], sep="\n", file=sys.stderr, flush=True
+                )
                 shutil.rmtree(work / "tuned")
             shutil.rmtree(work / f"raw-{dtype}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("Encoding choices, bits per parameter (zstd level in the header), on layer 0's "
-          f"{', '.join(SAMPLE)}:\n")
+    print(
+        "Encoding choices, bits per parameter (zstd level in the header), on layer 0's "
+        f"{', '.join(SAMPLE)}:\n"
+    )
     print(f"| dtype | change | encoding | {' | '.join(f'level {n}' for n in LEVELS)} |")
     print("|---|---|---|" + "---|" * len(LEVELS))
     print("\n".join(choices))
     print("\nWhole model, each diff made and recovered by weightkit:\n")
-    print("| dtype | change | diff | size GB | bits/param | diff s | recover s | peak RSS GiB "
-          "| recovered bit-exact |")
+    print(
+        "| dtype | change | diff | size GB | bits/param | diff s | recover s | peak RSS GiB "
+        "| recovered bit-exact |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(results))
-    print(f"\nSizes are of the weight files (the folders add config and manifests, a few kB); "
-          f"lossless at zstd level {args.level}.")
+    print(
+        f"\nSizes are of the weight files (the folders add config and manifests, a few kB); "
+        f"lossless at zstd level {args.level}."
+    )
 
 
 if __name__ == "__main__":

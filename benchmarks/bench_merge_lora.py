@@ -57,10 +57,20 @@ def write_adapter(folder: Path, size: str, rank: int, seed: int) -> int:
         state[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_features, generator=gen) * 0.01
         state[f"{prefix}.lora_B.weight"] = torch.randn(out_features, rank, generator=gen) * 0.01
     save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
-              "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
-              "target_modules": list(TARGETS), "base_model_name_or_path": None,
-              "inference_mode": True, "use_rslora": False, "use_dora": False}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "target_modules": list(TARGETS),
+        "base_model_name_or_path": None,
+        "inference_mode": True,
+        "use_rslora": False,
+        "use_dora": False,
+    }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return sum(t.nbytes for t in state.values())
 
@@ -70,12 +80,16 @@ def best(cmd: list[str], out: Path, repeat: int) -> dict:
     for _ in range(repeat):
         subprocess.run(["rm", "-rf", str(out)], check=True)
         runs.append(measure(cmd))
-    return {"seconds": min(r["seconds"] for r in runs), "cpu": min(r["cpu"] for r in runs),
-            "rss_kb": max(r["rss_kb"] for r in runs)}
+    return {
+        "seconds": min(r["seconds"] for r in runs),
+        "cpu": min(r["cpu"] for r in runs),
+        "rss_kb": max(r["rss_kb"] for r in runs),
+    }
 
 
 def compare_outputs(a: Path, b: Path) -> tuple[int, int]:
     """(tensors bit-identical, tensors in total), reading one tensor at a time."""
+
     def index(folder: Path) -> dict[str, Path]:
         where = {}
         for f in sorted(folder.glob("*.safetensors")):
@@ -106,23 +120,45 @@ def main() -> None:
         adapter_bytes = write_adapter(root / "adapter", args.size, args.rank, seed=1)
         params = sum(torch.Size(s).numel() for s in tensor_shapes(args.size).values())
         inputs = [str(root / "base"), str(root / "adapter")]
-        ours = best([sys.executable, "-m", "weightkit", "-q", "merge-lora", "--base", inputs[0],
-                     "--lora", inputs[1], "--out", str(root / "weightkit")],
-                    root / "weightkit", args.repeat)
-        peft = best([sys.executable, "-c", _PEFT_MERGE, *inputs, str(root / "peft")],
-                    root / "peft", args.repeat)
+        ours = best(
+            [
+                sys.executable,
+                "-m",
+                "weightkit",
+                "-q",
+                "merge-lora",
+                "--base",
+                inputs[0],
+                "--lora",
+                inputs[1],
+                "--out",
+                str(root / "weightkit"),
+            ],
+            root / "weightkit",
+            args.repeat,
+        )
+        peft = best(
+            [sys.executable, "-c", _PEFT_MERGE, *inputs, str(root / "peft")],
+            root / "peft",
+            args.repeat,
+        )
         same, total = compare_outputs(root / "weightkit", root / "peft")
 
-    print(f"Synthetic LLaMA {args.size} ({params / 1e9:.2f}B parameters, fp16, "
-          f"{base_bytes / 1e6:.0f} MB), LoRA r={args.rank} on {', '.join(TARGETS)} "
-          f"({adapter_bytes / 1e6:.0f} MB fp32); {os.cpu_count()} CPU cores, "
-          f"{'best' if args.repeat > 1 else 'one'} of {args.repeat} run(s), CPU only.\n")
+    print(
+        f"Synthetic LLaMA {args.size} ({params / 1e9:.2f}B parameters, fp16, "
+        f"{base_bytes / 1e6:.0f} MB), LoRA r={args.rank} on {', '.join(TARGETS)} "
+        f"({adapter_bytes / 1e6:.0f} MB fp32); {os.cpu_count()} CPU cores, "
+        f"{'best' if args.repeat > 1 else 'one'} of {args.repeat} run(s), CPU only.\n"
+    )
     print("| merge | wall time | CPU time (user+sys) | peak RSS |")
     print("|---|---:|---:|---:|")
-    for label, r in (("`weightkit merge-lora`", ours),
-                     ("peft `merge_and_unload()` + `save_pretrained()`", peft)):
-        print(f"| {label} | {r['seconds']:.1f} s | {r['cpu']:.1f} s | "
-              f"{r['rss_kb'] / 1024:.0f} MiB |")
+    for label, r in (
+        ("`weightkit merge-lora`", ours),
+        ("peft `merge_and_unload()` + `save_pretrained()`", peft),
+    ):
+        print(
+            f"| {label} | {r['seconds']:.1f} s | {r['cpu']:.1f} s | {r['rss_kb'] / 1024:.0f} MiB |"
+        )
     print(f"\nOutputs: {same} of {total} tensors bit-identical.")
 
 

@@ -67,14 +67,26 @@ def main() -> None:
 
         total = args.files * size
         serial = best_time(["md5sum", *names], folder, args.repeat)
-        verify = [sys.executable, "-m", "weightkit", "-q", "verify", str(folder),
-                  "--manifest", str(folder / "sums.md5"), "--algo", "md5"]
+        verify = [
+            sys.executable,
+            "-m",
+            "weightkit",
+            "-q",
+            "verify",
+            str(folder),
+            "--manifest",
+            str(folder / "sums.md5"),
+            "--algo",
+            "md5",
+        ]
         one = best_time([*verify, "--jobs", "1"], folder, args.repeat)
         parallel = best_time([*verify, "--jobs", str(args.jobs)], folder, args.repeat)
 
     mb = total / 1e6
-    print(f"{args.files} files x {args.size_mb} MiB = {mb:.0f} MB, {os.cpu_count()} cores, "
-          f"best of {args.repeat}")
+    print(
+        f"{args.files} files x {args.size_mb} MiB = {mb:.0f} MB, {os.cpu_count()} cores, "
+        f"best of {args.repeat}"
+    )
     print(f"md5sum (serial)                  {serial:6.2f} s  {mb / serial:7.0f} MB/s")
     print(f"weightkit verify --jobs 1        {one:6.2f} s  {mb / one:7.0f} MB/s")
     print(f"weightkit verify --jobs {args.jobs:<8} {parallel:6.2f} s  {mb / parallel:7.0f} MB/s")

@@ -53,27 +53,76 @@ class Bench:
 
 
 JOBS = [
-    Bench("recover fp32 diff -> fp16", ["recover", "--raw", "{w}/raw", "--diff", "{w}/diff32",
-                                        "--out", "{out}", "--dtype", "fp16"],
-          ["raw", "diff32"], 1.3),
-    Bench("recover fp16 diff -> fp16", ["recover", "--raw", "{w}/raw", "--diff", "{w}/diff16",
-                                        "--out", "{out}"], ["raw", "diff16"], 1.3),
-    Bench("recover fp32 diff -> fp32", ["recover", "--raw", "{w}/raw", "--diff", "{w}/diff32",
-                                        "--out", "{out}"], ["raw", "diff32"], 1.3),
-    Bench("diff fp16 -> fp32", ["diff", "--raw", "{w}/raw", "--tuned", "{w}/tuned", "--out",
-                                "{out}"], ["raw", "tuned"], 1.3),
-    Bench("diff fp16 -> fp16", ["diff", "--raw", "{w}/raw", "--tuned", "{w}/tuned", "--out",
-                                "{out}", "--dtype", "fp16"], ["raw", "tuned"], 1.3),
-    Bench("convert -> fp16", ["convert", "--input-dir", "{w}/meta", "--out", "{out}"], ["meta"],
-          1.3),
-    Bench("convert -> bf16", ["convert", "--input-dir", "{w}/meta", "--out", "{out}", "--dtype",
-                              "bf16"], ["meta"], 1.3),
-    Bench("merge-lora r=16 -> fp16", ["merge-lora", "--base", "{w}/raw", "--lora", "{w}/adapter",
-                                      "--out", "{out}"], ["raw", "adapter"], 2.0),
+    Bench(
+        "recover fp32 diff -> fp16",
+        [
+            "recover",
+            "--raw",
+            "{w}/raw",
+            "--diff",
+            "{w}/diff32",
+            "--out",
+            "{out}",
+            "--dtype",
+            "fp16",
+        ],
+        ["raw", "diff32"],
+        1.3,
+    ),
+    Bench(
+        "recover fp16 diff -> fp16",
+        ["recover", "--raw", "{w}/raw", "--diff", "{w}/diff16", "--out", "{out}"],
+        ["raw", "diff16"],
+        1.3,
+    ),
+    Bench(
+        "recover fp32 diff -> fp32",
+        ["recover", "--raw", "{w}/raw", "--diff", "{w}/diff32", "--out", "{out}"],
+        ["raw", "diff32"],
+        1.3,
+    ),
+    Bench(
+        "diff fp16 -> fp32",
+        ["diff", "--raw", "{w}/raw", "--tuned", "{w}/tuned", "--out", "{out}"],
+        ["raw", "tuned"],
+        1.3,
+    ),
+    Bench(
+        "diff fp16 -> fp16",
+        ["diff", "--raw", "{w}/raw", "--tuned", "{w}/tuned", "--out", "{out}", "--dtype", "fp16"],
+        ["raw", "tuned"],
+        1.3,
+    ),
+    Bench(
+        "convert -> fp16", ["convert", "--input-dir", "{w}/meta", "--out", "{out}"], ["meta"], 1.3
+    ),
+    Bench(
+        "convert -> bf16",
+        ["convert", "--input-dir", "{w}/meta", "--out", "{out}", "--dtype", "bf16"],
+        ["meta"],
+        1.3,
+    ),
+    Bench(
+        "merge-lora r=16 -> fp16",
+        ["merge-lora", "--base", "{w}/raw", "--lora", "{w}/adapter", "--out", "{out}"],
+        ["raw", "adapter"],
+        2.0,
+    ),
     # as FastChat's README runs it: whole models loaded in fp16, added in fp16, saved
-    Bench("FastChat apply_delta, fp16 diff", ["--base-model-path", "{w}/raw", "--delta-path",
-                                              "{w}/diff16-fc", "--target-model-path", "{out}"],
-          ["raw", "diff16"], 1.3, fastchat=True),
+    Bench(
+        "FastChat apply_delta, fp16 diff",
+        [
+            "--base-model-path",
+            "{w}/raw",
+            "--delta-path",
+            "{w}/diff16-fc",
+            "--target-model-path",
+            "{out}",
+        ],
+        ["raw", "diff16"],
+        1.3,
+        fastchat=True,
+    ),
 ]
 
 
@@ -82,10 +131,38 @@ def make_family(work: Path, size: str) -> None:
     steps = [
         ("raw", lambda f: write_model(f, size, torch.float16, seed=0)),
         ("diff32", lambda f: write_model(f, size, torch.float32, seed=1, scale=1e-4)),
-        ("tuned", lambda f: _wk(["recover", "--raw", work / "raw", "--diff", work / "diff32",
-                                 "--out", f, "--dtype", "fp16"])),
-        ("diff16", lambda f: _wk(["diff", "--raw", work / "raw", "--tuned", work / "tuned",
-                                  "--out", f, "--dtype", "fp16"])),
+        (
+            "tuned",
+            lambda f: _wk(
+                [
+                    "recover",
+                    "--raw",
+                    work / "raw",
+                    "--diff",
+                    work / "diff32",
+                    "--out",
+                    f,
+                    "--dtype",
+                    "fp16",
+                ]
+            ),
+        ),
+        (
+            "diff16",
+            lambda f: _wk(
+                [
+                    "diff",
+                    "--raw",
+                    work / "raw",
+                    "--tuned",
+                    work / "tuned",
+                    "--out",
+                    f,
+                    "--dtype",
+                    "fp16",
+                ]
+            ),
+        ),
         ("adapter", lambda f: bench_merge_lora.write_adapter(f, size, rank=16, seed=2)),
         ("meta", lambda f: _meta(f, size)),
     ]
@@ -106,9 +183,16 @@ def _fastchat_tokenizer(diff: Path, folder: Path) -> None:
     (folder / "vocab.json").write_text(json.dumps({"<|endoftext|>": 0, "a": 1, "b": 2}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     token = "<|endoftext|>"
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", "unk_token": token, "bos_token": token,
-         "eos_token": token}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                "unk_token": token,
+                "bos_token": token,
+                "eos_token": token,
+            }
+        )
+    )
 
 
 def _wk(args: list) -> None:
@@ -121,8 +205,14 @@ def _meta(folder: Path, size: str) -> None:
     bench_convert.make_raw(folder, hidden, layers, heads, 2, vocab, "fp16")
 
 
-def run_job(b: Bench, work: Path, repeat: int, warm: bool,
-            variants: dict[str, str | None], fastchat: str | None = None) -> list[str]:
+def run_job(
+    b: Bench,
+    work: Path,
+    repeat: int,
+    warm: bool,
+    variants: dict[str, str | None],
+    fastchat: str | None = None,
+) -> list[str]:
     """Rows of `b` for each variant (label -> PYTHONPATH, None: as this process has it)."""
     out = work / "out"
     args = [a.format(w=work, out=out) for a in b.args]
@@ -146,15 +236,15 @@ def run_job(b: Bench, work: Path, repeat: int, warm: bool,
                 shutil.rmtree(out)
             if not warm:
                 drop_caches()
-            env = None if variants[label] is None else {**os.environ,
-                                                        "PYTHONPATH": variants[label]}
+            env = None if variants[label] is None else {**os.environ, "PYTHONPATH": variants[label]}
             runs[label].append(measure(cmd, env))
             if not b.fastchat:
                 _check_manifest(work, b, out)
             (work / f".out-bytes-{_slug(b)}").write_text(str(folder_bytes(out)))
     shutil.rmtree(out)
-    return [_row(b, runs[label], limits, read, label if len(variants) > 1 else "")
-            for label in variants]
+    return [
+        _row(b, runs[label], limits, read, label if len(variants) > 1 else "") for label in variants
+    ]
 
 
 def _out_bytes(work: Path, b: Bench, read: int) -> int:
@@ -186,25 +276,33 @@ def _ratio(runs: list[dict], limits: list[dict], key: str) -> str:
     return text + (f" ({min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else "")
 
 
-def _row(b: Bench, runs: list[dict], limits: dict[str, list[dict]], read: int,
-         label: str) -> str:
+def _row(b: Bench, runs: list[dict], limits: dict[str, list[dict]], read: int, label: str) -> str:
     faults = _med(runs, "minflt")
-    cells = [f"{b.name} ({label})" if label else b.name, f"{_med(runs, 'seconds'):.1f}",
-             f"{_med(runs, 'cpu'):.1f} ({_med(runs, 'user'):.1f} + {_med(runs, 'sys'):.1f})",
-             f"{faults / 1e3:.0f} k ({100 * faults / (read / 4096):.1f} %)",
-             f"{max(r['rss_gb'] for r in runs):.2f}"]
+    cells = [
+        f"{b.name} ({label})" if label else b.name,
+        f"{_med(runs, 'seconds'):.1f}",
+        f"{_med(runs, 'cpu'):.1f} ({_med(runs, 'user'):.1f} + {_med(runs, 'sys'):.1f})",
+        f"{faults / 1e3:.0f} k ({100 * faults / (read / 4096):.1f} %)",
+        f"{max(r['rss_gb'] for r in runs):.2f}",
+    ]
     for form in COPY_FORMS:
         lim = limits[form]
         if not lim:
             cells += ["—", "—", "—"]
             continue
-        cells += [f"{_med(lim, 'seconds'):.1f} / {_med(lim, 'cpu'):.1f}",
-                  _ratio(runs, lim, "seconds"), _ratio(runs, lim, "cpu")]
+        cells += [
+            f"{_med(lim, 'seconds'):.1f} / {_med(lim, 'cpu'):.1f}",
+            _ratio(runs, lim, "seconds"),
+            _ratio(runs, lim, "cpu"),
+        ]
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| job | wall s | CPU s (user + sys) | minor faults (% of read / 4 KiB) | peak RSS GiB "
-          + "".join(f"| {f}: wall / CPU s | × wall | × CPU " for f in COPY_FORMS) + "|")
+HEADER = (
+    "| job | wall s | CPU s (user + sys) | minor faults (% of read / 4 KiB) | peak RSS GiB "
+    + "".join(f"| {f}: wall / CPU s | × wall | × CPU " for f in COPY_FORMS)
+    + "|"
+)
 
 
 def main() -> None:
@@ -214,30 +312,50 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jobs", default="", help="comma-separated prefixes of job names")
     ap.add_argument("--warm", action="store_true", help="no copy limits, no cache drops")
-    ap.add_argument("--fastchat", default=None,
-                    help="the python of a venv with fschat installed: adds its apply_delta")
-    ap.add_argument("--base", default=None,
-                    help="a folder with another weightkit checkout, run side by side")
+    ap.add_argument(
+        "--fastchat",
+        default=None,
+        help="the python of a venv with fschat installed: adds its apply_delta",
+    )
+    ap.add_argument(
+        "--base", default=None, help="a folder with another weightkit checkout, run side by side"
+    )
     args = ap.parse_args()
     work = args.dir / args.size
     make_family(work, args.size)
     wanted = [j for j in args.jobs.split(",") if j]
-    jobs = [b for b in JOBS if (not wanted or any(b.name.startswith(w) for w in wanted))
-            and (args.fastchat or not b.fastchat)]
+    jobs = [
+        b
+        for b in JOBS
+        if (not wanted or any(b.name.startswith(w) for w in wanted))
+        and (args.fastchat or not b.fastchat)
+    ]
     if args.fastchat:
         _fastchat_tokenizer(work / "diff16", work / "diff16-fc")
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, Python "
-          f"{platform.python_version()}, torch {torch.__version__}; size {args.size}; page "
-          f"cache dropped: {'no (--warm)' if args.warm else drop_caches()}\n")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, Python "
+        f"{platform.python_version()}, torch {torch.__version__}; size {args.size}; page "
+        f"cache dropped: {'no (--warm)' if args.warm else drop_caches()}\n"
+    )
     print(HEADER)
     print("|---" * (HEADER.count("|") - 1) + "|")
     variants: dict[str, str | None] = {"this": None}
     if args.base:
         variants = {"base": str(Path(args.base).absolute()), "this": None}
     for b in jobs:
-        print("\n".join(run_job(b, work, args.repeat, args.warm,
-                                 {"this": None} if b.fastchat else variants, args.fastchat)),
-              flush=True)
+        print(
+            "\n".join(
+                run_job(
+                    b,
+                    work,
+                    args.repeat,
+                    args.warm,
+                    {"this": None} if b.fastchat else variants,
+                    args.fastchat,
+                )
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ def main() -> int:
                 if detail not in seen:
                     seen[detail] = f"case {index} ({fmt}, {'+'.join(applied)})"
             if len(examples[result]) < args.show and result != fm.READ:
-                examples[result].append(f"case {index} ({fmt}, {'+'.join(applied)}): "
-                                        + detail.replace("\n", " / ")[:300])
+                examples[result].append(
+                    f"case {index} ({fmt}, {'+'.join(applied)}): "
+                    + detail.replace("\n", " / ")[:300]
+                )
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 
     print(f"{args.cases} cases, seed {args.seed}: {wall:.1f} s wall, {cpu:.1f} s CPU")
@@ -73,8 +75,10 @@ def main() -> int:
         print(f"  {result:14} {count:7}  ({split})")
     if lenient:
         split = ", ".join(f"{fmt} {lenient[fmt]}" for fmt in fm.FILE_NAMES)
-        print(f"  of those read, {sum(lenient.values())} ({split}) are refused by the reference "
-              "reader, with the sample's tensors intact")
+        print(
+            f"  of those read, {sum(lenient.values())} ({split}) are refused by the reference "
+            "reader, with the sample's tensors intact"
+        )
     if unhandled:
         print("unhandled, by exception type:")
         for name, count in unhandled.most_common():

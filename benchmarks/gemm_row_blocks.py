@@ -30,9 +30,9 @@ def main() -> None:
                 a = torch.randn(r, in_features, generator=gen) * 0.01
                 whole = b @ a
                 for start in (0, rows, out_features - rows):
-                    part = b[start:start + rows] @ a
+                    part = b[start : start + rows] @ a
                     compared += 1
-                    differ += not torch.equal(part, whole[start:start + rows])
+                    differ += not torch.equal(part, whole[start : start + rows])
         print(f"| {rows} | {compared} | {differ} |")
 
 

@@ -60,10 +60,30 @@ def edge_values(dtype: torch.dtype, n: int, seed: int) -> torch.Tensor:
     info = torch.finfo(dtype)
     x = torch.randn(n, generator=gen, dtype=torch.float64)
     x *= torch.pow(2.0, torch.randint(-40, 40, (n,), generator=gen).double())
-    special = torch.tensor([0.0, -0.0, info.tiny, -info.tiny, info.tiny / 8, info.max, -info.max,
-                            float("inf"), float("-inf"), float("nan"), 1 + 2**-11, 1 + 3 * 2**-11,
-                            1 + 2**-8, 65504.0, 65520.0, -65520.0, 2**-24, 2**-25, 2**-149],
-                           dtype=torch.float64)
+    special = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            info.tiny,
+            -info.tiny,
+            info.tiny / 8,
+            info.max,
+            -info.max,
+            float("inf"),
+            float("-inf"),
+            float("nan"),
+            1 + 2**-11,
+            1 + 3 * 2**-11,
+            1 + 2**-8,
+            65504.0,
+            65520.0,
+            -65520.0,
+            2**-24,
+            2**-25,
+            2**-149,
+        ],
+        dtype=torch.float64,
+    )
     x[: len(special)] = special
     t = x.to(dtype)
     ints = INTS[dtype]
@@ -71,8 +91,9 @@ def edge_values(dtype: torch.dtype, n: int, seed: int) -> torch.Tensor:
     exp = {torch.float16: 5, torch.bfloat16: 8, torch.float32: 8}[dtype]
     ones = ((1 << exp) - 1) << (width - 1 - exp)
     payloads = [ones | 1, ones | (1 << (width - 2 - exp)) | 3, ones | 1 | (1 << (width - 1))]
-    t.view(ints)[len(special):len(special) + 3] = torch.tensor(
-        [p - (1 << width) if p >= 1 << (width - 1) else p for p in payloads], dtype=ints)
+    t.view(ints)[len(special) : len(special) + 3] = torch.tensor(
+        [p - (1 << width) if p >= 1 << (width - 1) else p for p in payloads], dtype=ints
+    )
     return t
 
 
@@ -81,22 +102,32 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def part1_bits(report: Report) -> None:
-    report.line("\n## 1. Edge values, CPU against CUDA\n\n| kernel | bits | values |\n"
-                "|---|---|---|")
+    report.line(
+        "\n## 1. Edge values, CPU against CUDA\n\n| kernel | bits | values |\n|---|---|---|"
+    )
     n = 1 << 20
     for a_dtype in FLOATS:
         for b_dtype in FLOATS:
             a, b = edge_values(a_dtype, n, 1), edge_values(b_dtype, n, 2)
             for out_dtype in FLOATS:
                 for subtract in (False, True):
-                    cpu = combine_into(torch.empty(n, dtype=out_dtype), a, b, torch.float32,
-                                       subtract)
-                    gpu = combine_into(torch.empty(n, dtype=out_dtype, device="cuda"),
-                                       a.cuda(), b.cuda(), torch.float32, subtract)
+                    cpu = combine_into(
+                        torch.empty(n, dtype=out_dtype), a, b, torch.float32, subtract
+                    )
+                    gpu = combine_into(
+                        torch.empty(n, dtype=out_dtype, device="cuda"),
+                        a.cuda(),
+                        b.cuda(),
+                        torch.float32,
+                        subtract,
+                    )
                     diff = int((bits(cpu) != bits(gpu)).sum())
                     op = "-" if subtract else "+"
-                    report.check(f"{a_dtype} {op} {b_dtype} -> {out_dtype}", diff == 0,
-                                 f"{diff} of {n} differ")
+                    report.check(
+                        f"{a_dtype} {op} {b_dtype} -> {out_dtype}",
+                        diff == 0,
+                        f"{diff} of {n} differ",
+                    )
             for out_dtype in FLOATS:
                 cpu = round_into(torch.empty(n, dtype=out_dtype), a)
                 gpu = a.cuda().to(out_dtype)
@@ -105,8 +136,11 @@ def part1_bits(report: Report) -> None:
 
 
 def sha_files(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
 def wk(*args: object) -> None:
@@ -114,14 +148,27 @@ def wk(*args: object) -> None:
 
 
 def part2_end_to_end(report: Report, work: Path) -> None:
-    report.line("\n## 2. End to end, --device cpu against --device cuda (0.3B family)\n\n"
-                "| output | files | |\n|---|---|---|")
+    report.line(
+        "\n## 2. End to end, --device cpu against --device cuda (0.3B family)\n\n"
+        "| output | files | |\n|---|---|---|"
+    )
     fam = work / "0.3B"
     if not (fam / ".complete").is_file():
         write_model(fam / "raw", "0.3B", torch.float16, seed=0)
         write_model(fam / "noise", "0.3B", torch.float32, seed=1, scale=1e-4)
-        wk("recover", "--raw", fam / "raw", "--diff", fam / "noise", "--out", fam / "tuned",
-           "--dtype", "fp16", "--device", "cpu")
+        wk(
+            "recover",
+            "--raw",
+            fam / "raw",
+            "--diff",
+            fam / "noise",
+            "--out",
+            fam / "tuned",
+            "--dtype",
+            "fp16",
+            "--device",
+            "cpu",
+        )
         _nans_into(fam / "tuned")
         write_adapter(fam / "lora", "0.3B", rank=16, seed=2)
         _dora_from(fam / "lora", fam / "dora")
@@ -130,10 +177,16 @@ def part2_end_to_end(report: Report, work: Path) -> None:
         "diff fp32": ["diff", "--raw", fam / "raw", "--tuned", fam / "tuned"],
         "diff fp16": ["diff", "--raw", fam / "raw", "--tuned", fam / "tuned", "--dtype", "fp16"],
         "recover -> fp16": ["recover", "--raw", fam / "raw", "--diff", fam / "out-diff fp32-cpu"],
-        "recover fp16 diff": ["recover", "--raw", fam / "raw", "--diff",
-                              fam / "out-diff fp16-cpu"],
-        "recover -> fp32": ["recover", "--raw", fam / "raw", "--diff", fam / "out-diff fp32-cpu",
-                            "--dtype", "fp32"],
+        "recover fp16 diff": ["recover", "--raw", fam / "raw", "--diff", fam / "out-diff fp16-cpu"],
+        "recover -> fp32": [
+            "recover",
+            "--raw",
+            fam / "raw",
+            "--diff",
+            fam / "out-diff fp32-cpu",
+            "--dtype",
+            "fp32",
+        ],
         "merge-lora LoRA": ["merge-lora", "--base", fam / "raw", "--lora", fam / "lora"],
         "merge-lora DoRA": ["merge-lora", "--base", fam / "raw", "--lora", fam / "dora"],
     }
@@ -147,14 +200,21 @@ def part2_end_to_end(report: Report, work: Path) -> None:
             outs[dev] = (sha_files(out), time.perf_counter() - start)
         same = outs["cpu"][0] == outs["cuda"][0]
         differ = [f for f in outs["cpu"][0] if outs["cpu"][0][f] != outs["cuda"][0].get(f)]
-        report.check(name, same, f"cpu {outs['cpu'][1]:.1f} s, cuda {outs['cuda'][1]:.1f} s"
-                     + (f"; differ: {', '.join(differ)}" if differ else ""))
+        report.check(
+            name,
+            same,
+            f"cpu {outs['cpu'][1]:.1f} s, cuda {outs['cuda'][1]:.1f} s"
+            + (f"; differ: {', '.join(differ)}" if differ else ""),
+        )
 
 
 def _nans_into(folder: Path) -> None:
     """NaNs of both signs and a payload NaN, ±inf and subnormals in one tuned tensor."""
-    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"] \
-        if (folder / "model.safetensors.index.json").is_file() else None
+    index = (
+        json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+        if (folder / "model.safetensors.index.json").is_file()
+        else None
+    )
     name = "model.norm.weight"
     file = folder / (index[name] if index else "model.safetensors")
     state = load_file(file)
@@ -178,8 +238,10 @@ def _dora_from(lora: Path, dora: Path) -> None:
 
 
 def part3_throughput(report: Report, work: Path) -> None:
-    report.line("\n## 3. recover fp32 diff -> fp16 at 1.1B, cold\n\n"
-                "| run | wall s | CPU s | read GB/s |\n|---|---|---|---|")
+    report.line(
+        "\n## 3. recover fp32 diff -> fp16 at 1.1B, cold\n\n"
+        "| run | wall s | CPU s | read GB/s |\n|---|---|---|---|"
+    )
     fam = work / "1.1B"
     if not (fam / ".complete").is_file():
         write_model(fam / "raw", "1.1B", torch.float16, seed=0)
@@ -189,21 +251,41 @@ def part3_throughput(report: Report, work: Path) -> None:
     read = folder_bytes(*inputs)
     drop_caches()
     cat = measure(["sh", "-c", f"cat {' '.join(input_files(inputs))} > /dev/null"])
-    report.line(f"| cold read of the inputs (cat) | {cat['seconds']:.1f} | {cat['cpu']:.1f} | "
-                f"{read / cat['seconds'] / 1e9:.2f} |")
+    report.line(
+        f"| cold read of the inputs (cat) | {cat['seconds']:.1f} | {cat['cpu']:.1f} | "
+        f"{read / cat['seconds'] / 1e9:.2f} |"
+    )
     out_bytes = read // 3  # fp16 out: the raw model's size
     for form in COPY_FORMS:
         m = copy_limit_run(inputs, out_bytes, fam, form)
-        report.line(f"| copy limit, {form} | {m['seconds']:.1f} | {m['cpu']:.1f} | "
-                    f"{read / m['seconds'] / 1e9:.2f} |")
+        report.line(
+            f"| copy limit, {form} | {m['seconds']:.1f} | {m['cpu']:.1f} | "
+            f"{read / m['seconds'] / 1e9:.2f} |"
+        )
     for dev in ("cpu", "cuda", "cpu", "cuda"):
         out = fam / "out"
         shutil.rmtree(out, ignore_errors=True)
         drop_caches()
-        m = measure([*WK, "recover", "--raw", str(fam / "raw"), "--diff", str(fam / "diff"),
-                     "--out", str(out), "--dtype", "fp16", "--device", dev])
-        report.line(f"| weightkit --device {dev} | {m['seconds']:.1f} | {m['cpu']:.1f} | "
-                    f"{read / m['seconds'] / 1e9:.2f} |")
+        m = measure(
+            [
+                *WK,
+                "recover",
+                "--raw",
+                str(fam / "raw"),
+                "--diff",
+                str(fam / "diff"),
+                "--out",
+                str(out),
+                "--dtype",
+                "fp16",
+                "--device",
+                dev,
+            ]
+        )
+        report.line(
+            f"| weightkit --device {dev} | {m['seconds']:.1f} | {m['cpu']:.1f} | "
+            f"{read / m['seconds'] / 1e9:.2f} |"
+        )
     shutil.rmtree(fam / "out", ignore_errors=True)
 
 
@@ -216,8 +298,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this script compares the CPU with a GPU")
     report = Report(args.out)
-    report.line(f"# gpu_check: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-                f"{torch.get_num_threads()} CPU threads")
+    report.line(
+        f"# gpu_check: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     parts = args.parts.split(",")
     if "1" in parts:
         part1_bits(report)

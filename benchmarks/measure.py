@@ -28,14 +28,18 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     "minflt", "majflt", "rss_kb", "rss_gb", "read_bytes", "write_bytes"} (bytes the command
     read from and wrote to the disk: ru_inblock and ru_oublock, 512 each; a read served by the
     page cache is not counted); exits with its stderr if it failed."""
-    out = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True,
-                         check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True, check=True, env=env
+    )
     result = json.loads(out.stdout)
     if result["rc"] != 0:
         sys.exit(f"{' '.join(cmd)} failed ({result['rc']}):\n{result['stderr']}")
     keys = ("seconds", "user", "sys", "minflt", "majflt", "rss_kb", "read_bytes", "write_bytes")
-    return {**{k: result[k] for k in keys},
-            "cpu": result["user"] + result["sys"], "rss_gb": result["rss_kb"] / 2**20}
+    return {
+        **{k: result[k] for k in keys},
+        "cpu": result["user"] + result["sys"],
+        "rss_gb": result["rss_kb"] / 2**20,
+    }
 
 
 def drop_caches() -> bool:
@@ -56,8 +60,10 @@ def folder_bytes(*folders: Path) -> int:
 # flush them. `cat` + `sync` is what a user types; `dd conv=fsync` flushes only its own file.
 COPY_FORMS = {
     "cat+sync": "cat {inputs} > /dev/null && head -c {n} /dev/zero > {target} && sync",
-    "dd fsync": ("cat {inputs} > /dev/null && head -c {n} /dev/zero | "
-                 "dd of={target} bs=1M iflag=fullblock conv=fsync status=none"),
+    "dd fsync": (
+        "cat {inputs} > /dev/null && head -c {n} /dev/zero | "
+        "dd of={target} bs=1M iflag=fullblock conv=fsync status=none"
+    ),
 }
 
 
@@ -69,8 +75,9 @@ def copy_limit_run(inputs: list[Path], out_bytes: int, scratch: Path, form: str)
     """measure() of one copy-limit form, the page cache dropped first: the floor, in wall and
     in CPU seconds, for any tool that must read those inputs and write that output."""
     target = scratch / "copy-limit.bin"
-    script = COPY_FORMS[form].format(inputs=" ".join(input_files(inputs)), n=out_bytes,
-                                     target=target)
+    script = COPY_FORMS[form].format(
+        inputs=" ".join(input_files(inputs)), n=out_bytes, target=target
+    )
     drop_caches()
     try:
         return measure(["sh", "-c", script])

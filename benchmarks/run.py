@@ -43,19 +43,23 @@ raw.save_pretrained(sys.argv[3])
 WK = [sys.executable, "-m", "weightkit", "--quiet"]
 
 
-def row(job: str, tool: str, size: str, m: dict, limit: float | None,
-        ratios: list[float] | None = None) -> str:
+def row(
+    job: str, tool: str, size: str, m: dict, limit: float | None, ratios: list[float] | None = None
+) -> str:
     if not limit:
         return f"| {job} | {size} | {tool} | {m['seconds']:.1f} | {m['rss_gb']:.2f} | — | — |"
     ratio = f"{m['seconds'] / limit:.2f}×"
     if ratios and len(ratios) > 1:
         ratio = f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
-    return (f"| {job} | {size} | {tool} | {m['seconds']:.1f} | {m['rss_gb']:.2f} | "
-            f"{limit:.1f} | {ratio} |")
+    return (
+        f"| {job} | {size} | {tool} | {m['seconds']:.1f} | {m['rss_gb']:.2f} | "
+        f"{limit:.1f} | {ratio} |"
+    )
 
 
-def against_copy_limit(cmd: list[str], inputs: list[Path], out_bytes: int, work: Path,
-                       out: Path, repeat: int) -> tuple[dict, float, list[float]]:
+def against_copy_limit(
+    cmd: list[str], inputs: list[Path], out_bytes: int, work: Path, out: Path, repeat: int
+) -> tuple[dict, float, list[float]]:
     """Run `cmd` `repeat` times, each right after timing the copy limit (the disk's speed
     drifts, so each run is paired with a limit measured next to it). Returns the median run
     (with the largest peak RSS of all), the median limit and each pair's ratio."""
@@ -67,13 +71,24 @@ def against_copy_limit(cmd: list[str], inputs: list[Path], out_bytes: int, work:
         shutil.rmtree(out)
     median = sorted(runs, key=lambda m: m["seconds"])[len(runs) // 2]
     median = {**median, "rss_gb": max(m["rss_gb"] for m in runs)}
-    return (median, statistics.median(limits),
-            [m["seconds"] / limit for m, limit in zip(runs, limits, strict=True)])
+    return (
+        median,
+        statistics.median(limits),
+        [m["seconds"] / limit for m, limit in zip(runs, limits, strict=True)],
+    )
 
 
-def bench_job(job: str, size: str, cmd: list[str], inputs: list[Path], out_bytes: int,
-              work: Path, out: Path, repeat: int,
-              baseline: tuple[str, list[str]] | None) -> list[str]:
+def bench_job(
+    job: str,
+    size: str,
+    cmd: list[str],
+    inputs: list[Path],
+    out_bytes: int,
+    work: Path,
+    out: Path,
+    repeat: int,
+    baseline: tuple[str, list[str]] | None,
+) -> list[str]:
     """weightkit's rows against the copy limit, then the baseline's (tool, command) once."""
     m, limit, ratios = against_copy_limit(cmd, inputs, out_bytes, work, out, repeat)
     rows = [row(job, "weightkit", size, m, limit, ratios)]
@@ -87,25 +102,66 @@ def bench_job(job: str, size: str, cmd: list[str], inputs: list[Path], out_bytes
 
 def bench_recover(work: Path, size: str, baseline: bool, repeat: int) -> list[str]:
     raw, diff, out = work / "raw", work / "diff", work / "out"
-    cmd = [*WK, "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(out),
-           "--device", "cpu"]
-    naive = ("naive (transformers, whole models)",
-             [sys.executable, "-c", NAIVE_RECOVER, str(raw), str(diff), str(out)])
-    return bench_job("recover fp32 diff", size, cmd, [raw, diff], folder_bytes(diff), work, out,
-                     repeat, naive if baseline else None)
+    cmd = [
+        *WK,
+        "recover",
+        "--raw",
+        str(raw),
+        "--diff",
+        str(diff),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    naive = (
+        "naive (transformers, whole models)",
+        [sys.executable, "-c", NAIVE_RECOVER, str(raw), str(diff), str(out)],
+    )
+    return bench_job(
+        "recover fp32 diff",
+        size,
+        cmd,
+        [raw, diff],
+        folder_bytes(diff),
+        work,
+        out,
+        repeat,
+        naive if baseline else None,
+    )
 
 
 def bench_merge_lora_job(work: Path, size: str, baseline: bool, repeat: int) -> list[str]:
     base, adapter, out = work / "raw", work / "adapter", work / "out"
     if not adapter.is_dir():
         bench_merge_lora.write_adapter(adapter, size, rank=16, seed=2)
-    cmd = [*WK, "merge-lora", "--base", str(base), "--lora", str(adapter), "--out", str(out),
-           "--device", "cpu"]
-    peft = ("peft merge_and_unload + save",
-            [sys.executable, "-c", bench_merge_lora._PEFT_MERGE, str(base), str(adapter),
-             str(out)])
-    return bench_job("merge-lora r=16, 7 modules", size, cmd, [base, adapter],
-                     folder_bytes(base), work, out, repeat, peft if baseline else None)
+    cmd = [
+        *WK,
+        "merge-lora",
+        "--base",
+        str(base),
+        "--lora",
+        str(adapter),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    peft = (
+        "peft merge_and_unload + save",
+        [sys.executable, "-c", bench_merge_lora._PEFT_MERGE, str(base), str(adapter), str(out)],
+    )
+    return bench_job(
+        "merge-lora r=16, 7 modules",
+        size,
+        cmd,
+        [base, adapter],
+        folder_bytes(base),
+        work,
+        out,
+        repeat,
+        peft if baseline else None,
+    )
 
 
 NAIVE_CONVERT = """
@@ -124,26 +180,44 @@ def bench_convert_job(work: Path, size: str, baseline: bool, repeat: int) -> lis
         meta.mkdir()
         bench_convert.make_raw(meta, hidden, layers, heads, 2, vocab, "fp16")
     cmd = [*WK, "convert", "--input-dir", str(meta), "--out", str(out)]
-    naive = ("naive (all shards loaded, as transformers does)",
-             [sys.executable, "-c", NAIVE_CONVERT, str(Path(__file__).parent), str(meta),
-              str(out)])
-    return bench_job("convert raw → HF", size, cmd, [meta], folder_bytes(meta), work, out,
-                     repeat, naive if baseline else None)
+    naive = (
+        "naive (all shards loaded, as transformers does)",
+        [sys.executable, "-c", NAIVE_CONVERT, str(Path(__file__).parent), str(meta), str(out)],
+    )
+    return bench_job(
+        "convert raw → HF",
+        size,
+        cmd,
+        [meta],
+        folder_bytes(meta),
+        work,
+        out,
+        repeat,
+        naive if baseline else None,
+    )
 
 
 def bench_verify(work: Path, size: str) -> list[str]:
     raw = work / "raw"
     files = sorted(p.name for p in raw.iterdir() if p.suffix == ".safetensors")
-    manifest = subprocess.run(["md5sum", *files], cwd=raw, capture_output=True, text=True,
-                              check=True).stdout
+    manifest = subprocess.run(
+        ["md5sum", *files], cwd=raw, capture_output=True, text=True, check=True
+    ).stdout
     (work / "raw.md5").write_text(manifest)
     drop_caches()
     md5 = measure(["sh", "-c", f"cd {raw} && md5sum -c --quiet {work / 'raw.md5'}"])
     drop_caches()
     wk = measure([*WK, "verify", str(raw), "--manifest", str(work / "raw.md5"), "--jobs", "2"])
-    return [row("verify md5", "md5sum (serial)", size, md5, None),
-            row("verify md5", f"weightkit --jobs 2 ({md5['seconds'] / wk['seconds']:.2f}× md5sum)",
-                size, wk, None)]
+    return [
+        row("verify md5", "md5sum (serial)", size, md5, None),
+        row(
+            "verify md5",
+            f"weightkit --jobs 2 ({md5['seconds'] / wk['seconds']:.2f}× md5sum)",
+            size,
+            wk,
+            None,
+        ),
+    ]
 
 
 def main() -> None:
@@ -151,27 +225,42 @@ def main() -> None:
     ap.add_argument("--sizes", default="0.3B,1.1B", help=f"from {', '.join(SHAPES)}")
     ap.add_argument("--jobs", default="recover,merge-lora,convert,verify")
     ap.add_argument("--dir", type=Path, default=None, help="where the families are made")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs of each weightkit job, each paired with its own copy-limit "
-                         "timing; the table shows the median and the range of the ratios")
-    ap.add_argument("--keep", action="store_true",
-                    help="keep the families in DIR/SIZE and reuse them on the next run (they "
-                         "take minutes to make; same seeds, same bytes)")
-    ap.add_argument("--baseline-max", default="1.1B",
-                    help="largest size to run the whole-model baseline on (it needs the RAM)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each weightkit job, each paired with its own copy-limit "
+        "timing; the table shows the median and the range of the ratios",
+    )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the families in DIR/SIZE and reuse them on the next run (they "
+        "take minutes to make; same seeds, same bytes)",
+    )
+    ap.add_argument(
+        "--baseline-max",
+        default="1.1B",
+        help="largest size to run the whole-model baseline on (it needs the RAM)",
+    )
     args = ap.parse_args()
     jobs = args.jobs.split(",")
     sizes = args.sizes.split(",")
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, "
-          f"{platform.python_version()}, torch {torch.__version__}; "
-          f"page cache dropped: {'yes' if drop_caches() else 'no (not permitted)'}\n")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{platform.python_version()}, torch {torch.__version__}; "
+        f"page cache dropped: {'yes' if drop_caches() else 'no (not permitted)'}\n"
+    )
     print("| job | size | tool | wall s | peak RSS GiB | copy limit s | × copy limit |")
     print("|---|---|---|---|---|---|---|")
     if args.keep and args.dir is None:
         ap.error("--keep needs --dir")
     for size in sizes:
-        work = (args.dir / size if args.keep
-                else Path(tempfile.mkdtemp(prefix=f"wk-bench-{size}-", dir=args.dir)))
+        work = (
+            args.dir / size
+            if args.keep
+            else Path(tempfile.mkdtemp(prefix=f"wk-bench-{size}-", dir=args.dir))
+        )
         try:
             if not (work / ".complete").is_file():
                 write_model(work / "raw", size, torch.float16, seed=0)
@@ -181,11 +270,11 @@ def main() -> None:
             if "recover" in jobs:
                 print("\n".join(bench_recover(work, size, baseline, args.repeat)), flush=True)
             if "merge-lora" in jobs:
-                print("\n".join(bench_merge_lora_job(work, size, baseline, args.repeat)),
-                      flush=True)
+                print(
+                    "\n".join(bench_merge_lora_job(work, size, baseline, args.repeat)), flush=True
+                )
             if "convert" in jobs:
-                print("\n".join(bench_convert_job(work, size, baseline, args.repeat)),
-                      flush=True)
+                print("\n".join(bench_convert_job(work, size, baseline, args.repeat)), flush=True)
             if "verify" in jobs:
                 print("\n".join(bench_verify(work, size)), flush=True)
         finally:

@@ -29,17 +29,19 @@ def tensor_shapes(size: str) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (hidden, hidden),
-            p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
-            p + "self_attn.v_proj.weight": (kv * head_dim, hidden),
-            p + "self_attn.o_proj.weight": (hidden, hidden),
-            p + "mlp.gate_proj.weight": (inter, hidden),
-            p + "mlp.up_proj.weight": (inter, hidden),
-            p + "mlp.down_proj.weight": (hidden, inter),
-            p + "input_layernorm.weight": (hidden,),
-            p + "post_attention_layernorm.weight": (hidden,),
-        })
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (hidden, hidden),
+                p + "self_attn.k_proj.weight": (kv * head_dim, hidden),
+                p + "self_attn.v_proj.weight": (kv * head_dim, hidden),
+                p + "self_attn.o_proj.weight": (hidden, hidden),
+                p + "mlp.gate_proj.weight": (inter, hidden),
+                p + "mlp.up_proj.weight": (inter, hidden),
+                p + "mlp.down_proj.weight": (hidden, inter),
+                p + "input_layernorm.weight": (hidden,),
+                p + "post_attention_layernorm.weight": (hidden,),
+            }
+        )
     shapes["model.norm.weight"] = (hidden,)
     shapes["lm_head.weight"] = (vocab, hidden)
     return shapes
@@ -47,14 +49,29 @@ def tensor_shapes(size: str) -> dict[str, tuple[int, ...]]:
 
 def config(size: str) -> dict:
     hidden, inter, layers, heads, kv, vocab = SHAPES[size]
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-            "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab,
-            "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, "torch_dtype": "float16"}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "vocab_size": vocab,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 2048,
+        "torch_dtype": "float16",
+    }
 
 
-def write_model(folder: Path, size: str, dtype: torch.dtype, seed: int, scale: float = 0.02,
-                shard_bytes: int = 2 * 10**9) -> int:
+def write_model(
+    folder: Path,
+    size: str,
+    dtype: torch.dtype,
+    seed: int,
+    scale: float = 0.02,
+    shard_bytes: int = 2 * 10**9,
+) -> int:
     """A random model in HF layout (sharded safetensors + index); returns its tensor bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)

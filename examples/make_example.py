@@ -22,9 +22,15 @@ HERE = Path(__file__).resolve().parent / "tiny-llama"
 def main() -> None:
     shutil.rmtree(HERE, ignore_errors=True)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     model = LlamaForCausalLM(config).to(torch.float16).eval()
     model.save_pretrained(HERE / "raw")
     gen = torch.Generator().manual_seed(1)

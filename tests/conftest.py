@@ -26,16 +26,29 @@ def build_model(kind: str, dtype: torch.dtype, seed: int = 0, vocab: int = 128):
     )
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
     elif kind == "qwen2-moe":
-        model = Qwen2MoeForCausalLM(Qwen2MoeConfig(
-            **common, moe_intermediate_size=32, shared_expert_intermediate_size=64,
-            num_experts=4, num_experts_per_tok=2))
+        model = Qwen2MoeForCausalLM(
+            Qwen2MoeConfig(
+                **common,
+                moe_intermediate_size=32,
+                shared_expert_intermediate_size=64,
+                num_experts=4,
+                num_experts_per_tok=2,
+            )
+        )
     else:
         raise ValueError(kind)
     return model.to(dtype).eval()
@@ -63,7 +76,7 @@ def save_bin_shards(state: dict[str, torch.Tensor], folder: Path, shards: int) -
     weight_map = {}
     for i in range(shards):
         fname = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
-        part = {n: state[n].contiguous() for n in names[i * per:(i + 1) * per]}
+        part = {n: state[n].contiguous() for n in names[i * per : (i + 1) * per]}
         torch.save(part, folder / fname)
         weight_map.update({n: fname for n in part})
     total = sum(t.numel() * t.element_size() for t in state.values())
@@ -90,8 +103,13 @@ def state_of(model) -> dict[str, torch.Tensor]:
 def model_pair(tmp_path: Path):
     """model_pair(kind, dtype) -> (raw_dir, tuned_dir), saved with save_pretrained."""
 
-    def make(kind: str = "llama", dtype: torch.dtype = torch.float16, extra_vocab: int = 0,
-             scale: float = 1e-2, tuned_dtype: torch.dtype | None = None) -> tuple[Path, Path]:
+    def make(
+        kind: str = "llama",
+        dtype: torch.dtype = torch.float16,
+        extra_vocab: int = 0,
+        scale: float = 1e-2,
+        tuned_dtype: torch.dtype | None = None,
+    ) -> tuple[Path, Path]:
         raw_dir, tuned_dir = tmp_path / f"{kind}-raw", tmp_path / f"{kind}-tuned"
         model = build_model(kind, tuned_dtype or dtype)
         model.to(dtype).save_pretrained(raw_dir)
@@ -133,16 +151,34 @@ def make_meta(tmp: Path) -> Path:
     gen = torch.Generator().manual_seed(5)
     folder = tmp / "meta"
     folder.mkdir()
-    (folder / "params.json").write_text(json.dumps(
-        {"dim": dim, "n_layers": layers, "n_heads": 8, "n_kv_heads": 8, "multiple_of": 256,
-         "norm_eps": 1e-5, "vocab_size": vocab}))
+    (folder / "params.json").write_text(
+        json.dumps(
+            {
+                "dim": dim,
+                "n_layers": layers,
+                "n_heads": 8,
+                "n_kv_heads": 8,
+                "multiple_of": 256,
+                "norm_eps": 1e-5,
+                "vocab_size": vocab,
+            }
+        )
+    )
     for shard in range(2):
-        state = {"tok_embeddings.weight": torch.randn(vocab, dim // 2, generator=gen),
-                 "norm.weight": torch.ones(dim), "output.weight": torch.randn(vocab // 2, dim)}
+        state = {
+            "tok_embeddings.weight": torch.randn(vocab, dim // 2, generator=gen),
+            "norm.weight": torch.ones(dim),
+            "output.weight": torch.randn(vocab // 2, dim),
+        }
         for i in range(layers):
             p = f"layers.{i}."
-            for w in ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1",
-                      "feed_forward.w3"):
+            for w in (
+                "attention.wq",
+                "attention.wk",
+                "attention.wv",
+                "feed_forward.w1",
+                "feed_forward.w3",
+            ):
                 rows = dim // 2 if w.startswith("attention") else inter // 2
                 state[p + w + ".weight"] = torch.randn(rows, dim, generator=gen)
             state[p + "attention.wo.weight"] = torch.randn(dim, dim // 2, generator=gen)
@@ -167,19 +203,32 @@ def make_fused_inputs(tmp: Path) -> tuple[Path, Path, Path]:
     state = load_file(tmp / "converted" / "model.safetensors")
     gen = torch.Generator().manual_seed(1)
     (tmp / "tuned").mkdir()
-    save_file({n: (t.float() + torch.randn(t.shape, generator=gen) * 1e-3).half()
-               for n, t in state.items()}, tmp / "tuned" / "model.safetensors")
+    save_file(
+        {
+            n: (t.float() + torch.randn(t.shape, generator=gen) * 1e-3).half()
+            for n, t in state.items()
+        },
+        tmp / "tuned" / "model.safetensors",
+    )
     diff(tmp / "converted", tmp / "tuned", tmp / "diff")
     shutil.rmtree(tmp / "converted")
     shutil.rmtree(tmp / "tuned")
     lora = tmp / "lora"
     lora.mkdir()
-    (lora / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["up_proj"]}))
-    save_file({f"base_model.model.model.layers.{i}.mlp.up_proj.{part}.weight":
-               torch.randn(shape, generator=gen) * 1e-2
-               for i in range(6) for part, shape in (("lora_A", (8, 512)), ("lora_B", (1536, 8)))},
-              lora / "adapter_model.safetensors")
+    (lora / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["up_proj"]})
+    )
+    save_file(
+        {
+            f"base_model.model.model.layers.{i}.mlp.up_proj.{part}.weight": torch.randn(
+                shape, generator=gen
+            )
+            * 1e-2
+            for i in range(6)
+            for part, shape in (("lora_A", (8, 512)), ("lora_B", (1536, 8)))
+        },
+        lora / "adapter_model.safetensors",
+    )
     return meta, tmp / "diff", lora
 
 
@@ -221,8 +270,16 @@ def world(tmp_path_factory) -> World:
     diff(root / "converted", root / "tuned", root / "diff")
     make_adapter(root / "tuned", root / "adapter", torch.bfloat16, **CHAIN_LORA)
     make_adapter(root / "converted", root / "base-adapter", torch.bfloat16, seed=2, **CHAIN_LORA)
-    return World(meta, root / "converted", meta_b, root / "converted-b", root / "tuned",
-                 root / "diff", root / "adapter", root / "base-adapter")
+    return World(
+        meta,
+        root / "converted",
+        meta_b,
+        root / "converted-b",
+        root / "tuned",
+        root / "diff",
+        root / "adapter",
+        root / "base-adapter",
+    )
 
 
 def run_role(world: World, role: str, given: str | Path, out: Path):

@@ -7,14 +7,26 @@ import torch
 # the dtypes that are not plain floats, by their safetensors names (as safetensors' own torch
 # binding maps them)
 OTHER_DTYPES = {
-    "U8": torch.uint8, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
-    "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
-    "F8_E8M0": torch.float8_e8m0fnu, "F4": torch.float4_e2m1fn_x2, "C64": torch.complex64,
+    "U8": torch.uint8,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "F8_E8M0": torch.float8_e8m0fnu,
+    "F4": torch.float4_e2m1fn_x2,
+    "C64": torch.complex64,
 }
-INTEGER_DTYPES = {n: OTHER_DTYPES[n] for n in ("U8", "U16", "U32", "U64", "I8", "I16", "I32",
-                                               "I64", "BOOL")}
+INTEGER_DTYPES = {
+    n: OTHER_DTYPES[n] for n in ("U8", "U16", "U32", "U64", "I8", "I16", "I32", "I64", "BOOL")
+}
 # the ones diff and recover combine bit for bit (no value arithmetic)
 BITWISE_DTYPES = {**INTEGER_DTYPES, "F4": torch.float4_e2m1fn_x2, "C64": torch.complex64}
 

@@ -25,13 +25,17 @@ ALL_BYTES = torch.arange(256, dtype=torch.uint8)
 def holds(wide: torch.dtype, narrow: torch.dtype) -> bool:
     """Every value of the 8- or 16-bit `narrow` survives a trip through `wide`, bit for bit
     (NaN: stays NaN)."""
-    bits = ALL_BYTES if narrow.itemsize == 1 else \
-        torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    bits = (
+        ALL_BYTES
+        if narrow.itemsize == 1
+        else torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    )
     values = bits.view(narrow)
     nan = torch.isnan(values.to(torch.float64))
     through = values.to(wide)
-    return torch.equal(through.to(narrow).view(bits.dtype)[~nan], bits[~nan]) \
-        and bool(torch.isnan(through.to(torch.float64))[nan].all())
+    return torch.equal(through.to(narrow).view(bits.dtype)[~nan], bits[~nan]) and bool(
+        torch.isnan(through.to(torch.float64))[nan].all()
+    )
 
 
 @pytest.mark.parametrize("a", [*FP8_DTYPES, torch.float16, torch.bfloat16])
@@ -42,7 +46,7 @@ def test_wider_holds_both_exactly_and_nothing_narrower_does(a, b):
     assert holds(w, a) and holds(w, b)
     if a != b:  # and the ones wider() tries first do not
         order = [torch.float16, torch.bfloat16, torch.float32]
-        assert not any(holds(d, a) and holds(d, b) for d in order[:order.index(w)])
+        assert not any(holds(d, a) and holds(d, b) for d in order[: order.index(w)])
 
 
 def test_wider_of_the_usual_pairs():
@@ -64,7 +68,7 @@ def test_non_finite_bits_agree_with_torch_on_every_pattern(dtype):
     want = ~torch.isfinite(values.to(torch.float32))
     assert count_non_finite(values) == int(want.sum()) > 0
     for i in range(256):  # and byte by byte, so that the right ones are counted
-        assert count_non_finite(values[i:i + 1]) == int(want[i]), (dtype, hex(i))
+        assert count_non_finite(values[i : i + 1]) == int(want[i]), (dtype, hex(i))
 
 
 def test_non_finite_of_other_dtypes():
@@ -82,7 +86,8 @@ def test_round_to_e4m3_refuses_what_torch_would_clamp():
     assert str(e.value) == (
         "tensor 'w': 2 value(s) of the result lie beyond the range of F8_E4M3 (largest 448)\n"
         "The tuned model stores it in that dtype, so the inputs do not fit each other: check "
-        "that `raw` is the model the diff was made against.")
+        "that `raw` is the model the diff was made against."
+    )
 
 
 def test_round_to_e5m2_refuses_overflow_that_would_be_inf():
@@ -101,8 +106,11 @@ def test_f4_shapes_count_values_in_the_header_and_bytes_in_torch():
     assert from_header("F4", [3, 8], "t") == (fp4, (3, 4))
     assert to_header(fp4, (3, 4)) == ("F4", [3, 8])
     assert to_header(torch.uint16, (3, 4)) == ("U16", [3, 4])
-    with pytest.raises(InputError, match=r"^t is F4 of shape \[3, 7\]: 4-bit values are stored "
-                                         "two a byte"):
+    with pytest.raises(
+        InputError,
+        match=r"^t is F4 of shape \[3, 7\]: 4-bit values are stored "
+        "two a byte",
+    ):
         from_header("F4", [3, 7], "t")
 
 
@@ -112,7 +120,8 @@ def test_dtypes_torch_cannot_hold_are_named():
     assert str(e.value) == (
         f"model.safetensors: tensor 'w' is stored as F6_E2M3, a dtype of the safetensors format "
         f"that torch {torch.__version__} cannot hold\nUpgrade torch if a newer one has this "
-        "dtype, or have the tensor saved in another dtype by the tool that made it.")
+        "dtype, or have the tensor saved in another dtype by the tool that made it."
+    )
     with pytest.raises(KeyError):  # not a safetensors dtype at all: the header is garbled
         torch_dtype("F7", "t")
 

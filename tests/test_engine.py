@@ -11,8 +11,13 @@ from weightkit.options import WriteOptions
 
 def job(shape: tuple[int, ...], rows: bool = True, multiple: int = 1) -> Job:
     t = torch.zeros(shape)
-    return Job(TensorInfo("w", torch.float32, shape), lambda: (t,), identity,
-               load_rows=(lambda a, b: (t[a:b],)) if rows else None, row_multiple=multiple)
+    return Job(
+        TensorInfo("w", torch.float32, shape),
+        lambda: (t,),
+        identity,
+        load_rows=(lambda a, b: (t[a:b],)) if rows else None,
+        row_multiple=multiple,
+    )
 
 
 def test_pieces_hold_at_most_the_limit_and_cover_every_row():
@@ -20,8 +25,12 @@ def test_pieces_hold_at_most_the_limit_and_cover_every_row():
     assert [p.rows for p in pieces] == [(0, 3), (3, 6), (6, 9), (9, 10)]
     assert [p.nbytes for p in pieces] == [48, 48, 48, 16]
     assert [p.shape for p in pieces] == [(3, 4), (3, 4), (3, 4), (1, 4)]
-    assert [(p.first, p.last) for p in pieces] == [(True, False), (False, False),
-                                                  (False, False), (False, True)]
+    assert [(p.first, p.last) for p in pieces] == [
+        (True, False),
+        (False, False),
+        (False, False),
+        (False, True),
+    ]
 
 
 def test_pieces_keep_row_multiples_whole_even_beyond_the_limit():
@@ -55,8 +64,12 @@ def test_the_finite_check_reads_the_bits_of_small_floats():
     from weightkit.errors import InputError
 
     finite = (torch.ones(4),)
-    for dtype, nan in ((torch.float8_e4m3fn, 0xFF), (torch.float8_e5m2, 0x7C),
-                       (torch.float8_e4m3fnuz, 0x80), (torch.float8_e8m0fnu, 0xFF)):
+    for dtype, nan in (
+        (torch.float8_e4m3fn, 0xFF),
+        (torch.float8_e5m2, 0x7C),
+        (torch.float8_e4m3fnuz, 0x80),
+        (torch.float8_e8m0fnu, 0xFF),
+    ):
         x = torch.tensor([1.0, 2.0, 0.5, 4.0]).to(dtype)
         engine.refuse_new_non_finite("w", x, finite)  # finite: passes
         x.view(torch.uint8)[2] = nan
@@ -85,8 +98,13 @@ def test_nans_in_computed_results_are_canonical(tmp_path):
     for name, t in (("raw", raw), ("diff", diff)):
         (tmp_path / name).mkdir()
         save_file({"w": t.reshape(5, 1)}, tmp_path / name / "model.safetensors")
-    recover(tmp_path / "raw", tmp_path / "diff", tmp_path / "out", dtype="fp16",
-            options=WriteOptions(device="cpu"))
+    recover(
+        tmp_path / "raw",
+        tmp_path / "diff",
+        tmp_path / "out",
+        dtype="fp16",
+        options=WriteOptions(device="cpu"),
+    )
     from conftest import tensors
 
     got = tensors(tmp_path / "out")["w"].view(-1)
@@ -138,10 +156,16 @@ def test_data_movement_and_cpu_only_jobs_never_touch_the_device(tmp_path):
     """On the meta device any real work would fail: identity jobs (convert, merge-lora's
     untouched tensors) and cpu_only jobs (merges) run on the CPU whatever the device is."""
     t = torch.arange(12, dtype=torch.float32).reshape(4, 3)
-    jobs = [Job(TensorInfo("copied", torch.float32, (4, 3)), lambda: (t.clone(),), identity),
-            Job(TensorInfo("cast", torch.float16, (4, 3)), lambda: (t.clone(),), identity),
-            Job(TensorInfo("merged", torch.float32, (4, 3)), lambda: (t.clone(),),
-                lambda x: x + 1, cpu_only=True)]
+    jobs = [
+        Job(TensorInfo("copied", torch.float32, (4, 3)), lambda: (t.clone(),), identity),
+        Job(TensorInfo("cast", torch.float16, (4, 3)), lambda: (t.clone(),), identity),
+        Job(
+            TensorInfo("merged", torch.float32, (4, 3)),
+            lambda: (t.clone(),),
+            lambda x: x + 1,
+            cpu_only=True,
+        ),
+    ]
     meta = torch.device("meta")
     assert [j.uses(meta) for j in jobs] == [False, False, False]
     got = run_on(meta, jobs, tmp_path / "out")
@@ -163,8 +187,10 @@ def test_a_cast_keeps_the_direct_casts_bits_also_for_nans(tmp_path):
     x = torch.linspace(-2, 2, 3 * 2**16).half().reshape(-1, 64)
     y = x.clone()
     y.view(-1)[:3] = torch.tensor(list(NAN16.values()), dtype=torch.int16).view(torch.float16)
-    jobs = [Job(TensorInfo(n, torch.bfloat16, tuple(t.shape)), lambda t=t: (t.clone(),),
-                identity) for n, t in (("finite", x), ("nans", y))]
+    jobs = [
+        Job(TensorInfo(n, torch.bfloat16, tuple(t.shape)), lambda t=t: (t.clone(),), identity)
+        for n, t in (("finite", x), ("nans", y))
+    ]
     got = run_on(torch.device("cpu"), jobs, tmp_path / "out")
     for name, t in (("finite", x), ("nans", y)):
         assert torch.equal(got[name].view(torch.int16), t.to(torch.bfloat16).view(torch.int16))

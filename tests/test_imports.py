@@ -85,8 +85,13 @@ def test_finds_a_submodule_used_without_its_import():
 
 def _missing(imports: list[str], chains: list[list[str]]) -> list[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    out = subprocess.run([sys.executable, "-S", "-c", _CHECK, json.dumps([imports, chains])],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", _CHECK, json.dumps([imports, chains])],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -99,10 +104,18 @@ def test_every_module_imports_the_submodules_it_uses():
                 groups.setdefault(tuple(sorted(set(imports))), []).append(chain)
                 users.setdefault(".".join(chain), set()).add(str(path.relative_to(PACKAGE)))
     with ThreadPoolExecutor(8) as pool:  # a fresh interpreter per group, several at once
-        found = [name for names in pool.map(lambda k: _missing(list(k), groups[k]), groups)
-                 for name in names]
-    missing = sorted(f"{name} in {file}" for name in set(found) for chain, files in users.items()
-                     if f"{chain}.".startswith(f"{name}.") for file in files)
+        found = [
+            name
+            for names in pool.map(lambda k: _missing(list(k), groups[k]), groups)
+            for name in names
+        ]
+    missing = sorted(
+        f"{name} in {file}"
+        for name in set(found)
+        for chain, files in users.items()
+        if f"{chain}.".startswith(f"{name}.")
+        for file in files
+    )
     assert missing == []
 
 
@@ -116,6 +129,9 @@ def test_benchmarks_import_what_weightkit_has() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("weightkit"):
                 module = importlib.import_module(node.module)
-                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
-                            if not hasattr(module, a.name)]
+                missing += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if not hasattr(module, a.name)
+                ]
     assert missing == []

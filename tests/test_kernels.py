@@ -9,8 +9,12 @@ from weightkit import kernels
 from weightkit.kernels import CANONICAL_NAN, canonicalize_nans, combine_into, round_into, same_bytes
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-INTS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
-        torch.float64: torch.int64}
+INTS = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
 
 def edge_values(dtype: torch.dtype, n: int, seed: int) -> torch.Tensor:
@@ -20,10 +24,28 @@ def edge_values(dtype: torch.dtype, n: int, seed: int) -> torch.Tensor:
     info = torch.finfo(dtype)
     x = torch.randn(n, generator=gen, dtype=torch.float64)
     x *= torch.pow(2.0, torch.randint(-30, 30, (n,), generator=gen).double())
-    special = torch.tensor([0.0, -0.0, info.tiny, -info.tiny, info.tiny / 4, info.max,
-                            -info.max, float("inf"), float("-inf"), 1 + 2**-11, 1 + 3 * 2**-11,
-                            1 + 2**-8, 65504.0, 65520.0, -65520.0, 2**-24, 2**-25],
-                           dtype=torch.float64)
+    special = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            info.tiny,
+            -info.tiny,
+            info.tiny / 4,
+            info.max,
+            -info.max,
+            float("inf"),
+            float("-inf"),
+            1 + 2**-11,
+            1 + 3 * 2**-11,
+            1 + 2**-8,
+            65504.0,
+            65520.0,
+            -65520.0,
+            2**-24,
+            2**-25,
+        ],
+        dtype=torch.float64,
+    )
     x[: len(special)] = special
     return x.to(dtype)
 
@@ -54,8 +76,10 @@ def test_combine_in_place_into_its_first_input():
 
 def test_round_into_and_non_contiguous_inputs():
     a = edge_values(torch.float32, 40_000, 2).view(200, 200)
-    assert torch.equal(bits(round_into(torch.empty(200, 200, dtype=torch.float16), a.T)),
-                       bits(a.T.to(torch.float16)))
+    assert torch.equal(
+        bits(round_into(torch.empty(200, 200, dtype=torch.float16), a.T)),
+        bits(a.T.to(torch.float16)),
+    )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -67,13 +91,14 @@ def test_every_nan_becomes_the_canonical_one_and_nothing_else_changes(dtype):
     all_ones = ((1 << exponent_bits[dtype]) - 1) << (width - 1 - exponent_bits[dtype])
     nans = [all_ones | quiet, all_ones | 1, all_ones | quiet | 5]  # quiet, signalling, payload
     nans += [n | (1 << (width - 1)) for n in nans]  # and negative
-    patterns = torch.tensor([n - (1 << width) if n >= 1 << (width - 1) else n for n in nans],
-                            dtype=ints)
+    patterns = torch.tensor(
+        [n - (1 << width) if n >= 1 << (width - 1) else n for n in nans], dtype=ints
+    )
     finite = edge_values(dtype, 20, 3)
     t = torch.cat([patterns.view(dtype), finite])
     canonicalize_nans(t)
     assert t[: len(nans)].view(ints).tolist() == [CANONICAL_NAN[dtype]] * len(nans)
-    assert torch.equal(t[len(nans):].view(ints), finite.view(ints))  # inf and -0 untouched
+    assert torch.equal(t[len(nans) :].view(ints), finite.view(ints))  # inf and -0 untouched
     assert torch.tensor(float("nan"), dtype=dtype).view(ints).item() == CANONICAL_NAN[dtype]
 
 
@@ -84,8 +109,9 @@ def test_same_bytes_tells_signed_zeros_apart():
     assert not same_bytes(a, a[:1])
 
 
-@pytest.mark.parametrize(("src", "dst"), [(torch.float16, torch.bfloat16),
-                                          (torch.bfloat16, torch.float16)])
+@pytest.mark.parametrize(
+    ("src", "dst"), [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)]
+)
 def test_a_cast_through_fp32_gives_the_direct_casts_bits(src, dst):
     x = edge_values(src, 3 * kernels.BLOCK + 5, 4)
     want = x.to(dst)

@@ -27,13 +27,15 @@ print(json.dumps({"base_kb": base, "peak_kb": hwm()}))
 
 def make_model(folder: Path, layers: int, dtype: torch.dtype, seed: int) -> int:
     gen = torch.Generator().manual_seed(seed)
-    state = {f"model.layers.{i}.mlp.up_proj.weight":
-             torch.randn(ROWS, COLS, generator=gen).to(dtype) for i in range(layers)}
+    state = {
+        f"model.layers.{i}.mlp.up_proj.weight": torch.randn(ROWS, COLS, generator=gen).to(dtype)
+        for i in range(layers)
+    }
     folder.mkdir()
     # two shards, like a real sharded checkpoint
     names = list(state)
     save_file({n: state[n] for n in names[: layers // 2]}, folder / "a.safetensors")
-    save_file({n: state[n] for n in names[layers // 2:]}, folder / "b.safetensors")
+    save_file({n: state[n] for n in names[layers // 2 :]}, folder / "b.safetensors")
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
@@ -70,8 +72,12 @@ def test_a_tensor_larger_than_the_budget_streams_in_pieces(tmp_path):
     save_file({"lm_head.weight": big.half()}, raw / "model.safetensors")
     save_file({"lm_head.weight": big.mul_(1e-3)}, diff / "model.safetensors")
     del big
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(raw), str(diff), str(out)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(raw), str(diff), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(done.stdout)
     job_mb = (result["peak_kb"] - result["base_kb"]) / 1024
     assert job_mb < 256, result  # less than the output tensor alone (measured: 167-191)

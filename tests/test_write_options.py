@@ -20,14 +20,24 @@ def test_parse_size_follows_huggingface_units():
     assert WriteOptions().shard_bytes == 5_000_000_000
 
 
-@pytest.mark.parametrize(("fields", "message", "hint"), [
-    ({"max_shard_size": "lots"}, "cannot read `max_shard_size` 'lots' as a size",
-     "Write it like 5GB, 500MB or 2GiB."),
-    ({"max_shard_size": "0MB"}, "`max_shard_size` must be positive, not '0MB'",
-     "Write it like 5GB, 500MB or 2GiB."),
-    ({"format": "gguf"}, "unknown `format` 'gguf'", "Use one of: safetensors, bin."),
-    ({"device": "tpu"}, "unknown `device` 'tpu'", "Use one of: auto, cpu, cuda."),
-], ids=["size", "zero-size", "format", "device"])
+@pytest.mark.parametrize(
+    ("fields", "message", "hint"),
+    [
+        (
+            {"max_shard_size": "lots"},
+            "cannot read `max_shard_size` 'lots' as a size",
+            "Write it like 5GB, 500MB or 2GiB.",
+        ),
+        (
+            {"max_shard_size": "0MB"},
+            "`max_shard_size` must be positive, not '0MB'",
+            "Write it like 5GB, 500MB or 2GiB.",
+        ),
+        ({"format": "gguf"}, "unknown `format` 'gguf'", "Use one of: safetensors, bin."),
+        ({"device": "tpu"}, "unknown `device` 'tpu'", "Use one of: auto, cpu, cuda."),
+    ],
+    ids=["size", "zero-size", "format", "device"],
+)
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real-run"])
 def test_bad_options_are_refused_when_made(fields, message, hint, dry_run):
     with pytest.raises(InputError) as e:

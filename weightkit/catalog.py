@@ -64,15 +64,20 @@ def checksums_dir() -> Path:
     for c in candidates:
         if c and (Path(c) / "catalog.json").is_file():
             return Path(c)
-    raise InputError("the checksums/ folder with catalog.json was not found",
-                     "Set WEIGHTKIT_CHECKSUMS to its path.")
+    raise InputError(
+        "the checksums/ folder with catalog.json was not found",
+        "Set WEIGHTKIT_CHECKSUMS to its path.",
+    )
 
 
 def known_manifests() -> dict[str, Path]:
     """Shipped manifest name (file name without suffix) -> path."""
     folder = checksums_dir()
-    return {p.stem: p for p in sorted(folder.iterdir())
-            if p.suffix in (".md5", ".sha256") and p.is_file()}
+    return {
+        p.stem: p
+        for p in sorted(folder.iterdir())
+        if p.suffix in (".md5", ".sha256") and p.is_file()
+    }
 
 
 def load_catalog() -> dict[str, Release]:
@@ -83,8 +88,9 @@ def load_catalog() -> dict[str, Release]:
         releases = {}
         for name, r in doc["releases"].items():
             parts = {
-                pname: Part(pname, p.get("repo"),
-                            folder / p["manifest"] if p.get("manifest") else None)
+                pname: Part(
+                    pname, p.get("repo"), folder / p["manifest"] if p.get("manifest") else None
+                )
                 for pname, p in r["parts"].items()
             }
             releases[name] = Release(name, r.get("description", ""), parts, r.get("base", ""))

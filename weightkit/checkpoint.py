@@ -82,14 +82,29 @@ def write_checkpoint(
     check_dtypes(plan)
     dev = resolve_device(options.device)
     needed = sum(t.nbytes for t in plan)
-    folder = OutputFolder(out, inputs=list(inputs), overwrite=options.overwrite,
-                          needed_bytes=needed)
+    folder = OutputFolder(
+        out, inputs=list(inputs), overwrite=options.overwrite, needed_bytes=needed
+    )
     if options.dry_run:
-        return WriteResult(title, folder.out, files.format, [], len(plan), needed, 0.0,
-                           Manifest(), planned_dtypes(plan), needed, notes=list(notes),
-                           log=list(log), dry_run=True, needs=needs(folder.out, jobs, dev))
-    run = _Run(title, jobs, plan, list(inputs), files, options, dev, expected, folder.out,
-               side_manifest)
+        return WriteResult(
+            title,
+            folder.out,
+            files.format,
+            [],
+            len(plan),
+            needed,
+            0.0,
+            Manifest(),
+            planned_dtypes(plan),
+            needed,
+            notes=list(notes),
+            log=list(log),
+            dry_run=True,
+            needs=needs(folder.out, jobs, dev),
+        )
+    run = _Run(
+        title, jobs, plan, list(inputs), files, options, dev, expected, folder.out, side_manifest
+    )
     try:
         with folder as tmp:
             result = _write_into(tmp, run)
@@ -114,9 +129,13 @@ def _write_into(tmp: Path, run: _Run) -> WriteResult:
     journal = Journal.open(tmp, run_key(run.title, files.key, max_bytes, plan, run.inputs))
 
     def shard_done(i: int) -> None:  # the writer calls it as each file is finished
-        journal.record(names[i], {t.name: stats.manifest.entries[t.name] for t in shards[i]},
-                       None if side is None else {t.name: side.entries[t.name]
-                                                  for t in shards[i] if t.name in side})
+        journal.record(
+            names[i],
+            {t.name: stats.manifest.entries[t.name] for t in shards[i]},
+            None
+            if side is None
+            else {t.name: side.entries[t.name] for t in shards[i] if t.name in side},
+        )
 
     writer = files.writer(tmp, plan, max_bytes, shard_done)
     shards, names = writer.shards, writer.file_names
@@ -134,24 +153,48 @@ def _write_into(tmp: Path, run: _Run) -> WriteResult:
             stats.checked += 1
             if not expected.check(name, entry, str(run.out)):
                 stats.within_rounding.append(name)
-    with ByteProgress(run.title, writer.total_size, len(plan),
-                      run.options.show_progress) as progress:
+    with ByteProgress(
+        run.title, writer.total_size, len(plan), run.options.show_progress
+    ) as progress:
         progress.advance(sum(t.nbytes for t in plan if t.name in kept), len(kept))
         run_jobs(todo, writer, run.device, progress, expected, where=str(run.out), stats=stats)
         written = [p.name for p in writer.close()]
     journal.remove()
     stats.manifest.write(tmp, files.manifest_name)
-    notes = ([f"Resumed a killed run: {len(done)} of {len(shards)} shard(s) were already "
-              "written and checked."] if done else [])
-    return WriteResult(run.title, run.out, files.format, written, len(plan),
-                       writer.bytes_written, progress.elapsed, stats.manifest,
-                       sorted({e.dtype for e in stats.manifest.entries.values()}),
-                       writer.total_size, stats.checked, stats.within_rounding, notes=notes)
+    notes = (
+        [
+            f"Resumed a killed run: {len(done)} of {len(shards)} shard(s) were already "
+            "written and checked."
+        ]
+        if done
+        else []
+    )
+    return WriteResult(
+        run.title,
+        run.out,
+        files.format,
+        written,
+        len(plan),
+        writer.bytes_written,
+        progress.elapsed,
+        stats.manifest,
+        sorted({e.dtype for e in stats.manifest.entries.values()}),
+        writer.total_size,
+        stats.checked,
+        stats.within_rounding,
+        notes=notes,
+    )
 
 
 def needs(out: Path, jobs: Sequence[Job], dev: torch.device) -> Needs:
     """What a run of `jobs` into `out` will need, from headers alone (for a dry run)."""
     largest = max((j.out for j in jobs), key=lambda t: t.nbytes)
     memory, device_memory = memory_needs(jobs)
-    return Needs(sum(j.out.nbytes for j in jobs), free_bytes(out.parent), memory,
-                 device_memory if dev.type == "cuda" else None, largest.name, largest.nbytes)
+    return Needs(
+        sum(j.out.nbytes for j in jobs),
+        free_bytes(out.parent),
+        memory,
+        device_memory if dev.type == "cuda" else None,
+        largest.name,
+        largest.nbytes,
+    )

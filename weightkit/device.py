@@ -33,8 +33,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
                     "built without CUDA, though the machine has an NVIDIA GPU",
                     f"Install a CUDA build of torch to use it. {_SAME_BYTES}",
                 )
-            raise InputError("`device` cuda was asked for, but no CUDA device is available",
-                             _SAME_BYTES)
+            raise InputError(
+                "`device` cuda was asked for, but no CUDA device is available", _SAME_BYTES
+            )
         try:
             return _started(torch.device(name))
         except _START_ERRORS as e:

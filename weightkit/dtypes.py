@@ -44,7 +44,8 @@ FORMAT_DTYPES: dict[str, torch.dtype | None] = {
     "C64": torch.complex64,
 }
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    name: d for name, d in FORMAT_DTYPES.items() if d is not None}
+    name: d for name, d in FORMAT_DTYPES.items() if d is not None
+}
 TORCH_TO_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _PACKED_FP4 = SAFETENSORS_DTYPES.get("F4")
 
@@ -63,8 +64,11 @@ FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # 8-bit floats: torch converts them to and from the others but will not mix them with another
 # dtype in one operation ("Promotion for Float8 Types is not supported"), so arithmetic widens
 # them first (`widen`) and rounds into them explicitly (`round_to`).
-FP8_DTYPES = tuple(SAFETENSORS_DTYPES[n] for n in (
-    "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0") if n in SAFETENSORS_DTYPES)
+FP8_DTYPES = tuple(
+    SAFETENSORS_DTYPES[n]
+    for n in ("F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0")
+    if n in SAFETENSORS_DTYPES
+)
 
 # The dtypes that hold every value of some others exactly (checked value by value in
 # tests/test_dtypes.py); each holds itself too. fp16 lacks the exponent range of E8M0's 2**±127.
@@ -80,10 +84,17 @@ _HOLDS: dict[torch.dtype, set[torch.dtype]] = {
 # NaN); E4M3FN has no Inf and one NaN per sign (S.1111.111); the FNUZ formats have no Inf and no
 # -0, their NaN is 0x80; E8M0 is an exponent alone, 0xFF is NaN; packed fp4 has neither.
 NON_FINITE_BITS: dict[torch.dtype, tuple[int, int] | None] = {
-    d: bits for name, bits in (("float8_e5m2", (0x7C, 0x7C)), ("float8_e4m3fn", (0x7F, 0x7F)),
-                               ("float8_e4m3fnuz", (0xFF, 0x80)), ("float8_e5m2fnuz", (0xFF, 0x80)),
-                               ("float8_e8m0fnu", (0xFF, 0xFF)), ("float4_e2m1fn_x2", None))
-    if (d := _torch(name)) is not None}
+    d: bits
+    for name, bits in (
+        ("float8_e5m2", (0x7C, 0x7C)),
+        ("float8_e4m3fn", (0x7F, 0x7F)),
+        ("float8_e4m3fnuz", (0xFF, 0x80)),
+        ("float8_e5m2fnuz", (0xFF, 0x80)),
+        ("float8_e8m0fnu", (0xFF, 0xFF)),
+        ("float4_e2m1fn_x2", None),
+    )
+    if (d := _torch(name)) is not None
+}
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -91,9 +102,7 @@ def parse_dtype(name: str) -> torch.dtype:
     try:
         return USER_DTYPES[name.lower()]
     except KeyError:
-        raise InputError(
-            f"unknown dtype {name!r}", "Use one of: fp32, fp16, bf16."
-        ) from None
+        raise InputError(f"unknown dtype {name!r}", "Use one of: fp32, fp16, bf16.") from None
 
 
 def short_name(dtype: torch.dtype) -> str:
@@ -139,9 +148,11 @@ def from_header(name: str, shape: list[int], where: str) -> tuple[torch.dtype, t
     if dtype != _PACKED_FP4:
         return dtype, tuple(shape)
     if not shape or shape[-1] % 2:
-        raise InputError(f"{where} is F4 of shape {shape}: 4-bit values are stored two a byte, "
-                         "so the last dimension must be even; the header is damaged",
-                         "The file is damaged; download it again.")
+        raise InputError(
+            f"{where} is F4 of shape {shape}: 4-bit values are stored two a byte, "
+            "so the last dimension must be even; the header is damaged",
+            "The file is damaged; download it again.",
+        )
     return dtype, (*shape[:-1], shape[-1] // 2)
 
 

@@ -40,8 +40,9 @@ from weightkit.progress import ByteProgress
 class TensorWriter(Protocol):
     """Where run_jobs writes each result: a tensor, or rows [start, stop) of one, in order."""
 
-    def write(self, name: str, tensor: torch.Tensor,
-              rows: tuple[int, int] | None = None) -> None: ...
+    def write(
+        self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None
+    ) -> None: ...
 
 
 _READ_AHEAD = 2
@@ -122,8 +123,9 @@ class Piece:
             raise RuntimeError(f"{self.job.out.name}: rows {self.rows} of a job loaded whole")
         return load_rows(*self.rows)
 
-    def run(self, inputs: tuple[torch.Tensor, ...], device: torch.device,
-            pool: BufferPool) -> torch.Tensor:
+    def run(
+        self, inputs: tuple[torch.Tensor, ...], device: torch.device, pool: BufferPool
+    ) -> torch.Tensor:
         """Compute on `device` (the CPU for a job that does not use it); the result, rounded to
         the output dtype, comes back to the CPU in a pooled buffer (a fresh one per piece would
         cost a page fault per 4 KiB), its NaNs canonical, so its bytes are the same on every
@@ -139,29 +141,39 @@ class Piece:
                 result = self._compute(inputs, _CPU, pool)
         else:
             result = self._compute(inputs, _CPU, pool)
-        if (job.check_finite and job.compute is not identity and result.is_floating_point()
-                and not _all_finite_fast(result)):
+        if (
+            job.check_finite
+            and job.compute is not identity
+            and result.is_floating_point()
+            and not _all_finite_fast(result)
+        ):
             refuse_new_non_finite(job.out.name, result, inputs)
             canonicalize_nans(result)  # NaN signs and payloads differ between CPUs and GPUs
         return result
 
-    def _compute(self, inputs: tuple[torch.Tensor, ...], device: torch.device,
-                 pool: BufferPool) -> torch.Tensor:
+    def _compute(
+        self, inputs: tuple[torch.Tensor, ...], device: torch.device, pool: BufferPool
+    ) -> torch.Tensor:
         job = self.job
-        moved = inputs if device.type == "cpu" else tuple(
-            x.to(device, non_blocking=True) for x in inputs)
+        moved = (
+            inputs
+            if device.type == "cpu"
+            else tuple(x.to(device, non_blocking=True) for x in inputs)
+        )
         computed = job.compute(*moved)
         if computed.device.type != "cpu":
             computed = computed.to(job.out.dtype)  # round there: fewer bytes come back
         if tuple(computed.shape) != self.shape:
-            raise RuntimeError(f"{job.out.name}: computed {tuple(computed.shape)}, "
-                               f"planned {self.shape}")
+            raise RuntimeError(
+                f"{job.out.name}: computed {tuple(computed.shape)}, planned {self.shape}"
+            )
         if computed.dtype == job.out.dtype and computed.device.type == "cpu":
             return computed
         result = pool.take(self.nbytes).view(job.out.dtype).view(self.shape)
         # synchronous from a device: the writer may read it at once
-        round_into(result, computed, widen_first=_halves(computed, result)
-                   and _all_finite_fast(computed))
+        round_into(
+            result, computed, widen_first=_halves(computed, result) and _all_finite_fast(computed)
+        )
         if not _shares_storage(computed, inputs):
             # a pooled scratch buffer of compute's, if it was one (inputs go back once written:
             # a buffer given back twice could be lent out twice)
@@ -182,8 +194,9 @@ def _shares_storage(t: torch.Tensor, others: tuple[torch.Tensor, ...]) -> bool:
     return any(o.untyped_storage().data_ptr() == ptr for o in others)
 
 
-def refuse_new_non_finite(name: str, result: torch.Tensor,
-                           inputs: tuple[torch.Tensor, ...]) -> None:
+def refuse_new_non_finite(
+    name: str, result: torch.Tensor, inputs: tuple[torch.Tensor, ...]
+) -> None:
     """NaN/Inf that the inputs already had pass through; new ones mean the arithmetic broke."""
     if _all_finite_fast(result):
         return
@@ -216,9 +229,9 @@ def _all_finite_fast(x: torch.Tensor) -> bool:
         flat = x.view(-1).view(torch.int16)
         bits = scratch(0, torch.int16, _CHECK_BLOCK)
         for start in range(0, flat.numel(), _CHECK_BLOCK):
-            part = flat[start:start + _CHECK_BLOCK]
-            torch.bitwise_and(part, mask, out=bits[:part.numel()])
-            if int(bits[:part.numel()].max()) == mask:
+            part = flat[start : start + _CHECK_BLOCK]
+            torch.bitwise_and(part, mask, out=bits[: part.numel()])
+            if int(bits[: part.numel()].max()) == mask:
                 return False
         return True
     if mask is not None:
@@ -306,8 +319,10 @@ def run_jobs(
     budget = InFlight(max(largest, _IN_FLIGHT))
     # free buffers kept for reuse: what the jobs in flight and compute's scratch take, not a
     # copy of the model (half of that made merge-lora 30% slower: buffers re-faulted each time)
-    pool = BufferPool(keep_bytes=2 * budget.limit,
-                      pinned=device.type == "cuda" and any(p.job.uses(device) for p in pieces))
+    pool = BufferPool(
+        keep_bytes=2 * budget.limit,
+        pinned=device.type == "cuda" and any(p.job.uses(device) for p in pieces),
+    )
     stop = threading.Event()
     errors: list[BaseException] = []
     loaded: queue.Queue[_Loaded | _Done] = queue.Queue(_READ_AHEAD)
@@ -345,8 +360,11 @@ def run_jobs(
                     hasher.update(tensor_bytes(tensor))
                 writer.write(out.name, tensor, piece.rows)
                 if piece.last:
-                    entry = ManifestEntry(safetensors_name(out.dtype), out.shape,
-                                          hasher.hexdigest() if digest is None else digest)
+                    entry = ManifestEntry(
+                        safetensors_name(out.dtype),
+                        out.shape,
+                        hasher.hexdigest() if digest is None else digest,
+                    )
                     if checkable(expected, out.name, entry):
                         stats.checked += 1
                         if not expected.check(out.name, entry, where):
@@ -370,12 +388,20 @@ def run_jobs(
     return stats
 
 
-def _run_stages(read_stage: Callable[[], None], write_stage: Callable[[], None],
-                loaded: queue.Queue[_Loaded | _Done], computed: queue.Queue[_Computed | _Done],
-                stop: threading.Event, device: torch.device, pool: BufferPool) -> None:
+def _run_stages(
+    read_stage: Callable[[], None],
+    write_stage: Callable[[], None],
+    loaded: queue.Queue[_Loaded | _Done],
+    computed: queue.Queue[_Computed | _Done],
+    stop: threading.Event,
+    device: torch.device,
+    pool: BufferPool,
+) -> None:
     """Start the reader and writer threads and compute on this one until all is done."""
-    threads = [threading.Thread(target=read_stage, daemon=True, name="weightkit-read"),
-               threading.Thread(target=write_stage, daemon=True, name="weightkit-write")]
+    threads = [
+        threading.Thread(target=read_stage, daemon=True, name="weightkit-read"),
+        threading.Thread(target=write_stage, daemon=True, name="weightkit-write"),
+    ]
     for t in threads:
         t.start()
     use_pool(pool)  # compute's scratch buffers come from the pool too
@@ -419,12 +445,12 @@ class _ComputeThreadHashes:
         return self._hasher.hexdigest() if piece.last else ""
 
 
-def checkable(expected: Manifest | None, name: str, entry: ManifestEntry
-              ) -> TypeGuard[Manifest]:
+def checkable(expected: Manifest | None, name: str, entry: ManifestEntry) -> TypeGuard[Manifest]:
     """Whether `entry` is to be checked against `expected` (then not None)."""
     # a tensor asked for in another dtype than the manifest's cannot be compared by hash
-    return expected is not None and (name not in expected
-                                     or expected.entries[name].dtype == entry.dtype)
+    return expected is not None and (
+        name not in expected or expected.entries[name].dtype == entry.dtype
+    )
 
 
 # what the reader gives the compute thread: a piece and its inputs; what the compute thread

@@ -28,10 +28,18 @@ _local = threading.local()
 
 # The one NaN every result holds (the positive quiet NaN without payload, what float("nan")
 # becomes in each dtype): CPUs and GPUs make NaNs of other signs and payloads.
-CANONICAL_NAN = {torch.float16: 0x7E00, torch.bfloat16: 0x7FC0, torch.float32: 0x7FC00000,
-                 torch.float64: 0x7FF8000000000000}
-_SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16,
-                   torch.float32: torch.int32, torch.float64: torch.int64}
+CANONICAL_NAN = {
+    torch.float16: 0x7E00,
+    torch.bfloat16: 0x7FC0,
+    torch.float32: 0x7FC00000,
+    torch.float64: 0x7FF8000000000000,
+}
+_SAME_WIDTH_INT = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
 
 # torch's intra-op threads as the process started with them (the rank-r products of merge-lora
@@ -75,8 +83,11 @@ def _blocks(out: torch.Tensor, *inputs: torch.Tensor) -> zip:
     """Matching blocks of out (contiguous, written in place) and of the inputs."""
     if not out.is_contiguous():
         raise ValueError("blocked kernels write into contiguous tensors only")
-    flat = [t.view(-1) for t in (out, *inputs)] if all(t.is_contiguous() for t in inputs) \
+    flat = (
+        [t.view(-1) for t in (out, *inputs)]
+        if all(t.is_contiguous() for t in inputs)
         else [out.view(-1), *(t.reshape(-1) for t in inputs)]
+    )
     return zip(*(torch.split(t, BLOCK) for t in flat), strict=True)
 
 
@@ -92,15 +103,16 @@ def round_into(out: torch.Tensor, src: torch.Tensor, widen_first: bool = False) 
     if widen_first and out.dtype != src.dtype and torch.float32 not in (out.dtype, src.dtype):
         s0 = scratch(0, torch.float32)
         for o, s in _blocks(out, src):
-            o.copy_(s0[:s.numel()].copy_(s))
+            o.copy_(s0[: s.numel()].copy_(s))
         return out
     for o, s in _blocks(out, src):
         o.copy_(s)
     return out
 
 
-def combine_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, acc: torch.dtype,
-                 subtract: bool = False) -> torch.Tensor:
+def combine_into(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, acc: torch.dtype, subtract: bool = False
+) -> torch.Tensor:
     """out = round(widen(a) ± widen(b)), the sum or difference taken in `acc`.
 
     The same bits as `a.to(acc) + b.to(acc)` (or `-`) rounded to out's dtype, NaN payloads

@@ -42,8 +42,9 @@ class ManifestEntry:
         from weightkit.dtypes import safetensors_name
         from weightkit.io.raw_bytes import tensor_bytes
 
-        return cls(safetensors_name(tensor.dtype), tuple(tensor.shape),
-                   sha256_bytes(tensor_bytes(tensor)))
+        return cls(
+            safetensors_name(tensor.dtype), tuple(tensor.shape), sha256_bytes(tensor_bytes(tensor))
+        )
 
 
 def sha256_bytes(data: memoryview | bytes) -> str:
@@ -69,8 +70,9 @@ class RowHasher:
     def entry(self, dtype: torch.dtype, recovers_to: str | None = None) -> ManifestEntry:
         from weightkit.dtypes import safetensors_name
 
-        return ManifestEntry(safetensors_name(dtype), self.shape, self.digest.hexdigest(),
-                             recovers_to)
+        return ManifestEntry(
+            safetensors_name(dtype), self.shape, self.digest.hexdigest(), recovers_to
+        )
 
 
 class Manifest:
@@ -96,9 +98,14 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, tensors: dict[str, dict]) -> Manifest:
-        return cls({name: ManifestEntry(e["dtype"], tuple(e["shape"]), e["sha256"],
-                                        e.get("recovers_to"))
-                    for name, e in tensors.items()})
+        return cls(
+            {
+                name: ManifestEntry(
+                    e["dtype"], tuple(e["shape"]), e["sha256"], e.get("recovers_to")
+                )
+                for name, e in tensors.items()
+            }
+        )
 
     def to_json(self) -> str:
         doc = {"format": _FORMAT, "version": 1, "tensors": self.to_dict()}

@@ -26,8 +26,17 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")  # of a written model; auto: the comma
 DIFF_DTYPES = ("fp32", "fp16", "bf16")  # of a stored diff
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", re.IGNORECASE)
-_SCALE = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-          "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+_SCALE = {
+    "": 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "KI": 2**10,
+    "MI": 2**20,
+    "GI": 2**30,
+    "TI": 2**40,
+}
 
 
 def parse_size(text: str | int, what: str = "max_shard_size") -> int:
@@ -37,12 +46,14 @@ def parse_size(text: str | int, what: str = "max_shard_size") -> int:
     else:
         m = _SIZE.fullmatch(str(text))
         if not m:
-            raise InputError(f"cannot read `{what}` {text!r} as a size",
-                             "Write it like 5GB, 500MB or 2GiB.")
+            raise InputError(
+                f"cannot read `{what}` {text!r} as a size", "Write it like 5GB, 500MB or 2GiB."
+            )
         size = int(float(m.group(1)) * _SCALE[m.group(2).upper().rstrip("B")])
     if size <= 0:
-        raise InputError(f"`{what}` must be positive, not {text!r}",
-                         "Write it like 5GB, 500MB or 2GiB.")
+        raise InputError(
+            f"`{what}` must be positive, not {text!r}", "Write it like 5GB, 500MB or 2GiB."
+        )
     return size
 
 
@@ -69,16 +80,28 @@ class WriteOptions:
     bar on stderr (None: only on a terminal).
     """
 
-    format: str = field(default="safetensors", metadata={
-        "help": "Output file format.", "choices": FORMATS})
-    max_shard_size: int | str = field(default="5GB", metadata={
-        "help": "Largest output shard, e.g. 5GB, 500MB, 2GiB.", "metavar": "SIZE"})
+    format: str = field(
+        default="safetensors", metadata={"help": "Output file format.", "choices": FORMATS}
+    )
+    max_shard_size: int | str = field(
+        default="5GB",
+        metadata={"help": "Largest output shard, e.g. 5GB, 500MB, 2GiB.", "metavar": "SIZE"},
+    )
     overwrite: bool = field(default=False, metadata={"help": "Replace OUT if it already exists."})
-    device: str = field(default="auto", metadata={
-        "help": "Where the arithmetic runs; auto uses CUDA when present. Output bytes are the "
-                "same.", "choices": DEVICES})
-    dry_run: bool = field(default=False, metadata={
-        "help": "Check inputs and report disk and memory needs from headers; write nothing."})
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "Where the arithmetic runs; auto uses CUDA when present. Output bytes are the "
+            "same.",
+            "choices": DEVICES,
+        },
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Check inputs and report disk and memory needs from headers; write nothing."
+        },
+    )
     progress: bool | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
@@ -108,20 +131,30 @@ class HubOptions:
     token (None: HF_TOKEN or the one `huggingface-cli login` saved), files fetched at once, and
     progress bars as in WriteOptions."""
 
-    endpoint: str | None = field(default=None, metadata={
-        "help": "Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co.",
-        "metavar": "URL"})
+    endpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub endpoint (a mirror); default: HF_ENDPOINT or https://huggingface.co.",
+            "metavar": "URL",
+        },
+    )
     token: str | None = field(default=None, metadata={"cli": False})
-    jobs: int = field(default=4, metadata={
-        "help": "Files downloaded at once.", "range": (1, 64), "short": "-j"})
+    jobs: int = field(
+        default=4, metadata={"help": "Files downloaded at once.", "range": (1, 64), "short": "-j"}
+    )
     progress: bool | None = field(default=None, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
-            raise InputError(f"`endpoint` {self.endpoint!r} is not an http(s) URL",
-                             "Give it like https://hf-mirror.com.")
-        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) \
-                or not 1 <= self.jobs <= 64:
+            raise InputError(
+                f"`endpoint` {self.endpoint!r} is not an http(s) URL",
+                "Give it like https://hf-mirror.com.",
+            )
+        if (
+            isinstance(self.jobs, bool)
+            or not isinstance(self.jobs, int)
+            or not 1 <= self.jobs <= 64
+        ):
             raise InputError(f"`jobs` must be 1..64, not {self.jobs!r}")
 
     @property

@@ -24,8 +24,14 @@ _console = Console(stderr=True)
 class ByteProgress:
     """One bar over a job's bytes, with an item counter (tensors or files) and bytes/s."""
 
-    def __init__(self, description: str, total_bytes: int, total_items: int, show: bool,
-                 unit: str = "tensors") -> None:
+    def __init__(
+        self,
+        description: str,
+        total_bytes: int,
+        total_items: int,
+        show: bool,
+        unit: str = "tensors",
+    ) -> None:
         self.show = show
         self.total_items = total_items
         self.unit = unit
@@ -53,8 +59,12 @@ class ByteProgress:
             self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
             self._progress.stop()
 

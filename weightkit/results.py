@@ -67,16 +67,27 @@ class WriteResult:
         """The result as JSON-able values: what was written, what was checked, the notes."""
         checked: dict[str, Any] = {}
         if self.expected_what is not None:
-            checked = {"against": self.expected_what, "tensors": self.checked,
-                       "exact": self.checked - len(self.within_rounding),
-                       "within_rounding": list(self.within_rounding),
-                       "not_checked": self.tensors - self.checked}
+            checked = {
+                "against": self.expected_what,
+                "tensors": self.checked,
+                "exact": self.checked - len(self.within_rounding),
+                "within_rounding": list(self.within_rounding),
+                "not_checked": self.tensors - self.checked,
+            }
         d: dict[str, Any] = {
-            "command": self.command, "out": str(self.out), "format": self.format,
-            "dry_run": self.dry_run, "files": list(self.files), "tensors": self.tensors,
-            "bytes": self.bytes_written, "tensor_bytes": self.tensor_bytes,
-            "seconds": self.seconds, "dtypes": list(self.dtypes), "checked": checked,
-            "notes": [*self.log, *self.notes]}
+            "command": self.command,
+            "out": str(self.out),
+            "format": self.format,
+            "dry_run": self.dry_run,
+            "files": list(self.files),
+            "tensors": self.tensors,
+            "bytes": self.bytes_written,
+            "tensor_bytes": self.tensor_bytes,
+            "seconds": self.seconds,
+            "dtypes": list(self.dtypes),
+            "checked": checked,
+            "notes": [*self.log, *self.notes],
+        }
         if self.needs is not None:
             d["needs"] = self.needs.to_dict()
         return d
@@ -90,9 +101,11 @@ def summary_text(r: WriteResult) -> str:
     if r.format == LOSSLESS_FORMAT:
         return _lossless_summary(r)
     rate = r.bytes_written / r.seconds if r.seconds > 0 else 0.0
-    text = (f"{r.command}: wrote {r.tensors} tensors, {human_bytes(r.bytes_written)} "
-            f"({', '.join(r.dtypes)}) in {len(r.files)} file(s) to {r.out} in "
-            f"{human_time(r.seconds)} ({human_bytes(rate)}/s).")
+    text = (
+        f"{r.command}: wrote {r.tensors} tensors, {human_bytes(r.bytes_written)} "
+        f"({', '.join(r.dtypes)}) in {len(r.files)} file(s) to {r.out} in "
+        f"{human_time(r.seconds)} ({human_bytes(rate)}/s)."
+    )
     if r.expected_what is not None and not r.check_in_notes:
         text += " " + checked_text(r.checked, r.within_rounding, r.tensors, r.expected_what)
     else:
@@ -102,22 +115,26 @@ def summary_text(r: WriteResult) -> str:
 
 def _lossless_summary(r: WriteResult) -> str:
     params = sum(numel(e.shape) for e in r.manifest.entries.values())
-    text = (f"{r.command}: wrote {r.tensors} tensors ({human_bytes(r.tensor_bytes)} of "
-            f"{', '.join(r.dtypes)}) as {human_bytes(r.bytes_written)} "
-            f"({8 * r.bytes_written / max(params, 1):.2f} bits per parameter) in "
-            f"{len(r.files)} file(s) to {r.out} in {human_time(r.seconds)}. Recovering from "
-            f"this diff gives all {r.tensors} tensors bit for bit; {TARGET_MANIFEST_NAME} holds "
-            "their manifest.")
+    text = (
+        f"{r.command}: wrote {r.tensors} tensors ({human_bytes(r.tensor_bytes)} of "
+        f"{', '.join(r.dtypes)}) as {human_bytes(r.bytes_written)} "
+        f"({8 * r.bytes_written / max(params, 1):.2f} bits per parameter) in "
+        f"{len(r.files)} file(s) to {r.out} in {human_time(r.seconds)}. Recovering from "
+        f"this diff gives all {r.tensors} tensors bit for bit; {TARGET_MANIFEST_NAME} holds "
+        "their manifest."
+    )
     return " ".join([text, *r.notes])
 
 
 def preflight(title: str, out: Path, tensors: int, n: Needs) -> str:
     """A dry run's report of what the run will need."""
-    text = (f"{title} (dry run): inputs check out; {tensors} tensors, "
-            f"{human_bytes(n.bytes)} to write to {out} "
-            f"(disk free: {human_bytes(n.disk_free)}). Largest tensor: {n.largest_tensor} "
-            f"({human_bytes(n.largest_tensor_bytes)}); memory needed beyond the program itself: "
-            f"at most {human_bytes(n.memory)}")
+    text = (
+        f"{title} (dry run): inputs check out; {tensors} tensors, "
+        f"{human_bytes(n.bytes)} to write to {out} "
+        f"(disk free: {human_bytes(n.disk_free)}). Largest tensor: {n.largest_tensor} "
+        f"({human_bytes(n.largest_tensor_bytes)}); memory needed beyond the program itself: "
+        f"at most {human_bytes(n.memory)}"
+    )
     if n.gpu_memory is not None:
         text += f"; GPU memory: at most {human_bytes(n.gpu_memory)}"
     return text + ". Nothing was written."
@@ -130,17 +147,19 @@ def output_error(e: OSError, out: Path, needed: int) -> OutputError:
             f"{human_bytes(free_bytes(out.parent))} are free now). The partial output was removed.",
             "Free some space or choose another `out`, then run the command again.",
         )
-    return OutputError(f"cannot write {out}: {e.strerror or e}",
-                       "Check the folder's permissions and the disk, then run again.")
+    return OutputError(
+        f"cannot write {out}: {e.strerror or e}",
+        "Check the folder's permissions and the disk, then run again.",
+    )
 
 
-def checked_text(checked: int, within_rounding: list[str], tensors: int, expected_what: str
-                 ) -> str:
+def checked_text(checked: int, within_rounding: list[str], tensors: int, expected_what: str) -> str:
     """What the check of `tensors` tensors against a manifest found, for the summary."""
-    text = (f"Checked against the manifest of {expected_what}: {checked - len(within_rounding)} "
-            "tensors match exactly")
+    text = (
+        f"Checked against the manifest of {expected_what}: {checked - len(within_rounding)} "
+        "tensors match exactly"
+    )
     if within_rounding:
-        text += (f", {len(within_rounding)} match the within-one-rounding result the diff "
-                 "predicted")
+        text += f", {len(within_rounding)} match the within-one-rounding result the diff predicted"
     unchecked = tensors - checked
     return text + f"{f', {unchecked} not checked (other dtype)' if unchecked else ''}."

@@ -52,18 +52,25 @@ def test_recover_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0
     written(out, doc)
     assert doc["command"] == "recover"
-    assert doc["checked"] == {"against": "the tuned model", "tensors": 21, "exact": 21,
-                              "within_rounding": [], "not_checked": 0}
+    assert doc["checked"] == {
+        "against": "the tuned model",
+        "tensors": 21,
+        "exact": 21,
+        "within_rounding": [],
+        "not_checked": 0,
+    }
     for f in (EXAMPLE / "tuned").iterdir():  # the same bytes as without --json
-        assert hashlib.sha256((out / f.name).read_bytes()).digest() == \
-            hashlib.sha256(f.read_bytes()).digest()
+        assert (
+            hashlib.sha256((out / f.name).read_bytes()).digest()
+            == hashlib.sha256(f.read_bytes()).digest()
+        )
 
 
-def test_a_dry_run_json_gives_the_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                        ) -> None:
+def test_a_dry_run_json_gives_the_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    code, doc = run_json(capsys, "recover", "--raw", RAW, "--diff", DIFF, "--out", str(out),
-                         "--dry-run")
+    code, doc = run_json(
+        capsys, "recover", "--raw", RAW, "--diff", DIFF, "--out", str(out), "--dry-run"
+    )
     assert code == 0
     assert (doc["dry_run"], doc["files"], doc["tensors"]) == (True, [], 21)
     needs = doc["needs"]
@@ -75,8 +82,18 @@ def test_a_dry_run_json_gives_the_needs(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_diff_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "diff"
-    code, doc = run_json(capsys, "diff", "--raw", RAW, "--tuned", str(EXAMPLE / "tuned"),
-                         "--out", str(out), "--dtype", "fp16")
+    code, doc = run_json(
+        capsys,
+        "diff",
+        "--raw",
+        RAW,
+        "--tuned",
+        str(EXAMPLE / "tuned"),
+        "--out",
+        str(out),
+        "--dtype",
+        "fp16",
+    )
     assert code == 0
     written(out, doc)
     assert (doc["command"], doc["dtypes"]) == ("diff", ["F16"])
@@ -85,12 +102,19 @@ def test_diff_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_merge_lora_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = build_base("llama", torch.float16, tmp_path / "base")
-    adapter = make_adapter(base, tmp_path / "adapter", torch.float16, r=4, lora_alpha=8,
-                           target_modules=["q_proj", "v_proj"])
+    adapter = make_adapter(
+        base,
+        tmp_path / "adapter",
+        torch.float16,
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+    )
     capsys.readouterr()  # what building them printed
     out = tmp_path / "merged"
-    code, doc = run_json(capsys, "merge-lora", "--base", str(base), "--lora", str(adapter),
-                         "--out", str(out))
+    code, doc = run_json(
+        capsys, "merge-lora", "--base", str(base), "--lora", str(adapter), "--out", str(out)
+    )
     assert code == 0
     written(out, doc)
     assert (doc["command"], doc["dtypes"], doc["checked"]) == ("merge-lora", ["F16"], {})
@@ -99,8 +123,9 @@ def test_merge_lora_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_convert_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     meta = make_meta(tmp_path)
     out = tmp_path / "hf"
-    code, doc = run_json(capsys, "convert", "--input-dir", str(meta), "--out", str(out),
-                         "--max-shard-size", "2MB")
+    code, doc = run_json(
+        capsys, "convert", "--input-dir", str(meta), "--out", str(out), "--max-shard-size", "2MB"
+    )
     assert code == 0
     written(out, doc)
     assert doc["command"] == "convert"
@@ -112,24 +137,34 @@ def test_checksum_and_verify_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     code, doc = run_json(capsys, "checksum", str(tmp_path))
     assert code == 0
     assert {k: doc[k] for k in ("path", "algo", "files", "bytes_hashed")} == {
-        "path": str(tmp_path / "checksums.md5"), "algo": "md5", "files": ["a.bin"],
-        "bytes_hashed": 10}
+        "path": str(tmp_path / "checksums.md5"),
+        "algo": "md5",
+        "files": ["a.bin"],
+        "bytes_hashed": 10,
+    }
     code, doc = run_json(capsys, "verify", str(tmp_path))
     assert (code, doc["ok"], doc["counts"]) == (
-        0, True, {"ok": 1, "MISMATCH": 0, "missing": 0, "extra": 0})
+        0,
+        True,
+        {"ok": 1, "MISMATCH": 0, "missing": 0, "extra": 0},
+    )
     (tmp_path / "a.bin").write_bytes(b"b" * 10)
     code, doc = run_json(capsys, "verify", str(tmp_path))
     assert (code, doc["ok"], doc["rows"][0]["verdict"]) == (1, False, "MISMATCH")
 
 
-@pytest.mark.parametrize("args", [
-    ["recover", "--raw", RAW, "--diff", DIFF],
-    ["diff", "--raw", RAW, "--tuned", RAW],
-    ["merge-lora", "--base", RAW, "--lora", RAW],
-    ["convert", "--input-dir", RAW],
-])
-def test_errors_as_json(args: list[str], tmp_path: Path,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["recover", "--raw", RAW, "--diff", DIFF],
+        ["diff", "--raw", RAW, "--tuned", RAW],
+        ["merge-lora", "--base", RAW, "--lora", RAW],
+        ["convert", "--input-dir", RAW],
+    ],
+)
+def test_errors_as_json(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     out.mkdir()  # exists: refused before any work
     code, doc = run_json(capsys, *args, "--out", str(out))

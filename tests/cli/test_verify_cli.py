@@ -34,22 +34,21 @@ def run(*args: str | Path) -> tuple[int, list[str], str]:
     result = CliRunner().invoke(cli, [str(a) for a in args])
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, [line.rstrip() for line in result.stdout.splitlines()], \
-        result.stderr
+    return result.exit_code, [line.rstrip() for line in result.stdout.splitlines()], result.stderr
 
 
 def weightkit(*args: str | Path) -> subprocess.CompletedProcess:
     """The real entry point, with its error handling."""
-    return subprocess.run([sys.executable, "-m", "weightkit", *map(str, args)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "weightkit", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_all_ok_prints_the_table_and_exits_0(download: Path) -> None:
     code, out, err = run("verify", download, "--manifest", download.parent / "sums.md5")
     assert code == 0
     assert out == [
-        "file         expected                          actual                            "
-        "verdict",
+        "file         expected                          actual                            verdict",
         f"one.bin      {ONE_MD5}  {ONE_MD5}  ok",
         f"sub/two.bin  {TWO_MD5}  {TWO_MD5}  ok",
     ]
@@ -70,26 +69,32 @@ def test_flipped_byte_is_mismatch_and_exit_1(download: Path) -> None:
 
 def test_missing_file_exits_1_and_extra_is_listed(download: Path) -> None:
     (download / "one.bin").rename(download / "renamed.bin")
-    code, out, err = run("verify", "--quiet", download, "--manifest",
-                         download.parent / "sums.md5")
+    code, out, err = run("verify", "--quiet", download, "--manifest", download.parent / "sums.md5")
     assert code == 1
-    assert out[1:] == [f"one.bin      {ONE_MD5}  -                                 missing",
-                       f"sub/two.bin  {TWO_MD5}  {TWO_MD5}  ok",
-                       "renamed.bin  -                                 -"
-                       "                                 extra"]
+    assert out[1:] == [
+        f"one.bin      {ONE_MD5}  -                                 missing",
+        f"sub/two.bin  {TWO_MD5}  {TWO_MD5}  ok",
+        "renamed.bin  -                                 -                                 extra",
+    ]
 
 
 def test_json_report(download: Path) -> None:
     (download / "sub" / "two.bin").unlink()
-    code, out, _ = run("verify", download, "--manifest", download.parent / "sums.md5",
-                       "--json", "--jobs", "2")
+    code, out, _ = run(
+        "verify", download, "--manifest", download.parent / "sums.md5", "--json", "--jobs", "2"
+    )
     assert code == 1
     doc = json.loads("\n".join(out))
     assert doc["ok"] is False
     assert doc["algo"] == "md5"
     assert doc["counts"] == {"ok": 1, "MISMATCH": 0, "missing": 1, "extra": 0}
-    assert doc["rows"][1] == {"name": "sub/two.bin", "expected": TWO_MD5, "actual": None,
-                              "verdict": "missing", "note": ""}
+    assert doc["rows"][1] == {
+        "name": "sub/two.bin",
+        "expected": TWO_MD5,
+        "actual": None,
+        "verdict": "missing",
+        "note": "",
+    }
 
 
 def test_known_manifest(tmp_path: Path) -> None:
@@ -128,8 +133,10 @@ def test_tensor_manifest_names_the_damaged_tensor(tmp_path: Path) -> None:
     from weightkit.options import WriteOptions
 
     t = torch.arange(16, dtype=torch.float32)
-    jobs = [Job(TensorInfo(name, t.dtype, (16,)), lambda: (t,), identity)
-            for name in ("a.weight", "b.weight")]
+    jobs = [
+        Job(TensorInfo(name, t.dtype, (16,)), lambda: (t,), identity)
+        for name in ("a.weight", "b.weight")
+    ]
     write_checkpoint(tmp_path / "out", jobs, title="test", inputs=[], options=WriteOptions())
     shard = tmp_path / "out" / "model.safetensors"
     data = bytearray(shard.read_bytes())
@@ -139,7 +146,9 @@ def test_tensor_manifest_names_the_damaged_tensor(tmp_path: Path) -> None:
     assert code == 1
     assert out[0].split() == ["tensor", "expected", "actual", "verdict"]
     assert [(line.split()[0], line.split()[-1]) for line in out[1:]] == [
-        ("a.weight", "ok"), ("b.weight", "MISMATCH")]
+        ("a.weight", "ok"),
+        ("b.weight", "MISMATCH"),
+    ]
 
 
 def test_errors_are_one_message_without_traceback(tmp_path: Path) -> None:

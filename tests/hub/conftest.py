@@ -68,8 +68,9 @@ def state(root: Path) -> dict[str, tuple]:
     return found
 
 
-def kill_once_grown(cmd: list[str], env: dict[str, str], part: Path,
-                    at_least: int = 32 * 1024) -> int:
+def kill_once_grown(
+    cmd: list[str], env: dict[str, str], part: Path, at_least: int = 32 * 1024
+) -> int:
     """Run `cmd`, SIGKILL it once `part` holds `at_least` bytes; returns the bytes kept."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
@@ -94,19 +95,27 @@ class Stored:
     def sibling(self, path: str) -> dict:
         if not self.lfs:
             return {"rfilename": path, "size": len(self.data), "blobId": self.oid}
-        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.oid}\n"
-                   f"size {len(self.data)}\n").encode()
-        return {"rfilename": path, "size": len(self.data), "blobId": git_sha1(pointer),
-                "lfs": {"sha256": self.oid, "size": len(self.data), "pointerSize": len(pointer)}}
-
+        pointer = (
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.oid}\n"
+            f"size {len(self.data)}\n"
+        ).encode()
+        return {
+            "rfilename": path,
+            "size": len(self.data),
+            "blobId": git_sha1(pointer),
+            "lfs": {"sha256": self.oid, "size": len(self.data), "pointerSize": len(pointer)},
+        }
 
     def tree_entry(self, path: str) -> dict:
         """The file as the Hub's /tree listing gives it (sibling names, oid for blobId)."""
         s = self.sibling(path)
         entry = {"type": "file", "path": path, "size": s["size"], "oid": s["blobId"]}
         if "lfs" in s:
-            entry["lfs"] = {"oid": s["lfs"]["sha256"], "size": s["lfs"]["size"],
-                            "pointerSize": s["lfs"]["pointerSize"]}
+            entry["lfs"] = {
+                "oid": s["lfs"]["sha256"],
+                "size": s["lfs"]["size"],
+                "pointerSize": s["lfs"]["pointerSize"],
+            }
         return entry
 
 
@@ -141,8 +150,7 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def start(self) -> FakeHub:
         self._thread.start()
@@ -156,8 +164,9 @@ class FakeHub:
         """The HubOptions that talk to this server (no progress bars)."""
         return HubOptions(endpoint=self.url, token=token)
 
-    def add_repo(self, repo: str, files: dict[str, bytes], *, private: bool = False,
-                 gated: bool = False) -> str:
+    def add_repo(
+        self, repo: str, files: dict[str, bytes], *, private: bool = False, gated: bool = False
+    ) -> str:
         """Create `repo` with one commit holding `files`; returns the commit sha."""
         self.repos[repo] = Repo(private=private, gated=gated)
         stored = {p: Stored(d, len(d) >= LFS_THRESHOLD) for p, d in files.items()}
@@ -174,13 +183,15 @@ class FakeHub:
 
     def requests(self, method: str | None = None, contains: str = "") -> list[Logged]:
         with self.lock:
-            return [r for r in self.log
-                    if (method is None or r.method == method) and contains in r.path]
+            return [
+                r for r in self.log if (method is None or r.method == method) and contains in r.path
+            ]
 
     def _commit(self, repo: str, branch: str, files: dict[str, Stored], message: str) -> str:
         parent = self.repos[repo].branches.get(branch, "")
-        sha = hashlib.sha1(f"{repo}{branch}{parent}{message}{sorted(files)}{time.time_ns()}"
-                           .encode()).hexdigest()
+        sha = hashlib.sha1(
+            f"{repo}{branch}{parent}{message}{sorted(files)}{time.time_ns()}".encode()
+        ).hexdigest()
         self.commits[sha] = files
         self.repos[repo].branches[branch] = sha
         return sha
@@ -243,8 +254,9 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _repo(self, repo_id: str) -> Repo | None:
         repo = self.hub.repos.get(repo_id)
         if repo is None or (repo.private and not self._authorized()):
-            self._error(401 if not self._authorized() else 404, "RepoNotFound",
-                        "Repository not found")
+            self._error(
+                401 if not self._authorized() else 404, "RepoNotFound", "Repository not found"
+            )
             return None
         return repo
 
@@ -281,8 +293,11 @@ class _HubHandler(BaseHTTPRequestHandler):
         if seg == ["api", "repos", "create"]:
             return self._create(json.loads(body))
         if seg[:2] == ["api", "models"] and len(seg) == 6:
-            route = {"preupload": self._preupload, "commit": self._commit,
-                     "branch": self._branch}.get(seg[4])
+            route = {
+                "preupload": self._preupload,
+                "commit": self._commit,
+                "branch": self._branch,
+            }.get(seg[4])
             if route:
                 return route(f"{seg[2]}/{seg[3]}", seg[5], body)
         if seg[2:] == ["info", "lfs", "objects", "batch"]:
@@ -307,9 +322,16 @@ class _HubHandler(BaseHTTPRequestHandler):
         if not at:
             return
         sha, files = at
-        self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
-                    "gated": "auto" if repo.gated else False,
-                    "siblings": [s.sibling(p) for p, s in sorted(files.items())]})
+        self._json(
+            {
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": sha,
+                "private": repo.private,
+                "gated": "auto" if repo.gated else False,
+                "siblings": [s.sibling(p) for p, s in sorted(files.items())],
+            }
+        )
 
     def _tree(self, repo_id: str, rev: str) -> None:
         """The recursive file listing snapshot_download asks for (files only, one page)."""
@@ -334,7 +356,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         data = files[path].data
         if path in self.hub.corrupt:
             i = self.hub.corrupt[path]
-            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
         start, end = 0, len(data) - 1
         status = 200
         if (rng := self.headers.get("Range")) and path not in self.hub.ignore_range:
@@ -364,7 +386,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         step, delay = self.hub.slow or (1 << 20, 0.0)
         try:
             for i in range(start, stop, step):
-                self.wfile.write(data[i:min(i + step, stop)])
+                self.wfile.write(data[i : min(i + step, stop)])
                 self.wfile.flush()
                 time.sleep(delay)
         except (BrokenPipeError, ConnectionResetError):
@@ -373,8 +395,13 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _create(self, req: dict) -> None:
         repo_id = f"{req['organization']}/{req['name']}"
         if repo_id in self.hub.repos:  # the Hub's 409 carries the url; create_repo reads it
-            return self._json({"error": "You already created this model repo",
-                               "url": f"{self.hub.url}/{repo_id}"}, 409)
+            return self._json(
+                {
+                    "error": "You already created this model repo",
+                    "url": f"{self.hub.url}/{repo_id}",
+                },
+                409,
+            )
         with self.hub.lock:
             self.hub.repos[repo_id] = Repo(private=req.get("visibility") == "private")
             self.hub._commit(repo_id, "main", {}, "initial")
@@ -395,18 +422,29 @@ class _HubHandler(BaseHTTPRequestHandler):
         if not at:
             return
         files = at[1]
-        self._json({"files": [
-            {"path": f["path"], "uploadMode": "lfs" if f["size"] >= LFS_THRESHOLD else "regular",
-             "shouldIgnore": False, "oid": files[f["path"]].oid if f["path"] in files else None}
-            for f in json.loads(body)["files"]]})
+        self._json(
+            {
+                "files": [
+                    {
+                        "path": f["path"],
+                        "uploadMode": "lfs" if f["size"] >= LFS_THRESHOLD else "regular",
+                        "shouldIgnore": False,
+                        "oid": files[f["path"]].oid if f["path"] in files else None,
+                    }
+                    for f in json.loads(body)["files"]
+                ]
+            }
+        )
 
     def _lfs_batch(self, req: dict) -> None:
         objects = []
         for o in req["objects"]:
             entry = {"oid": o["oid"], "size": o["size"]}
             if o["oid"] not in self.hub.lfs_objects:
-                entry["actions"] = {"upload": {"href": f"{self.hub.url}/lfs/upload/{o['oid']}"},
-                                    "verify": {"href": f"{self.hub.url}/lfs/verify/{o['oid']}"}}
+                entry["actions"] = {
+                    "upload": {"href": f"{self.hub.url}/lfs/upload/{o['oid']}"},
+                    "verify": {"href": f"{self.hub.url}/lfs/verify/{o['oid']}"},
+                }
             objects.append(entry)
         self._json({"transfer": "basic", "objects": objects})
 
@@ -427,8 +465,13 @@ class _HubHandler(BaseHTTPRequestHandler):
                 files[value["path"]] = Stored(self.hub.lfs_objects[value["oid"]], True)
         with self.hub.lock:
             sha = self.hub._commit(repo_id, rev, files, lines[0]["value"]["summary"])
-        self._json({"commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}", "commitOid": sha,
-                    "pullRequestUrl": None})
+        self._json(
+            {
+                "commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}",
+                "commitOid": sha,
+                "pullRequestUrl": None,
+            }
+        )
 
 
 @pytest.fixture

@@ -35,18 +35,25 @@ def make_folder(root: Path) -> Path:
     return folder
 
 
-EXPECTED = {"config.json": b'{"model_type": "llama"}', "model.safetensors": BIG,
-            "sub/notes.txt": b"notes\n"}
+EXPECTED = {
+    "config.json": b'{"model_type": "llama"}',
+    "model.safetensors": BIG,
+    "sub/notes.txt": b"notes\n",
+}
 
 
 def uploads(hub: FakeHub) -> list[str]:
     """Requests that send content: LFS PUTs, preupload and commit calls."""
-    return [f"{r.method} {r.path.split('?')[0]}" for r in hub.log
-            if r.method == "PUT" or "/preupload/" in r.path or "/commit/" in r.path]
+    return [
+        f"{r.method} {r.path.split('?')[0]}"
+        for r in hub.log
+        if r.method == "PUT" or "/preupload/" in r.path or "/commit/" in r.path
+    ]
 
 
 def test_push_round_trips_and_a_second_push_uploads_nothing(
-        hub: FakeHub, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    hub: FakeHub, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     folder = make_folder(tmp_path)
 
     first = push(folder, "me/toy", hub=hub.options(token=TOKEN))
@@ -59,9 +66,11 @@ def test_push_round_trips_and_a_second_push_uploads_nothing(
     assert first.commit_url == f"{hub.url}/me/toy/commit/{head}"
     assert first.uploaded == ["config.json", "model.safetensors", "sub/notes.txt"]
     lfs_oid = hub.stored("me/toy", "model.safetensors").oid
-    assert uploads(hub) == ["POST /api/models/me/toy/preupload/main",
-                            f"PUT /lfs/upload/{lfs_oid}",
-                            "POST /api/models/me/toy/commit/main"]
+    assert uploads(hub) == [
+        "POST /api/models/me/toy/preupload/main",
+        f"PUT /lfs/upload/{lfs_oid}",
+        "POST /api/models/me/toy/commit/main",
+    ]
 
     hub.log.clear()
     second = push(folder, "me/toy", hub=hub.options(token=TOKEN))
@@ -76,10 +85,18 @@ def test_push_round_trips_and_a_second_push_uploads_nothing(
     assert second.summary() == "me/toy: 0 files uploaded (0 B), 3 unchanged"
     files = ["config.json", "model.safetensors", "sub/notes.txt"]
     assert json.loads(json.dumps(first.to_dict())) == {
-        "repo": "me/toy", "revision": "main", "folder": str(folder), "commit": head,
-        "commit_url": f"{hub.url}/me/toy/commit/{head}", "files": files, "uploaded": files,
-        "unchanged": [], "bytes": 23 + 3000 + 6, "seconds": round(first.seconds, 3),
-        "notes": []}
+        "repo": "me/toy",
+        "revision": "main",
+        "folder": str(folder),
+        "commit": head,
+        "commit_url": f"{hub.url}/me/toy/commit/{head}",
+        "files": files,
+        "uploaded": files,
+        "unchanged": [],
+        "bytes": 23 + 3000 + 6,
+        "seconds": round(first.seconds, 3),
+        "notes": [],
+    }
     assert json.loads(json.dumps(second.to_dict()))["commit"] == head
 
     back = download("me/toy", tmp_path / "back", hub=hub.options())
@@ -96,8 +113,10 @@ def test_push_sends_only_what_changed(hub: FakeHub, tmp_path: Path) -> None:
     result = push(folder, "me/toy", hub=hub.options(token=TOKEN), message="new config")
 
     assert result.uploaded == ["config.json"]
-    assert uploads(hub) == ["POST /api/models/me/toy/preupload/main",
-                            "POST /api/models/me/toy/commit/main"]
+    assert uploads(hub) == [
+        "POST /api/models/me/toy/preupload/main",
+        "POST /api/models/me/toy/commit/main",
+    ]
     assert hub.files("me/toy")["config.json"] == b'{"model_type": "mistral"}'
 
 
@@ -119,14 +138,19 @@ def test_push_needs_a_token(hub: FakeHub, tmp_path: Path) -> None:
 def test_push_with_a_token_that_cannot_write(hub: FakeHub, tmp_path: Path) -> None:
     with pytest.raises(HubError) as e:
         push(make_folder(tmp_path), "me/toy", hub=hub.options(token="hf_read_only"))
-    assert e.value.message == (f"{hub.url} refused the request for me/toy (HTTP 401): the token "
-                               "in use lacks the permission")
+    assert e.value.message == (
+        f"{hub.url} refused the request for me/toy (HTTP 401): the token "
+        "in use lacks the permission"
+    )
     assert "hf_read_only" not in str(e.value)
 
 
-def test_cli_push_prints_the_commit_url(hub: FakeHub, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_push_prints_the_commit_url(
+    hub: FakeHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     folder = make_folder(tmp_path)
     with pytest.raises(SystemExit) as e:
@@ -148,10 +172,13 @@ def test_cli_push_prints_the_commit_url(hub: FakeHub, tmp_path: Path,
     assert captured.err.splitlines()[-1] == "me/toy: 1 files uploaded (25 B), 2 unchanged"
 
 
-def test_a_bad_endpoint_is_refused_before_any_request(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_endpoint_is_refused_before_any_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as e:
         main(["push", str(make_folder(tmp_path)), "me/toy", "--endpoint", "hub.example"])
     assert e.value.code == 1
-    assert capsys.readouterr().err == ("Error: --endpoint 'hub.example' is not an http(s) URL\n"
-                                       "Give it like https://hf-mirror.com.\n")
+    assert capsys.readouterr().err == (
+        "Error: --endpoint 'hub.example' is not an http(s) URL\n"
+        "Give it like https://hf-mirror.com.\n"
+    )

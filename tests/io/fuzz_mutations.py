@@ -81,8 +81,29 @@ def sample(fmt: str) -> bytes:
 Mutation = Callable[[bytes, random.Random], bytes]
 
 WRONG_VALUES: list[object] = [
-    None, True, False, -1, 0, 1.5, "8", "", [], [0], [0, 1, 2], {}, {"a": 1}, 2**64, -2**63,
-    [-8, 0], [8, 0], ["0", "8"], [0.0, 8.0], [True, False], [[0], [8]], [None, None], "F32",
+    None,
+    True,
+    False,
+    -1,
+    0,
+    1.5,
+    "8",
+    "",
+    [],
+    [0],
+    [0, 1, 2],
+    {},
+    {"a": 1},
+    2**64,
+    -(2**63),
+    [-8, 0],
+    [8, 0],
+    ["0", "8"],
+    [0.0, 8.0],
+    [True, False],
+    [[0], [8]],
+    [None, None],
+    "F32",
 ]
 
 # what a failed download leaves under a checkpoint's name, and other files that are not weights
@@ -108,15 +129,16 @@ def flip_bytes(data: bytes, rng: random.Random) -> bytes:
     out = bytearray(data)
     for _ in range(rng.randint(1, 4)):
         if out:
-            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8) if rng.random() < 0.5 else \
-                rng.randrange(1, 256)
+            out[rng.randrange(len(out))] ^= (
+                1 << rng.randrange(8) if rng.random() < 0.5 else rng.randrange(1, 256)
+            )
     return bytes(out)
 
 
 def truncate(data: bytes, rng: random.Random) -> bytes:
     if rng.random() < 0.3:  # near the end, where the zip directory and the last tensor are
-        return data[:max(0, len(data) - rng.randint(1, 64))]
-    return data[:rng.randrange(len(data) + 1)]
+        return data[: max(0, len(data) - rng.randint(1, 64))]
+    return data[: rng.randrange(len(data) + 1)]
 
 
 def extend(data: bytes, rng: random.Random) -> bytes:
@@ -125,8 +147,12 @@ def extend(data: bytes, rng: random.Random) -> bytes:
 
 
 def replace_whole(data: bytes, rng: random.Random) -> bytes:
-    choices = [*NOT_WEIGHTS, sample(SAFETENSORS), sample(TORCH),
-               torch_bytes(sample_state(), _use_new_zipfile_serialization=False)]
+    choices = [
+        *NOT_WEIGHTS,
+        sample(SAFETENSORS),
+        sample(TORCH),
+        torch_bytes(sample_state(), _use_new_zipfile_serialization=False),
+    ]
     return rng.choice(choices)
 
 
@@ -136,7 +162,7 @@ def replace_whole(data: bytes, rng: random.Random) -> bytes:
 def split_safetensors(data: bytes) -> tuple[dict, bytes]:
     """(the header's JSON, the data) of a safetensors file."""
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def join_safetensors(header: object, body: bytes, pad: int | None = None) -> bytes:
@@ -149,8 +175,15 @@ def join_safetensors(header: object, body: bytes, pad: int | None = None) -> byt
 
 def _wrong_shape(shape: object, rng: random.Random) -> object:
     shape = shape if isinstance(shape, list) and all(isinstance(d, int) for d in shape) else [2]
-    options: list[object] = [*WRONG_VALUES, shape[::-1], [*shape, 1], [1, *shape],
-                             [2**62, 2**62], [-d for d in shape], shape[:-1]]
+    options: list[object] = [
+        *WRONG_VALUES,
+        shape[::-1],
+        [*shape, 1],
+        [1, *shape],
+        [2**62, 2**62],
+        [-d for d in shape],
+        shape[:-1],
+    ]
     if shape:
         bumped = list(shape)
         bumped[rng.randrange(len(shape))] += rng.choice([-1, 1, 2])
@@ -162,8 +195,18 @@ def _wrong_offsets(offsets: object, others: list[object], rng: random.Random) ->
     good = isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
     begin, end = offsets if good else (0, 8)
     d = rng.choice([1, 2, 4, 8, -1, -2, -4, -8])
-    return rng.choice([*WRONG_VALUES, [end, begin], [begin + d, end + d], [begin, end + d],
-                       [begin + d, end], rng.choice(others), [begin, end, end], [begin]])
+    return rng.choice(
+        [
+            *WRONG_VALUES,
+            [end, begin],
+            [begin + d, end + d],
+            [begin, end + d],
+            [begin + d, end],
+            rng.choice(others),
+            [begin, end, end],
+            [begin],
+        ]
+    )
 
 
 def header_field(data: bytes, rng: random.Random) -> bytes:
@@ -187,9 +230,28 @@ def header_field(data: bytes, rng: random.Random) -> bytes:
         if rng.random() < 0.15 and field in entry:
             del entry[field]
         elif field == "dtype":
-            entry[field] = rng.choice([*WRONG_VALUES, "F99", "f32", "I32", "F64", "U8", "BOOL",
-                                       "I8", "F16", "BF16", "U16", "U32", "U64", "F8_E4M3",
-                                       "F8_E5M2", "C64", "F4", "F8_E8M0"])
+            entry[field] = rng.choice(
+                [
+                    *WRONG_VALUES,
+                    "F99",
+                    "f32",
+                    "I32",
+                    "F64",
+                    "U8",
+                    "BOOL",
+                    "I8",
+                    "F16",
+                    "BF16",
+                    "U16",
+                    "U32",
+                    "U64",
+                    "F8_E4M3",
+                    "F8_E5M2",
+                    "C64",
+                    "F4",
+                    "F8_E8M0",
+                ]
+            )
         elif field == "shape":
             entry[field] = _wrong_shape(entry.get("shape"), rng)
         elif field == "data_offsets":
@@ -205,16 +267,35 @@ def flip_header_byte(data: bytes, rng: random.Random) -> bytes:
     out = bytearray(data)
     for _ in range(rng.randint(1, 3)):
         i = 8 + rng.randrange(n)
-        out[i] = rng.choice(b'{}[]",:0123456789-.eE \\"x\x00\xff') if rng.random() < 0.6 else \
-            out[i] ^ (1 << rng.randrange(8))
+        out[i] = (
+            rng.choice(b'{}[]",:0123456789-.eE \\"x\x00\xff')
+            if rng.random() < 0.6
+            else out[i] ^ (1 << rng.randrange(8))
+        )
     return bytes(out)
 
 
 def length_field(data: bytes, rng: random.Random) -> bytes:
     (n,) = struct.unpack("<Q", data[:8])
-    new = rng.choice([n + 1, n - 1, n + 8, n - 8, 0, 1, 7, len(data), len(data) - 8, 2**64 - 1,
-                      2**63, 100_000_001, 104_857_601, rng.randrange(2**64),
-                      rng.randrange(len(data))])
+    new = rng.choice(
+        [
+            n + 1,
+            n - 1,
+            n + 8,
+            n - 8,
+            0,
+            1,
+            7,
+            len(data),
+            len(data) - 8,
+            2**64 - 1,
+            2**63,
+            100_000_001,
+            104_857_601,
+            rng.randrange(2**64),
+            rng.randrange(len(data)),
+        ]
+    )
     return struct.pack("<Q", max(0, new)) + data[8:]
 
 
@@ -249,7 +330,7 @@ def resize_record(data: bytes, rng: random.Random) -> bytes:
     name, payload = entries[i]
     r = rng.random()
     if r < 0.45:
-        payload = payload[:rng.randrange(len(payload) + 1)]
+        payload = payload[: rng.randrange(len(payload) + 1)]
     elif r < 0.7:
         payload += bytes(rng.randint(1, 16))
     elif name.endswith("byteorder"):
@@ -311,21 +392,51 @@ def odd_state(data: bytes, rng: random.Random) -> bytes:
     """A well-formed torch zip of something other than a plain state dict of tensors."""
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     states: list[object] = [
-        [t], t, {1: t}, {("a", 1): t}, {"a": 1.5}, {"a": {"b": t}}, {"a": [t]}, {}, None,
-        {"a": torch.nn.Parameter(t)}, {"a": t.to(torch.complex64)}, {"a": t.to_sparse()},
-        {"a": t.to(torch.uint16)}, {"a": t.to(torch.float8_e4m3fn)}, {"a": t[:, ::2]},
+        [t],
+        t,
+        {1: t},
+        {("a", 1): t},
+        {"a": 1.5},
+        {"a": {"b": t}},
+        {"a": [t]},
+        {},
+        None,
+        {"a": torch.nn.Parameter(t)},
+        {"a": t.to(torch.complex64)},
+        {"a": t.to_sparse()},
+        {"a": t.to(torch.uint16)},
+        {"a": t.to(torch.float8_e4m3fn)},
+        {"a": t[:, ::2]},
         {"a": t.unsqueeze(0).expand(4, 2, 3)},
-        {"a": t[1:], "b": t}, {"a": torch.empty(0)}, {"a": t.as_strided((2, 2), (0, 1))},
+        {"a": t[1:], "b": t},
+        {"a": torch.empty(0)},
+        {"a": t.as_strided((2, 2), (0, 1))},
     ]
     return torch_bytes(rng.choice(states))
 
 
 MUTATIONS: dict[str, list[tuple[Mutation, int]]] = {
-    SAFETENSORS: [(flip_header_byte, 3), (header_field, 6), (length_field, 2), (truncate, 2),
-                  (flip_bytes, 2), (extend, 1), (replace_whole, 1)],
-    TORCH: [(drop_record, 3), (rename_record, 3), (resize_record, 3), (flip_zip_structure, 3),
-            (alter_pickle, 3), (odd_state, 1), (truncate, 2), (flip_bytes, 2), (extend, 1),
-            (replace_whole, 1)],
+    SAFETENSORS: [
+        (flip_header_byte, 3),
+        (header_field, 6),
+        (length_field, 2),
+        (truncate, 2),
+        (flip_bytes, 2),
+        (extend, 1),
+        (replace_whole, 1),
+    ],
+    TORCH: [
+        (drop_record, 3),
+        (rename_record, 3),
+        (resize_record, 3),
+        (flip_zip_structure, 3),
+        (alter_pickle, 3),
+        (odd_state, 1),
+        (truncate, 2),
+        (flip_bytes, 2),
+        (extend, 1),
+        (replace_whole, 1),
+    ],
 }
 
 
@@ -356,8 +467,9 @@ def _bytes_of(t: torch.Tensor) -> bytes:
 
 def undamaged(fmt: str) -> dict[str, tuple[torch.dtype, tuple[int, ...], bytes]]:
     """The sample file's tensors as it was made."""
-    state = torch.load(io.BytesIO(sample(fmt)), weights_only=True) if fmt == TORCH else \
-        sample_state()
+    state = (
+        torch.load(io.BytesIO(sample(fmt)), weights_only=True) if fmt == TORCH else sample_state()
+    )
     return {name: (t.dtype, tuple(t.shape), _bytes_of(t)) for name, t in state.items()}
 
 

@@ -25,8 +25,10 @@ STATE = {
 def test_safetensors_and_bin_read_the_same_tensors(tmp_path):
     save_file(STATE, tmp_path / "model.safetensors")
     save_bin_shards(STATE, tmp_path / "bin", 2)
-    for ckpt in (open_checkpoint(tmp_path / "model.safetensors"),
-                 open_checkpoint(tmp_path / "bin")):
+    for ckpt in (
+        open_checkpoint(tmp_path / "model.safetensors"),
+        open_checkpoint(tmp_path / "bin"),
+    ):
         assert sorted(ckpt.names()) == sorted(STATE)
         assert ckpt.info("a.weight").shape == (3, 4)
         assert ckpt.info("c.weight").dtype == torch.bfloat16
@@ -49,8 +51,9 @@ def test_folder_without_weights_names_every_suffix(tmp_path):
     (tmp_path / "notes.txt").write_text("not weights")
     with pytest.raises(InputError) as e:
         open_checkpoint(tmp_path)
-    assert e.value.message == (f"{tmp_path}: no weight files (*.safetensors, *.bin, *.pth, *.pt) "
-                               "in this folder")
+    assert e.value.message == (
+        f"{tmp_path}: no weight files (*.safetensors, *.bin, *.pth, *.pt) in this folder"
+    )
 
 
 def test_bin_views_and_shared_storage_are_read_correctly(tmp_path):
@@ -78,8 +81,10 @@ def test_manifest_entry_hashed_in_pieces_equals_the_whole_tensors(tmp_path):
 
     save_file(STATE, tmp_path / "model.safetensors")
     save_bin_shards(STATE, tmp_path / "bin", 2)
-    for ckpt in (open_checkpoint(tmp_path / "model.safetensors"),
-                 open_checkpoint(tmp_path / "bin")):
+    for ckpt in (
+        open_checkpoint(tmp_path / "model.safetensors"),
+        open_checkpoint(tmp_path / "bin"),
+    ):
         for name, t in STATE.items():
             whole = ManifestEntry.of(t)
             assert ckpt.manifest_entry(name, piece_bytes=10) == whole  # rows of 16, 2, 6 bytes
@@ -123,8 +128,10 @@ def test_index_naming_a_missing_shard(tmp_path):
     os.remove(tmp_path / "pytorch_model-00002-of-00002.bin")
     with pytest.raises(InputError) as e:
         open_checkpoint(tmp_path)
-    assert str(e.value).startswith(f"{tmp_path / 'pytorch_model.bin.index.json'}: names shard "
-                                   f"pytorch_model-00002-of-00002.bin which is not in {tmp_path}")
+    assert str(e.value).startswith(
+        f"{tmp_path / 'pytorch_model.bin.index.json'}: names shard "
+        f"pytorch_model-00002-of-00002.bin which is not in {tmp_path}"
+    )
 
 
 def test_index_that_is_not_json(tmp_path):
@@ -136,8 +143,11 @@ def test_index_that_is_not_json(tmp_path):
 def test_tensor_stored_twice(tmp_path):
     save_file({"x": torch.zeros(2)}, tmp_path / "a.safetensors")
     save_file({"x": torch.ones(2)}, tmp_path / "b.safetensors")
-    with pytest.raises(InputError, match=r"tensor 'x' is stored twice \(a.safetensors and "
-                                         r"b.safetensors\)"):
+    with pytest.raises(
+        InputError,
+        match=r"tensor 'x' is stored twice \(a.safetensors and "
+        r"b.safetensors\)",
+    ):
         open_checkpoint(tmp_path)
 
 
@@ -165,6 +175,8 @@ def test_safetensors_dtype_torch_cannot_hold_is_named(tmp_path, dtype):
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 3)
     with pytest.raises(InputError) as e:
         open_checkpoint(tmp_path)
-    assert str(e.value).startswith(f"{path}: tensor 'w' is stored as {dtype}, a dtype of the "
-                                   f"safetensors format that torch {torch.__version__} cannot "
-                                   "hold\n")
+    assert str(e.value).startswith(
+        f"{path}: tensor 'w' is stored as {dtype}, a dtype of the "
+        f"safetensors format that torch {torch.__version__} cannot "
+        "hold\n"
+    )

@@ -19,8 +19,10 @@ def plan_of(state):
     return [TensorInfo(n, t.dtype, tuple(t.shape)) for n, t in state.items()]
 
 
-STATE = {"b": torch.arange(6, dtype=torch.float16).reshape(2, 3),
-         "a": torch.tensor([1.5, -2.0], dtype=torch.float32)}
+STATE = {
+    "b": torch.arange(6, dtype=torch.float16).reshape(2, 3),
+    "a": torch.tensor([1.5, -2.0], dtype=torch.float32),
+}
 
 
 def test_plan_shards_is_greedy_in_order():
@@ -36,12 +38,14 @@ def test_single_safetensors_file_bytes(tmp_path):
     assert [p.name for p in w.close()] == ["model.safetensors"]
     data = (tmp_path / "model.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    assert header == {"__metadata__": {"format": "pt"},
-                      "b": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]},
-                      "a": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}}
+    header = json.loads(data[8 : 8 + n])
+    assert header == {
+        "__metadata__": {"format": "pt"},
+        "b": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]},
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]},
+    }
     assert n % 8 == 0
-    assert data[8 + n:] == STATE["b"].numpy().tobytes() + STATE["a"].numpy().tobytes()
+    assert data[8 + n :] == STATE["b"].numpy().tobytes() + STATE["a"].numpy().tobytes()
     loaded = load_file(tmp_path / "model.safetensors")
     assert all(torch.equal(loaded[k], STATE[k]) for k in STATE)
 
@@ -51,12 +55,19 @@ def test_sharded_bin_with_index(tmp_path):
     for n, t in STATE.items():
         w.write(n, t)
     names = [p.name for p in w.close()]
-    assert names == ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
-                     "pytorch_model.bin.index.json"]
+    assert names == [
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+    ]
     index = json.loads((tmp_path / "pytorch_model.bin.index.json").read_text())
-    assert index == {"metadata": {"total_size": 20},
-                     "weight_map": {"a": "pytorch_model-00002-of-00002.bin",
-                                    "b": "pytorch_model-00001-of-00002.bin"}}
+    assert index == {
+        "metadata": {"total_size": 20},
+        "weight_map": {
+            "a": "pytorch_model-00002-of-00002.bin",
+            "b": "pytorch_model-00001-of-00002.bin",
+        },
+    }
     b = torch.load(tmp_path / names[0], weights_only=True, mmap=True)["b"]
     assert b.dtype == torch.float16 and torch.equal(b, STATE["b"])
 
@@ -82,11 +93,17 @@ def test_a_tensor_written_in_row_pieces_gives_the_same_file(tmp_path, fmt):
 def test_pieces_out_of_order_are_refused(tmp_path):
     w = ShardWriter(tmp_path, plan_of(STATE))
     w.write("b", STATE["b"][:1], (0, 1))
-    with pytest.raises(RuntimeError, match=r"writer got a \(2,\) torch.float32, planned b "
-                                           r"\(2, 3\) torch.float16 from row 1"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"writer got a \(2,\) torch.float32, planned b "
+        r"\(2, 3\) torch.float16 from row 1",
+    ):
         w.write("a", STATE["a"])
-    with pytest.raises(RuntimeError, match=r"writer got b rows 0..1 \(1, 3\) torch.float16, "
-                                           r"planned b \(2, 3\) torch.float16 from row 1"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"writer got b rows 0..1 \(1, 3\) torch.float16, "
+        r"planned b \(2, 3\) torch.float16 from row 1",
+    ):
         w.write("b", STATE["b"][1:], (0, 1))
 
 
@@ -128,17 +145,22 @@ def test_every_safetensors_dtype_is_written_and_read_back_bit_for_bit(tmp_path, 
     (path,) = w.close()
     if fmt == "safetensors":
         (n,) = struct.unpack("<Q", path.read_bytes()[:8])
-        header = json.loads(path.read_bytes()[8:8 + n])
+        header = json.loads(path.read_bytes()[8 : 8 + n])
         assert {k: e["dtype"] for k, e in header.items() if k != "__metadata__"} == {
-            f"t.{name}": name for name in OTHER_DTYPES}
+            f"t.{name}": name for name in OTHER_DTYPES
+        }
         assert header["t.F4"]["shape"] == [3, 8]  # the format counts 4-bit values
         others = load_file(path)
     else:
         others = torch.load(path, weights_only=True)
         save_file(state, tmp_path / "by-safetensors.safetensors")
         ours = open_checkpoint(tmp_path / "by-safetensors.safetensors")
-        assert all(ours.info(n).dtype == t.dtype and ours.info(n).shape == t.shape
-                   and byte_values(ours.read(n)) == byte_values(t) for n, t in state.items())
+        assert all(
+            ours.info(n).dtype == t.dtype
+            and ours.info(n).shape == t.shape
+            and byte_values(ours.read(n)) == byte_values(t)
+            for n, t in state.items()
+        )
     ckpt = open_checkpoint(path)
     for n, t in state.items():
         assert others[n].dtype == t.dtype and others[n].shape == t.shape, n

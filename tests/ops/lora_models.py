@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 KINDS = ("llama", "qwen2", "gpt2")
 
 
-def build_base(kind: str, dtype: torch.dtype, folder: Path, seed: int = 0,
-               intermediate: int = 128) -> Path:
+def build_base(
+    kind: str, dtype: torch.dtype, folder: Path, seed: int = 0, intermediate: int = 128
+) -> Path:
     """A 2-layer model with hidden 64 and vocab 128, saved with save_pretrained."""
     from transformers import (
         GPT2Config,
@@ -31,16 +32,23 @@ def build_base(kind: str, dtype: torch.dtype, folder: Path, seed: int = 0,
     )
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=intermediate,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=64)
+    common = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
     elif kind == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4,
-                                           n_positions=64))
+        model = GPT2LMHeadModel(
+            GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+        )
     else:
         raise ValueError(kind)
     with torch.no_grad():  # nonzero biases and norms, so replacing or adding to them shows
@@ -51,8 +59,9 @@ def build_base(kind: str, dtype: torch.dtype, folder: Path, seed: int = 0,
     return folder
 
 
-def make_adapter(base: Path, folder: Path, dtype: torch.dtype, seed: int = 1,
-                 safe: bool = True, **lora_kwargs) -> Path:
+def make_adapter(
+    base: Path, folder: Path, dtype: torch.dtype, seed: int = 1, safe: bool = True, **lora_kwargs
+) -> Path:
     """A real peft adapter: get_peft_model + LoraConfig on the base, with random nonzero
     weights wherever peft initialises zeros, saved with save_pretrained."""
     from peft import LoraConfig, get_peft_model

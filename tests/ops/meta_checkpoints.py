@@ -45,38 +45,115 @@ class Case:
 
 
 CASES = {
-    "llama1": Case("1", torch.float16, 2, {"dim": 64, "multiple_of": 32, "n_heads": 4,
-                                           "n_layers": 2, "norm_eps": 1e-06, "vocab_size": -1},
-                   "parent", "13B"),
-    "llama2": Case("2", torch.bfloat16, 2, {"dim": 64, "multiple_of": 64, "ffn_dim_multiplier": 1.3,
-                                            "n_heads": 4, "n_kv_heads": 2, "n_layers": 2,
-                                            "norm_eps": 1e-05, "vocab_size": -1},
-                   "parent", "llama-2-13b"),
-    "llama3": Case("3", torch.bfloat16, 2, {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
-                                            "vocab_size": 256 + TIKTOKEN_MERGES + 256,
-                                            "multiple_of": 64, "ffn_dim_multiplier": 1.3,
-                                            "norm_eps": 1e-05, "rope_theta": 500000.0},
-                   "inside", "Meta-Llama-3-70B"),
-    "llama3.1": Case("3.1", torch.bfloat16, 2, {"dim": 64, "ffn_dim_multiplier": 1.3,
-                                                "multiple_of": 64, "n_heads": 4, "n_kv_heads": 2,
-                                                "n_layers": 2, "norm_eps": 1e-05,
-                                                "rope_theta": 500000.0, "use_scaled_rope": True,
-                                                "vocab_size": 256 + TIKTOKEN_MERGES + 256},
-                     "inside", "Meta-Llama-3.1-70B",
-                     {"max_position_embeddings": 131072,
-                      "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
-                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                       "original_max_position_embeddings": 8192}}),
-    "llama3.2": Case("3.2", torch.bfloat16, 1, {"dim": 64, "ffn_dim_multiplier": 1.5,
-                                                "multiple_of": 32, "n_heads": 4, "n_kv_heads": 2,
-                                                "n_layers": 2, "norm_eps": 1e-05,
-                                                "rope_theta": 500000.0, "use_scaled_rope": True,
-                                                "vocab_size": 256 + TIKTOKEN_MERGES + 256},
-                     "inside", "Llama3.2-1B",
-                     {"tie_word_embeddings": True, "max_position_embeddings": 131072,
-                      "rope_scaling": {"rope_type": "llama3", "factor": 32.0,
-                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                       "original_max_position_embeddings": 8192}}),
+    "llama1": Case(
+        "1",
+        torch.float16,
+        2,
+        {
+            "dim": 64,
+            "multiple_of": 32,
+            "n_heads": 4,
+            "n_layers": 2,
+            "norm_eps": 1e-06,
+            "vocab_size": -1,
+        },
+        "parent",
+        "13B",
+    ),
+    "llama2": Case(
+        "2",
+        torch.bfloat16,
+        2,
+        {
+            "dim": 64,
+            "multiple_of": 64,
+            "ffn_dim_multiplier": 1.3,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "n_layers": 2,
+            "norm_eps": 1e-05,
+            "vocab_size": -1,
+        },
+        "parent",
+        "llama-2-13b",
+    ),
+    "llama3": Case(
+        "3",
+        torch.bfloat16,
+        2,
+        {
+            "dim": 64,
+            "n_layers": 2,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "vocab_size": 256 + TIKTOKEN_MERGES + 256,
+            "multiple_of": 64,
+            "ffn_dim_multiplier": 1.3,
+            "norm_eps": 1e-05,
+            "rope_theta": 500000.0,
+        },
+        "inside",
+        "Meta-Llama-3-70B",
+    ),
+    "llama3.1": Case(
+        "3.1",
+        torch.bfloat16,
+        2,
+        {
+            "dim": 64,
+            "ffn_dim_multiplier": 1.3,
+            "multiple_of": 64,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "n_layers": 2,
+            "norm_eps": 1e-05,
+            "rope_theta": 500000.0,
+            "use_scaled_rope": True,
+            "vocab_size": 256 + TIKTOKEN_MERGES + 256,
+        },
+        "inside",
+        "Meta-Llama-3.1-70B",
+        {
+            "max_position_embeddings": 131072,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        },
+    ),
+    "llama3.2": Case(
+        "3.2",
+        torch.bfloat16,
+        1,
+        {
+            "dim": 64,
+            "ffn_dim_multiplier": 1.5,
+            "multiple_of": 32,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "n_layers": 2,
+            "norm_eps": 1e-05,
+            "rope_theta": 500000.0,
+            "use_scaled_rope": True,
+            "vocab_size": 256 + TIKTOKEN_MERGES + 256,
+        },
+        "inside",
+        "Llama3.2-1B",
+        {
+            "tie_word_embeddings": True,
+            "max_position_embeddings": 131072,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        },
+    ),
 }
 
 
@@ -111,12 +188,14 @@ def build_raw(root: Path, name: str, seed: int = 0) -> RawCheckpoint:
     n_kv = case.params.get("n_kv_heads", case.params["n_heads"])
     for i, shard in enumerate(to_meta_shards(model.state_dict(), case, n_kv)):
         torch.save(shard, folder / f"consolidated.{i:02d}.pth")
-    write_checklist(folder, ["params.json"] + [f"consolidated.{i:02d}.pth"
-                                               for i in range(case.shards)])
+    write_checklist(
+        folder, ["params.json"] + [f"consolidated.{i:02d}.pth" for i in range(case.shards)]
+    )
     if case.layout == "parent":
         write_checklist(raw, ["tokenizer.model"], "tokenizer_checklist.chk")
-        return RawCheckpoint(name, case, raw, case.folder_name, folder, tokenizer, root / "hf",
-                             model)
+        return RawCheckpoint(
+            name, case, raw, case.folder_name, folder, tokenizer, root / "hf", model
+        )
     return RawCheckpoint(name, case, folder, None, folder, tokenizer, root / "hf", model)
 
 
@@ -126,10 +205,17 @@ def tiny_model(case: Case, vocab: int, seed: int):
     from weightkit.ops.llama_params import parse_params
 
     p = parse_params(case.params)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=p.dim, intermediate_size=p.intermediate_size,
-                         num_hidden_layers=p.n_layers, num_attention_heads=p.n_heads,
-                         num_key_value_heads=p.n_kv_heads, rms_norm_eps=p.norm_eps,
-                         rope_theta=p.rope_theta, **case.config)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=p.dim,
+        intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.n_layers,
+        num_attention_heads=p.n_heads,
+        num_key_value_heads=p.n_kv_heads,
+        rms_norm_eps=p.norm_eps,
+        rope_theta=p.rope_theta,
+        **case.config,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     gen = torch.Generator().manual_seed(seed)
@@ -140,8 +226,9 @@ def tiny_model(case: Case, vocab: int, seed: int):
     return model.to(case.dtype).eval()
 
 
-def to_meta_shards(state: dict[str, torch.Tensor], case: Case, n_kv: int
-                   ) -> list[dict[str, torch.Tensor]]:
+def to_meta_shards(
+    state: dict[str, torch.Tensor], case: Case, n_kv: int
+) -> list[dict[str, torch.Tensor]]:
     """The inverse of the conversion: HF names -> Meta names, split over the MP shards."""
     n, heads = case.shards, case.params["n_heads"]
     llama3 = case.version.startswith("3")
@@ -153,10 +240,14 @@ def to_meta_shards(state: dict[str, torch.Tensor], case: Case, n_kv: int
     for i in range(case.params["n_layers"]):
         hf = f"model.layers.{i}."
         split |= {
-            f"layers.{i}.attention.wq.weight":
-                (from_hf_rotary(state[hf + "self_attn.q_proj.weight"], heads), 0),
-            f"layers.{i}.attention.wk.weight":
-                (from_hf_rotary(state[hf + "self_attn.k_proj.weight"], n_kv), 0),
+            f"layers.{i}.attention.wq.weight": (
+                from_hf_rotary(state[hf + "self_attn.q_proj.weight"], heads),
+                0,
+            ),
+            f"layers.{i}.attention.wk.weight": (
+                from_hf_rotary(state[hf + "self_attn.k_proj.weight"], n_kv),
+                0,
+            ),
             f"layers.{i}.attention.wv.weight": (state[hf + "self_attn.v_proj.weight"], 0),
             f"layers.{i}.attention.wo.weight": (state[hf + "self_attn.o_proj.weight"], 1),
             f"layers.{i}.feed_forward.w1.weight": (state[hf + "mlp.gate_proj.weight"], 0),
@@ -184,10 +275,22 @@ def write_sentencepiece(path: Path) -> None:
     lines = [s.strip() + "." for s in TEXT.split(".") if s.strip()]
     buf = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=SPM_VOCAB, model_type="bpe",
-        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
-        split_digits=True, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, num_threads=1,
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=SPM_VOCAB,
+        model_type="bpe",
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        split_digits=True,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
         minloglevel=2,
     )
     path.write_bytes(buf.getvalue())
@@ -198,8 +301,9 @@ def train_bpe_ranks(text: str, merges: int) -> dict[bytes, int]:
     import regex
 
     ranks = {bytes([b]): b for b in range(256)}
-    words = collections.Counter(tuple(bytes([c]) for c in w.encode())
-                                for w in regex.findall(LLAMA3_PATTERN, text))
+    words = collections.Counter(
+        tuple(bytes([c]) for c in w.encode()) for w in regex.findall(LLAMA3_PATTERN, text)
+    )
     for _ in range(merges):
         pairs: collections.Counter = collections.Counter()
         for word, count in words.items():
@@ -238,8 +342,9 @@ def tiktoken_encoding(path: Path, version: str):
 
     ranks = load_tiktoken_bpe(str(path))
     specials = {t: len(ranks) + i for i, t in enumerate(llama3_special_tokens(version))}
-    return tiktoken.Encoding(path.name, pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
-                             special_tokens=specials)
+    return tiktoken.Encoding(
+        path.name, pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+    )
 
 
 def write_checklist(folder: Path, names: list[str], file_name: str = "checklist.chk") -> None:

@@ -33,14 +33,18 @@ def test_a_raw_meta_folder_reads_as_its_converted_checkpoint(world):
     assert isinstance(converted, Checkpoint) and isinstance(converted, Source)
     assert view.names() == converted.names()
     for name in converted.names():
-        assert (view.info(name).dtype, view.info(name).shape) == \
-            (converted.info(name).dtype, converted.info(name).shape), name
+        assert (view.info(name).dtype, view.info(name).shape) == (
+            converted.info(name).dtype,
+            converted.info(name).shape,
+        ), name
         assert torch.equal(view.read(name), converted.read(name)), name
     # rows of q/k-permuted, row-split tensors (also across a head), of column-split ones
-    for name, rows in (("model.layers.1.self_attn.k_proj.weight", (16, 32)),
-                       ("model.layers.1.self_attn.q_proj.weight", (5, 40)),
-                       ("model.layers.0.mlp.down_proj.weight", (16, 48)),
-                       ("model.embed_tokens.weight", (16, 48))):
+    for name, rows in (
+        ("model.layers.1.self_attn.k_proj.weight", (16, 32)),
+        ("model.layers.1.self_attn.q_proj.weight", (5, 40)),
+        ("model.layers.0.mlp.down_proj.weight", (16, 48)),
+        ("model.embed_tokens.weight", (16, 48)),
+    ):
         assert torch.equal(view.read_rows(name, *rows), converted.read_rows(name, *rows)), name
     assert view.config() == json.loads((world.converted / "config.json").read_text())
     assert view.inputs == [world.meta.folder, world.meta.tokenizer]
@@ -62,7 +66,8 @@ def test_a_meta_download_with_model_folders_names_them(world):
         open_source(world.meta.input_dir, role="raw")
     assert str(e.value) == (
         f"{world.meta.input_dir}: a Meta LLaMA download holding 1 model folder(s) (llama-2-13b), "
-        f"not a model itself\nGive the model's own folder, e.g. {world.meta.folder}.")
+        f"not a model itself\nGive the model's own folder, e.g. {world.meta.folder}."
+    )
 
 
 # ---------------------------------------------------------------- every kind in every role
@@ -86,8 +91,11 @@ def test_every_kind_of_input_in_every_role(world, tmp_path, monkeypatch, role, k
 
     monkeypatch.setattr(weightkit.hub.cache, "resolve_model", no_hub)
     given, stands_for = KINDS[role, kind]
-    given = {"meta": world.meta.folder, "meta_b": world.meta_b.folder,
-             "adapter file": world.base_adapter / "adapter_model.safetensors"}[given]
+    given = {
+        "meta": world.meta.folder,
+        "meta_b": world.meta_b.folder,
+        "adapter file": world.base_adapter / "adapter_model.safetensors",
+    }[given]
     run_role(world, role, getattr(world, stands_for), tmp_path / "want")
     run_role(world, role, given, tmp_path / "got")
     assert file_bytes(tmp_path / "got") == file_bytes(tmp_path / "want")
@@ -134,8 +142,9 @@ def test_fused_chain_equals_the_separate_commands(world, tmp_path, chain, dtype)
     got = file_bytes(tmp_path / "got")
     assert got == file_bytes(tmp_path / "want")
     # config and tokenizer files came through: the diff's config, the raw model's tokenizer
-    assert {"config.json", "tokenizer.json", "tokenizer.model", "weightkit.manifest.json"} \
-        <= set(got)
+    assert {"config.json", "tokenizer.json", "tokenizer.model", "weightkit.manifest.json"} <= set(
+        got
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["got", "want", "want-steps"]
     if "recover" in chain:  # the recovered tensors were checked, though never written
         assert result.checked == (0 if dtype == "fp16" else 21) and result.within_rounding == []
@@ -145,11 +154,21 @@ def test_fused_chain_in_row_pieces_and_bin_shards(world, tmp_path, small_pieces)
     """Pieces of 700 bytes: the q/k rows of the raw Meta view keep whole heads through the
     recover; the merged tensors are computed whole."""
     chain = "convert+recover+merge"
-    separate(world, chain, tmp_path / "want", "auto",
-             options=WriteOptions(format="bin", max_shard_size="100kB"))
+    separate(
+        world,
+        chain,
+        tmp_path / "want",
+        "auto",
+        options=WriteOptions(format="bin", max_shard_size="100kB"),
+    )
     small_pieces.clear()
-    fused(world, chain, tmp_path / "got", "auto",
-          options=WriteOptions(format="bin", max_shard_size="100kB"))
+    fused(
+        world,
+        chain,
+        tmp_path / "got",
+        "auto",
+        options=WriteOptions(format="bin", max_shard_size="100kB"),
+    )
     assert file_bytes(tmp_path / "got") == file_bytes(tmp_path / "want")
     k = [rows for name, rows in small_pieces if name == "model.layers.0.self_attn.k_proj.weight"]
     assert k == [(0, 16), (16, 32)]  # bf16 rows of 128 bytes, heads of 16 rows
@@ -162,16 +181,23 @@ def test_fused_summary_says_what_was_read_and_checked(world, tmp_path, capfd):
     text = result.summary()
     assert text.startswith("recover + merge-lora: wrote 21 tensors")
     assert "checklist.chk: the 3 listed file(s) match." in text
-    assert ("Checked against the manifest of the tuned model (the recovered tensors, before the "
-            "merge): 21 tensors match exactly.") in text
+    assert (
+        "Checked against the manifest of the tuned model (the recovered tensors, before the "
+        "merge): 21 tensors match exactly."
+    ) in text
     assert "Detected LLaMA 2 (n_kv_heads)." in text
     assert "Merged LoRA into 8 tensor(s); 13 streamed through unchanged." in text
 
 
 def test_fused_dry_run_checks_everything_and_writes_nothing(world, tmp_path, capfd):
     before = sorted(p.name for p in world.meta.folder.iterdir())
-    result = recover(world.meta.folder, world.diff, tmp_path / "out", lora=world.adapter,
-                     options=WriteOptions(dry_run=True))
+    result = recover(
+        world.meta.folder,
+        world.diff,
+        tmp_path / "out",
+        lora=world.adapter,
+        options=WriteOptions(dry_run=True),
+    )
     assert capfd.readouterr() == ("", "")
     # Meta's checklist.chk is checked, as convert checks it
     assert "checklist.chk: the 3 listed file(s) match." in result.notes
@@ -200,7 +226,8 @@ def test_adapter_that_does_not_fit_the_recovered_model(world, tmp_path):
         f"adapter tensor {key!r} ({bad / 'adapter_model.safetensors'}) does not fit base tensor "
         "'model.layers.0.self_attn.v_proj.weight': lora_B @ lora_A gives a delta of shape "
         "[48, 64], the base model has [32, 64] (recovered from "
-        f"{world.meta.folder} and {world.diff})")
+        f"{world.meta.folder} and {world.diff})"
+    )
     assert list(tmp_path.iterdir()) == [bad]
 
 
@@ -215,7 +242,8 @@ def test_diff_that_does_not_fit_the_raw_meta_model(world, tmp_path):
     assert str(e.value).startswith(
         "tensor 'model.layers.1.mlp.up_proj.weight': shape [100, 64] in the diff "
         f"({bad / 'model.safetensors'}) does not fit shape [256, 64] in the raw model "
-        f"({world.meta.folder})")
+        f"({world.meta.folder})"
+    )
     assert list(tmp_path.iterdir()) == [bad]
 
 
@@ -227,7 +255,8 @@ def test_a_wrong_raw_model_fails_the_recovered_check_before_the_merge(world, tmp
     first = open_checkpoint(world.diff).names()[0]  # the diff's order is the run's
     assert str(e.value).startswith(
         f"tensor {first!r} in the model recovered from {world.meta_b.folder} and {world.diff} "
-        "has sha256 ")
+        "has sha256 "
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -237,7 +266,8 @@ def test_overflow_in_the_recover_step_is_the_message_recover_gives(world, tmp_pa
     bad = tmp_path / "bad-diff"
     bad.mkdir()
     (bad / "weightkit.target-manifest.json").write_text(
-        (world.diff / "weightkit.target-manifest.json").read_text())
+        (world.diff / "weightkit.target-manifest.json").read_text()
+    )
     state = load_file(world.diff / "model.safetensors")
     state["model.norm.weight"] = torch.full((64,), 3.4e38)  # rounds to inf in bf16
     save_file(state, bad / "model.safetensors")
@@ -246,10 +276,15 @@ def test_overflow_in_the_recover_step_is_the_message_recover_gives(world, tmp_pa
         with pytest.raises(InputError) as e:
             recover(world.converted, bad, tmp_path / "out", lora=lora)
         messages.append(str(e.value))
-    assert messages[0] == messages[1] == (
-        "tensor 'model.norm.weight': the result has 64 NaN/Inf value(s) although its inputs are "
-        "finite (overflow in torch.bfloat16?)\nWrite a wider dtype (`dtype` fp32 or bf16), or "
-        "check the adapter's scaling.")
+    assert (
+        messages[0]
+        == messages[1]
+        == (
+            "tensor 'model.norm.weight': the result has 64 NaN/Inf value(s) although its "
+            "inputs are finite (overflow in torch.bfloat16?)\n"
+            "Write a wider dtype (`dtype` fp32 or bf16), or check the adapter's scaling."
+        )
+    )
 
 
 def test_lossless_diff_of_and_recovery_from_a_raw_meta_folder(world, tmp_path):
@@ -275,8 +310,9 @@ print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock))
 
 
 def blocks_written(*cmd: str) -> int:
-    done = subprocess.run([sys.executable, "-c", WRITES, *cmd], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", WRITES, *cmd], capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout)
 
 
@@ -285,15 +321,31 @@ def test_a_fused_run_writes_its_output_once(tmp_path):
     (ru_oublock, 512 bytes each, counted as pages are dirtied, so no cache flush is needed)
     stay within 1.5x of its output: no intermediate model anywhere (the separate commands
     write 3x)."""
-    probe = ("import os, sys\nwith open(sys.argv[1], 'wb') as f:\n"
-             "    f.write(b'x' * 2**24); os.fsync(f.fileno())")
+    probe = (
+        "import os, sys\nwith open(sys.argv[1], 'wb') as f:\n"
+        "    f.write(b'x' * 2**24); os.fsync(f.fileno())"
+    )
     assert blocks_written(sys.executable, "-c", probe, str(tmp_path / "probe")) >= 2**24 // 512
     (tmp_path / "probe").unlink()  # ru_oublock counts on this filesystem: 16 MiB, 32768 blocks
     meta, diff_dir, lora = make_fused_inputs(tmp_path)
     out = tmp_path / "out"
-    written = 512 * blocks_written(sys.executable, "-m", "weightkit", "--quiet", "recover",
-                                   "--raw", str(meta), "--diff", str(diff_dir), "--lora",
-                                   str(lora), "--out", str(out), "--device", "cpu")
+    written = 512 * blocks_written(
+        sys.executable,
+        "-m",
+        "weightkit",
+        "--quiet",
+        "recover",
+        "--raw",
+        str(meta),
+        "--diff",
+        str(diff_dir),
+        "--lora",
+        str(lora),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
     output = sum(p.stat().st_size for p in out.iterdir())
     assert output > 40 * 10**6
     assert written <= 1.5 * output, (written, output)

@@ -25,40 +25,94 @@ from weightkit.options import WriteOptions
 # defaults. One deliberate difference: it always writes "dtype": "float16" (it sets
 # model.config.dtype = torch.float16 after loading in bf16); we write the weights' dtype.
 COMMON = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "head_dim": 16, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02,
-    "mlp_bias": False, "model_type": "llama", "num_attention_heads": 4, "num_hidden_layers": 2,
-    "pad_token_id": None, "pretraining_tp": 1, "use_cache": True,
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "head_dim": 16,
+    "hidden_act": "silu",
+    "hidden_size": 64,
+    "initializer_range": 0.02,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "pad_token_id": None,
+    "pretraining_tp": 1,
+    "use_cache": True,
 }
-LLAMA3_SCALING = {"high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                  "original_max_position_embeddings": 8192, "rope_theta": 500000.0,
-                  "rope_type": "llama3"}
+LLAMA3_SCALING = {
+    "high_freq_factor": 4.0,
+    "low_freq_factor": 1.0,
+    "original_max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "rope_type": "llama3",
+}
 EXPECTED_CONFIG = {
-    "llama1": {**COMMON, "bos_token_id": 1, "eos_token_id": 2, "dtype": "float16",
-               "intermediate_size": 192, "max_position_embeddings": 2048,
-               "num_key_value_heads": 4, "rms_norm_eps": 1e-06,
-               "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
-               "tie_word_embeddings": False, "vocab_size": 384},
-    "llama2": {**COMMON, "bos_token_id": 1, "eos_token_id": 2, "dtype": "bfloat16",
-               "intermediate_size": 256, "max_position_embeddings": 4096,
-               "num_key_value_heads": 2, "rms_norm_eps": 1e-05,
-               "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
-               "tie_word_embeddings": False, "vocab_size": 384},
-    "llama3": {**COMMON, "bos_token_id": 320, "eos_token_id": 321, "dtype": "bfloat16",
-               "intermediate_size": 256, "max_position_embeddings": 8192,
-               "num_key_value_heads": 2, "rms_norm_eps": 1e-05,
-               "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
-               "tie_word_embeddings": False, "vocab_size": 576},
-    "llama3.1": {**COMMON, "bos_token_id": 320, "eos_token_id": 321, "dtype": "bfloat16",
-                 "intermediate_size": 256, "max_position_embeddings": 131072,
-                 "num_key_value_heads": 2, "rms_norm_eps": 1e-05,
-                 "rope_parameters": {"factor": 8.0, **LLAMA3_SCALING},
-                 "tie_word_embeddings": False, "vocab_size": 576},
-    "llama3.2": {**COMMON, "bos_token_id": 320, "eos_token_id": 321, "dtype": "bfloat16",
-                 "intermediate_size": 256, "max_position_embeddings": 131072,
-                 "num_key_value_heads": 2, "rms_norm_eps": 1e-05,
-                 "rope_parameters": {"factor": 32.0, **LLAMA3_SCALING},
-                 "tie_word_embeddings": True, "vocab_size": 576},
+    "llama1": {
+        **COMMON,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "dtype": "float16",
+        "intermediate_size": 192,
+        "max_position_embeddings": 2048,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "tie_word_embeddings": False,
+        "vocab_size": 384,
+    },
+    "llama2": {
+        **COMMON,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "dtype": "bfloat16",
+        "intermediate_size": 256,
+        "max_position_embeddings": 4096,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-05,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "tie_word_embeddings": False,
+        "vocab_size": 384,
+    },
+    "llama3": {
+        **COMMON,
+        "bos_token_id": 320,
+        "eos_token_id": 321,
+        "dtype": "bfloat16",
+        "intermediate_size": 256,
+        "max_position_embeddings": 8192,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-05,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
+        "tie_word_embeddings": False,
+        "vocab_size": 576,
+    },
+    "llama3.1": {
+        **COMMON,
+        "bos_token_id": 320,
+        "eos_token_id": 321,
+        "dtype": "bfloat16",
+        "intermediate_size": 256,
+        "max_position_embeddings": 131072,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-05,
+        "rope_parameters": {"factor": 8.0, **LLAMA3_SCALING},
+        "tie_word_embeddings": False,
+        "vocab_size": 576,
+    },
+    "llama3.2": {
+        **COMMON,
+        "bos_token_id": 320,
+        "eos_token_id": 321,
+        "dtype": "bfloat16",
+        "intermediate_size": 256,
+        "max_position_embeddings": 131072,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-05,
+        "rope_parameters": {"factor": 32.0, **LLAMA3_SCALING},
+        "tie_word_embeddings": True,
+        "vocab_size": 576,
+    },
 }
 # tiny models are too small for the dim-based 3.1/3.2 rule; a real 3.1 is detected (see
 # test_llama_params), here it is named
@@ -113,10 +167,16 @@ def test_reproduces_the_hf_model_bit_for_bit(raw, tmp_path, case):
     assert resaved == EXPECTED_CONFIG[case]
     config = written
     generation = json.loads((tmp_path / "out" / "generation_config.json").read_text())
-    assert {k: generation[k] for k in ("do_sample", "temperature", "top_p", "bos_token_id",
-                                       "eos_token_id")} == {
-        "do_sample": True, "temperature": 0.6, "top_p": 0.9,
-        "bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+    assert {
+        k: generation[k]
+        for k in ("do_sample", "temperature", "top_p", "bos_token_id", "eos_token_id")
+    } == {
+        "do_sample": True,
+        "temperature": 0.6,
+        "top_p": 0.9,
+        "bos_token_id": config["bos_token_id"],
+        "eos_token_id": config["eos_token_id"],
+    }
 
     # loaded the same way (rotary tables rebuilt in fp32), the two must compute the same
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
@@ -136,8 +196,12 @@ def test_sentencepiece_tokenizer_encodes_like_the_original(raw, tmp_path, case):
     sp = sentencepiece.SentencePieceProcessor(model_file=str(rc.tokenizer))
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tok(SENTENCE).input_ids == [1] + sp.encode(SENTENCE)
-    assert (tok.bos_token, tok.bos_token_id, tok.eos_token, tok.eos_token_id) == \
-        ("<s>", 1, "</s>", 2)
+    assert (tok.bos_token, tok.bos_token_id, tok.eos_token, tok.eos_token_id) == (
+        "<s>",
+        1,
+        "</s>",
+        2,
+    )
     assert len(tok) == 384
     assert (tmp_path / "out" / "tokenizer.model").read_bytes() == rc.tokenizer.read_bytes()
 
@@ -152,13 +216,18 @@ def test_tiktoken_tokenizer_encodes_like_the_original(raw, tmp_path, case):
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tok(SENTENCE).input_ids == [320] + enc.encode(SENTENCE)
     assert tok.decode(tok(SENTENCE, add_special_tokens=False).input_ids) == SENTENCE
-    assert (tok.bos_token, tok.bos_token_id, tok.eos_token, tok.eos_token_id) == \
-        ("<|begin_of_text|>", 320, "<|end_of_text|>", 321)
+    assert (tok.bos_token, tok.bos_token_id, tok.eos_token, tok.eos_token_id) == (
+        "<|begin_of_text|>",
+        320,
+        "<|end_of_text|>",
+        321,
+    )
     assert len(tok) == 576
     assert tok.convert_tokens_to_ids("<|eot_id|>") == 329
     assert tok.convert_tokens_to_ids("<|start_header_id|>") == 326
-    last = "<|reserved_special_token_250|>" if case == "llama3" else \
-        "<|reserved_special_token_247|>"
+    last = (
+        "<|reserved_special_token_250|>" if case == "llama3" else "<|reserved_special_token_247|>"
+    )
     assert tok.convert_tokens_to_ids(last) == 575
     special = "<|eot_id|>"
     assert tok(special, add_special_tokens=False).input_ids == [329]  # one token, not split
@@ -175,10 +244,13 @@ def test_instruct_uses_the_chat_stop_tokens(raw, tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert (tok.eos_token, tok.eos_token_id) == ("<|eot_id|>", 329)
     assert tok.convert_tokens_to_ids("<|eom_id|>") == 328
-    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                   add_generation_prompt=True)
-    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
 
 
 def test_bf16_is_the_original_cast_to_bf16(raw, tmp_path):
@@ -196,8 +268,9 @@ def test_bin_output_in_several_shards_loads(raw, tmp_path):
     from transformers import AutoModelForCausalLM
 
     rc = raw("llama2")
-    result = convert(rc, tmp_path / "out",
-                     options=WriteOptions(format="bin", max_shard_size="60KB"))
+    result = convert(
+        rc, tmp_path / "out", options=WriteOptions(format="bin", max_shard_size="60KB")
+    )
     assert len([f for f in result.files if f.endswith(".bin")]) > 1
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     want = tensors(rc.hf_dir)
@@ -226,8 +299,9 @@ def test_each_piece_is_read_once(raw, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["llama1", "llama3", "llama3.2"])
-def test_tensors_streamed_in_pieces_give_the_same_bytes(raw, tmp_path, small_pieces, monkeypatch,
-                                                        case):
+def test_tensors_streamed_in_pieces_give_the_same_bytes(
+    raw, tmp_path, small_pieces, monkeypatch, case
+):
     """Row pieces across column-split (LLaMA 1) and row-split (LLaMA 3) embeddings, the tied
     check (3.2) and the q/k permutation, which keeps each piece to whole heads."""
     rc = raw(case)
@@ -251,17 +325,23 @@ def test_rotary_permutation_round_trips():
 
 
 def test_names_follow_the_transformers_converter():
-    assert hf_name("layers.3.feed_forward.w1.weight") == ("model.layers.3.mlp.gate_proj.weight",
-                                                          "rows", None)
+    assert hf_name("layers.3.feed_forward.w1.weight") == (
+        "model.layers.3.mlp.gate_proj.weight",
+        "rows",
+        None,
+    )
     assert hf_name("layers.0.feed_forward.w2.weight")[0] == "model.layers.0.mlp.down_proj.weight"
     assert hf_name("layers.0.feed_forward.w3.weight")[0] == "model.layers.0.mlp.up_proj.weight"
-    assert hf_name("layers.1.attention.wk.weight") == ("model.layers.1.self_attn.k_proj.weight",
-                                                       "rows", "k")
+    assert hf_name("layers.1.attention.wk.weight") == (
+        "model.layers.1.self_attn.k_proj.weight",
+        "rows",
+        "k",
+    )
     assert hf_name("layers.1.attention.wo.weight")[1] == "cols"
-    assert hf_name("layers.0.attention_norm.weight")[0] == \
-        "model.layers.0.input_layernorm.weight"
-    assert hf_name("layers.0.ffn_norm.weight")[0] == \
-        "model.layers.0.post_attention_layernorm.weight"
+    assert hf_name("layers.0.attention_norm.weight")[0] == "model.layers.0.input_layernorm.weight"
+    assert (
+        hf_name("layers.0.ffn_norm.weight")[0] == "model.layers.0.post_attention_layernorm.weight"
+    )
     assert hf_name("output.weight") == ("lm_head.weight", "rows", None)
     assert hf_name("rope.freqs") is None
     with pytest.raises(InputError, match="layers.0.attention.wq.bias"):
@@ -309,8 +389,13 @@ def test_shard_count_must_match_the_model_size(raw, tmp_path):
     rc = raw("llama1")
     input_dir, folder = copy_raw(rc, tmp_path)
     folder.rename(input_dir / "7B")
-    fails(input_dir, tmp_path / "out", r"2 consolidated\.\*\.pth files, but LLaMA 7B is shipped "
-          r"in 1", model_size="7B")
+    fails(
+        input_dir,
+        tmp_path / "out",
+        r"2 consolidated\.\*\.pth files, but LLaMA 7B is shipped "
+        r"in 1",
+        model_size="7B",
+    )
 
 
 def test_a_missing_shard(raw, tmp_path):
@@ -323,10 +408,16 @@ def test_a_missing_shard(raw, tmp_path):
 def test_shards_with_different_keys(raw, tmp_path):
     rc = raw("llama2")
     input_dir, folder = copy_raw(rc, tmp_path)
-    rewrite_shard(folder / "consolidated.01.pth",
-                  lambda s: s.pop("layers.1.feed_forward.w3.weight"))
-    fails(input_dir, tmp_path / "out", r"'layers\.1\.feed_forward\.w3\.weight' is in "
-          r"consolidated\.00\.pth but not in consolidated\.01\.pth", model_size=rc.model_size)
+    rewrite_shard(
+        folder / "consolidated.01.pth", lambda s: s.pop("layers.1.feed_forward.w3.weight")
+    )
+    fails(
+        input_dir,
+        tmp_path / "out",
+        r"'layers\.1\.feed_forward\.w3\.weight' is in "
+        r"consolidated\.00\.pth but not in consolidated\.01\.pth",
+        model_size=rc.model_size,
+    )
 
 
 def test_shards_with_different_shapes(raw, tmp_path):
@@ -337,9 +428,14 @@ def test_shards_with_different_shapes(raw, tmp_path):
         state["layers.0.feed_forward.w1.weight"] = state["layers.0.feed_forward.w1.weight"][:100]
 
     rewrite_shard(folder / "consolidated.01.pth", shrink)
-    fails(input_dir, tmp_path / "out", r"'layers\.0\.feed_forward\.w1\.weight' is \(128, 64\) "
-          r"torch\.bfloat16 in consolidated\.00\.pth but \(100, 64\) torch\.bfloat16 in "
-          r"consolidated\.01\.pth", model_size=rc.model_size)
+    fails(
+        input_dir,
+        tmp_path / "out",
+        r"'layers\.0\.feed_forward\.w1\.weight' is \(128, 64\) "
+        r"torch\.bfloat16 in consolidated\.00\.pth but \(100, 64\) torch\.bfloat16 in "
+        r"consolidated\.01\.pth",
+        model_size=rc.model_size,
+    )
 
 
 def test_weights_that_do_not_fit_params_json(raw, tmp_path):
@@ -348,18 +444,27 @@ def test_weights_that_do_not_fit_params_json(raw, tmp_path):
     params = json.loads((folder / "params.json").read_text())
     params["ffn_dim_multiplier"] = 2.0
     (folder / "params.json").write_text(json.dumps(params))
-    fails(input_dir, tmp_path / "out", r"'layers\.0\.feed_forward\.w1\.weight': 2 shards of "
-          r"\(128, 64\) join to \(256, 64\), but params\.json .* needs \(384, 64\)")
+    fails(
+        input_dir,
+        tmp_path / "out",
+        r"'layers\.0\.feed_forward\.w1\.weight': 2 shards of "
+        r"\(128, 64\) join to \(256, 64\), but params\.json .* needs \(384, 64\)",
+    )
 
 
 def test_an_unexpected_tensor(raw, tmp_path):
     rc = raw("llama3")
     input_dir, folder = copy_raw(rc, tmp_path)
     for shard in ("consolidated.00.pth", "consolidated.01.pth"):
-        rewrite_shard(folder / shard,
-                      lambda s: s.__setitem__("layers.0.attention.wq.bias", torch.zeros(32)))
-    fails(input_dir, tmp_path / "out", r"consolidated\.00\.pth: unexpected tensor "
-          r"'layers\.0\.attention\.wq\.bias'")
+        rewrite_shard(
+            folder / shard, lambda s: s.__setitem__("layers.0.attention.wq.bias", torch.zeros(32))
+        )
+    fails(
+        input_dir,
+        tmp_path / "out",
+        r"consolidated\.00\.pth: unexpected tensor "
+        r"'layers\.0\.attention\.wq\.bias'",
+    )
 
 
 def test_an_unknown_tokenizer_format(raw, tmp_path):
@@ -373,8 +478,12 @@ def test_a_tokenizer_from_another_llama(raw, tmp_path):
     rc = raw("llama3")
     input_dir, folder = copy_raw(rc, tmp_path)
     shutil.copyfile(raw("llama2").tokenizer, folder / "tokenizer.model")
-    fails(input_dir, tmp_path / "out", r"looks like LLaMA 3 .* but tokenizer\.model is a "
-          r"sentencepiece file")
+    fails(
+        input_dir,
+        tmp_path / "out",
+        r"looks like LLaMA 3 .* but tokenizer\.model is a "
+        r"sentencepiece file",
+    )
 
 
 def test_checklist_is_verified_first(raw, tmp_path):
@@ -384,8 +493,13 @@ def test_checklist_is_verified_first(raw, tmp_path):
     lines = checklist.read_text().splitlines()
     lines[1] = "0" * 32 + lines[1][32:]  # the first shard's md5
     checklist.write_text("\n".join(lines) + "\n")
-    fails(input_dir, tmp_path / "out", r"consolidated\.00\.pth is mismatch", ChecksumError,
-          model_size=rc.model_size)
+    fails(
+        input_dir,
+        tmp_path / "out",
+        r"consolidated\.00\.pth is mismatch",
+        ChecksumError,
+        model_size=rc.model_size,
+    )
     result = convert_llama(input_dir, tmp_path / "out", model_size=rc.model_size, verify=False)
     assert not any("checklist" in n for n in result.notes)
 
@@ -399,9 +513,11 @@ def test_without_a_tokenizer_the_weights_still_convert(raw, tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 576
     assert not (tmp_path / "out" / "tokenizer.json").exists()
     # transformers is imported for the tokenizer only: config.json is weightkit's own
-    code = ("import sys; from weightkit.ops.convert_llama import convert_llama; "
-            f"convert_llama({str(input_dir)!r}, {str(tmp_path / 'again')!r}); "
-            "print('transformers' in sys.modules)")
+    code = (
+        "import sys; from weightkit.ops.convert_llama import convert_llama; "
+        f"convert_llama({str(input_dir)!r}, {str(tmp_path / 'again')!r}); "
+        "print('transformers' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -410,14 +526,36 @@ def test_cli(raw, tmp_path, capsys):
     from weightkit.cli import _run
 
     rc = raw("llama1")
-    args = ["convert", "--input-dir", str(rc.input_dir), "--model-size", "13B", "--out",
-            str(tmp_path / "out"), "--dtype", "bf16"]
+    args = [
+        "convert",
+        "--input-dir",
+        str(rc.input_dir),
+        "--model-size",
+        "13B",
+        "--out",
+        str(tmp_path / "out"),
+        "--dtype",
+        "bf16",
+    ]
     assert _run(args, debug=False) == 0
     err = capsys.readouterr().err
     assert "Detected LLaMA 1" in err and "checklist.chk" in err
     assert tensors(tmp_path / "out")["lm_head.weight"].dtype == torch.bfloat16
     assert _run(args, debug=False) == 1
     assert "already exists" in capsys.readouterr().err
-    assert _run(["convert", "--input-dir", str(rc.input_dir), "--model-size", "7B", "--out",
-                 str(tmp_path / "other")], debug=False) == 1
+    assert (
+        _run(
+            [
+                "convert",
+                "--input-dir",
+                str(rc.input_dir),
+                "--model-size",
+                "7B",
+                "--out",
+                str(tmp_path / "other"),
+            ],
+            debug=False,
+        )
+        == 1
+    )
     assert "missing params.json" in capsys.readouterr().err

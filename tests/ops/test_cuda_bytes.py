@@ -19,8 +19,9 @@ from weightkit.options import WriteOptions
 
 # WEIGHTKIT_OTHER_DEVICE=cpu runs these comparisons without a GPU (a check of the test itself)
 OTHER = os.environ.get("WEIGHTKIT_OTHER_DEVICE", "cuda")
-pytestmark = pytest.mark.skipif(OTHER == "cuda" and not torch.cuda.is_available(),
-                                reason="no CUDA device")
+pytestmark = pytest.mark.skipif(
+    OTHER == "cuda" and not torch.cuda.is_available(), reason="no CUDA device"
+)
 
 
 def on_both(make, tmp_path: Path) -> dict[str, bytes]:
@@ -48,25 +49,45 @@ def test_diff_and_recover(model_pair, tmp_path, diff_dtype):
     raw, tuned = model_pair("llama", torch.float16, extra_vocab=1)
     with_nans(tuned, "model.norm.weight")
     with_nans(raw, "model.layers.0.input_layernorm.weight")
-    made = on_both(lambda out, dev: diff(raw, tuned, out, dtype=diff_dtype,
-                                         options=WriteOptions(device=dev)), tmp_path / "diff")
+    made = on_both(
+        lambda out, dev: diff(raw, tuned, out, dtype=diff_dtype, options=WriteOptions(device=dev)),
+        tmp_path / "diff",
+    )
     assert "weightkit.target-manifest.json" in made
-    on_both(lambda out, dev: recover(raw, tmp_path / "diff" / "cpu", out,
-                                     options=WriteOptions(device=dev)), tmp_path / "recover")
-    on_both(lambda out, dev: recover(raw, tmp_path / "diff" / "cpu", out, dtype="bf16",
-                                     options=WriteOptions(device=dev)), tmp_path / "recover-bf16")
+    on_both(
+        lambda out, dev: recover(
+            raw, tmp_path / "diff" / "cpu", out, options=WriteOptions(device=dev)
+        ),
+        tmp_path / "recover",
+    )
+    on_both(
+        lambda out, dev: recover(
+            raw, tmp_path / "diff" / "cpu", out, dtype="bf16", options=WriteOptions(device=dev)
+        ),
+        tmp_path / "recover-bf16",
+    )
 
 
 CASES = {
-    "plain": ("llama", dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
-                            lora_dropout=0.0)),
-    "dora": ("llama", dict(r=4, lora_alpha=8, use_dora=True,
-                           target_modules=["q_proj", "v_proj", "up_proj"])),
-    "fan_in_fan_out": ("gpt2", dict(r=4, lora_alpha=8, fan_in_fan_out=True,
-                                    target_modules=["c_attn", "c_proj", "c_fc"])),
+    "plain": (
+        "llama",
+        dict(
+            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0
+        ),
+    ),
+    "dora": (
+        "llama",
+        dict(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "up_proj"]),
+    ),
+    "fan_in_fan_out": (
+        "gpt2",
+        dict(r=4, lora_alpha=8, fan_in_fan_out=True, target_modules=["c_attn", "c_proj", "c_fc"]),
+    ),
     "embedding": ("qwen2", dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"])),
-    "lora_bias": ("qwen2", dict(r=4, lora_alpha=8, lora_bias=True,
-                                target_modules=["q_proj", "k_proj", "v_proj"])),
+    "lora_bias": (
+        "qwen2",
+        dict(r=4, lora_alpha=8, lora_bias=True, target_modules=["q_proj", "k_proj", "v_proj"]),
+    ),
 }
 
 
@@ -76,5 +97,7 @@ def test_merge_lora(tmp_path, case, dtype):
     kind, kwargs = CASES[case]
     base = build_base(kind, dtype, tmp_path / "base")
     adapter = make_adapter(base, tmp_path / "adapter", dtype, **kwargs)
-    on_both(lambda out, dev: merge_lora(base, adapter, out, options=WriteOptions(device=dev)),
-            tmp_path / "merged")
+    on_both(
+        lambda out, dev: merge_lora(base, adapter, out, options=WriteOptions(device=dev)),
+        tmp_path / "merged",
+    )

@@ -39,8 +39,19 @@ def assert_bit_exact(a: dict, b: dict) -> None:
 # --- the arithmetic --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64,
-                                   torch.float8_e4m3fn, torch.int64, torch.uint8, torch.bool])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.float8_e4m3fn,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+    ],
+)
 def test_decode_gives_back_every_bit_pattern(dtype):
     gen = torch.Generator().manual_seed(0)
     raw = (torch.randn(64, 8, generator=gen) * 3).to(dtype)
@@ -101,8 +112,11 @@ def test_round_trip_is_bit_exact(model_pair, tmp_path, kind, dtype):
     d = diff(raw, tuned, tmp_path / "diff", lossless=True)
     assert d.files == ["lossless-diff.safetensors"]
     assert sorted(p.name for p in (tmp_path / "diff").iterdir()) == [
-        "config.json", "generation_config.json", "lossless-diff.safetensors",
-        "weightkit.target-manifest.json"]
+        "config.json",
+        "generation_config.json",
+        "lossless-diff.safetensors",
+        "weightkit.target-manifest.json",
+    ]
     r = recover(raw, tmp_path / "diff", tmp_path / "out")
     want = tensors(tuned)
     assert_bit_exact(tensors(tmp_path / "out"), want)
@@ -155,10 +169,12 @@ def test_sharded_diff_and_non_finite_values(model_pair, tmp_path):
     state = load_file(tuned / "model.safetensors")
     state["model.norm.weight"][:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
     save_file(state, tuned / "model.safetensors", metadata={"format": "pt"})
-    d = diff(raw, tuned, tmp_path / "diff", lossless=True,
-             options=WriteOptions(max_shard_size="60kB"))
-    assert len(d.files) > 1 and d.files[0] == f"lossless-diff-00001-of-{len(d.files):05d}" \
-        ".safetensors"
+    d = diff(
+        raw, tuned, tmp_path / "diff", lossless=True, options=WriteOptions(max_shard_size="60kB")
+    )
+    assert (
+        len(d.files) > 1 and d.files[0] == f"lossless-diff-00001-of-{len(d.files):05d}.safetensors"
+    )
     recover(raw, tmp_path / "diff", tmp_path / "out")
     assert_bit_exact(tensors(tmp_path / "out"), tensors(tuned))
 
@@ -168,8 +184,9 @@ def test_diff_is_deterministic(model_pair, tmp_path):
     files = []
     for name in ("a", "b"):
         diff(raw, tuned, tmp_path / name, lossless=True)
-        files.append(hashlib.sha256((tmp_path / name / "lossless-diff.safetensors")
-                                    .read_bytes()).hexdigest())
+        files.append(
+            hashlib.sha256((tmp_path / name / "lossless-diff.safetensors").read_bytes()).hexdigest()
+        )
     assert files[0] == files[1]
 
 
@@ -237,7 +254,8 @@ def test_dtype_mismatch_points_at_a_plain_diff(model_pair, tmp_path):
         f"tensor {name!r} is fp16 in the raw model ({raw / 'model.safetensors'}) and fp32 in "
         f"the tuned model ({tuned / 'model.safetensors'})\n"
         "A lossless diff stores bit patterns, so both models need the same dtype per tensor. "
-        "Use `dtype` fp32 instead of `lossless` (a plain fp32 diff).")
+        "Use `dtype` fp32 instead of `lossless` (a plain fp32 diff)."
+    )
     assert not (tmp_path / "diff").exists()
 
 
@@ -247,16 +265,20 @@ def test_recover_refuses_a_raw_model_of_another_dtype(model_pair, tmp_path):
     bf16 = tmp_path / "raw-bf16"
     bf16.mkdir()
     save_file({n: t.bfloat16() for n, t in tensors(raw).items()}, bf16 / "model.safetensors")
-    with pytest.raises(InputError, match="is bf16 in the raw model .* and fp16 in the lossless "
-                                         "diff"):
+    with pytest.raises(
+        InputError, match="is bf16 in the raw model .* and fp16 in the lossless diff"
+    ):
         recover(bf16, tmp_path / "diff", tmp_path / "out")
 
 
 def test_recover_refuses_a_raw_model_of_another_vocabulary(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16, extra_vocab=1)
     diff(raw, tuned, tmp_path / "diff", lossless=True)
-    with pytest.raises(InputError, match="tensor 'lm_head.weight' has shape \\[129, 64\\] in "
-                                         "the raw model .* made against shape \\[128, 64\\]"):
+    with pytest.raises(
+        InputError,
+        match="tensor 'lm_head.weight' has shape \\[129, 64\\] in "
+        "the raw model .* made against shape \\[128, 64\\]",
+    ):
         recover(tuned, tmp_path / "diff", tmp_path / "out")
 
 
@@ -266,17 +288,46 @@ def test_recover_refuses_a_raw_model_of_another_vocabulary(model_pair, tmp_path)
 def test_cli_round_trip_and_option_checks(model_pair, tmp_path, capsys):
     raw, tuned = model_pair("qwen2", torch.bfloat16)
     d, out = str(tmp_path / "diff"), str(tmp_path / "out")
-    assert _run(["diff", "--raw", str(raw), "--tuned", str(tuned), "--out", d, "--lossless",
-                 "--level", "3"], debug=False) == 0
+    assert (
+        _run(
+            [
+                "diff",
+                "--raw",
+                str(raw),
+                "--tuned",
+                str(tuned),
+                "--out",
+                d,
+                "--lossless",
+                "--level",
+                "3",
+            ],
+            debug=False,
+        )
+        == 0
+    )
     summary = " ".join(capsys.readouterr().err.split())
     assert "diff --lossless: wrote 26 tensors (164.99 kB of BF16) as" in summary
     assert "Recovering from this diff gives all 26 tensors bit for bit" in summary
     assert _run(["recover", "--raw", str(raw), "--diff", d, "--out", out], debug=False) == 0
     assert "26 tensors match exactly" in " ".join(capsys.readouterr().err.split())
-    for extra, message in ((["--lossless", "--dtype", "fp16"], "drop --dtype and --format"),
-                           (["--level", "5"], "--level applies to --lossless diffs only")):
-        code = _run(["diff", "--raw", str(raw), "--tuned", str(tuned), "--out",
-                     str(tmp_path / "x"), *extra], debug=False)
+    for extra, message in (
+        (["--lossless", "--dtype", "fp16"], "drop --dtype and --format"),
+        (["--level", "5"], "--level applies to --lossless diffs only"),
+    ):
+        code = _run(
+            [
+                "diff",
+                "--raw",
+                str(raw),
+                "--tuned",
+                str(tuned),
+                "--out",
+                str(tmp_path / "x"),
+                *extra,
+            ],
+            debug=False,
+        )
         assert code == 2 and message in capsys.readouterr().err
 
 
@@ -292,8 +343,9 @@ def test_every_dtype_that_is_not_a_plain_float_round_trips(tmp_path):
     diff(tmp_path / "raw", tmp_path / "tuned", tmp_path / "diff", lossless=True)
     r = recover(tmp_path / "raw", tmp_path / "diff", tmp_path / "out")
     got = load_file(tmp_path / "out" / "model.safetensors")
-    assert all(got[n].dtype == t.dtype and byte_values(got[n]) == byte_values(t)
-               for n, t in tuned.items())
+    assert all(
+        got[n].dtype == t.dtype and byte_values(got[n]) == byte_values(t) for n, t in tuned.items()
+    )
     assert r.checked == len(tuned) and r.within_rounding == []
 
 
@@ -301,8 +353,9 @@ def test_an_interrupted_diff_resumes_after_its_finished_files(model_pair, tmp_pa
     """Ctrl-C after the second finished file; the second is then damaged: the rerun keeps the
     first (checked by decoding it), writes the rest again and gives the same bytes."""
     raw, tuned = model_pair("llama", torch.float16)
-    ref = diff(raw, tuned, tmp_path / "ref", lossless=True,
-               options=WriteOptions(max_shard_size="60kB"))
+    ref = diff(
+        raw, tuned, tmp_path / "ref", lossless=True, options=WriteOptions(max_shard_size="60kB")
+    )
     finished = []
     end_shard = LosslessDiffWriter._end_shard
 
@@ -314,8 +367,9 @@ def test_an_interrupted_diff_resumes_after_its_finished_files(model_pair, tmp_pa
 
     monkeypatch.setattr(LosslessDiffWriter, "_end_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        diff(raw, tuned, tmp_path / "out", lossless=True,
-             options=WriteOptions(max_shard_size="60kB"))
+        diff(
+            raw, tuned, tmp_path / "out", lossless=True, options=WriteOptions(max_shard_size="60kB")
+        )
     monkeypatch.undo()
     partial = tmp_path / ".out.weightkit-partial"
     assert sorted(p.name for p in partial.glob("lossless-diff-*")) == finished
@@ -324,9 +378,11 @@ def test_an_interrupted_diff_resumes_after_its_finished_files(model_pair, tmp_pa
     data = bytearray((partial / finished[1]).read_bytes())
     data[start + length // 2] ^= 0x55
     (partial / finished[1]).write_bytes(bytes(data))
-    d = diff(raw, tuned, tmp_path / "out", lossless=True,
-             options=WriteOptions(max_shard_size="60kB"))
-    assert d.notes[-1] == (f"Resumed a killed run: 1 of {len(ref.files)} shard(s) were already "
-                           "written and checked.")
+    d = diff(
+        raw, tuned, tmp_path / "out", lossless=True, options=WriteOptions(max_shard_size="60kB")
+    )
+    assert d.notes[-1] == (
+        f"Resumed a killed run: 1 of {len(ref.files)} shard(s) were already written and checked."
+    )
     assert file_bytes(tmp_path / "out") == file_bytes(tmp_path / "ref")
     assert d.bytes_written == ref.bytes_written and not partial.exists()

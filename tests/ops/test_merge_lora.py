@@ -32,26 +32,52 @@ GPT2_ALL = ["c_attn", "c_proj", "c_fc"]
 # case -> (base model kind, LoraConfig arguments; safe=False saves the legacy .bin)
 CASES = {
     "plain": ("llama", dict(r=8, lora_alpha=16, target_modules=LLAMA_ALL)),
-    "rslora": ("llama", dict(r=8, lora_alpha=16, use_rslora=True,
-                             target_modules=["q_proj", "v_proj"])),
-    "patterns": ("llama", dict(r=4, lora_alpha=8, target_modules=LLAMA_ALL,
-                               rank_pattern={"q_proj": 8, r"layers\.1\..*o_proj": 2},
-                               alpha_pattern={"model.layers.0.mlp.down_proj": 32, "v_proj": 3})),
-    "dora": ("llama", dict(r=4, lora_alpha=8, use_dora=True,
-                           target_modules=["q_proj", "v_proj", "up_proj"])),
+    "rslora": (
+        "llama",
+        dict(r=8, lora_alpha=16, use_rslora=True, target_modules=["q_proj", "v_proj"]),
+    ),
+    "patterns": (
+        "llama",
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=LLAMA_ALL,
+            rank_pattern={"q_proj": 8, r"layers\.1\..*o_proj": 2},
+            alpha_pattern={"model.layers.0.mlp.down_proj": 32, "v_proj": 3},
+        ),
+    ),
+    "dora": (
+        "llama",
+        dict(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "up_proj"]),
+    ),
     # Qwen2 with tie_word_embeddings: the checkpoint has no lm_head.weight
     "embedding": ("qwen2", dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"])),
     "tied_lm_head": ("qwen2", dict(r=4, lora_alpha=8, target_modules=["lm_head", "q_proj"])),
-    "modules_to_save": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                      modules_to_save=["lm_head", "input_layernorm"])),
-    "lora_bias": ("qwen2", dict(r=4, lora_alpha=8, lora_bias=True,
-                                target_modules=["q_proj", "k_proj", "v_proj"])),
-    "fan_in_fan_out": ("gpt2", dict(r=4, lora_alpha=8, fan_in_fan_out=True,
-                                    target_modules=GPT2_ALL)),
-    "dora_fan_in_fan_out": ("gpt2", dict(r=4, lora_alpha=8, use_dora=True, fan_in_fan_out=True,
-                                         target_modules=GPT2_ALL)),
-    "legacy_bin": ("llama", dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                 safe=False)),
+    "modules_to_save": (
+        "llama",
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj"],
+            modules_to_save=["lm_head", "input_layernorm"],
+        ),
+    ),
+    "lora_bias": (
+        "qwen2",
+        dict(r=4, lora_alpha=8, lora_bias=True, target_modules=["q_proj", "k_proj", "v_proj"]),
+    ),
+    "fan_in_fan_out": (
+        "gpt2",
+        dict(r=4, lora_alpha=8, fan_in_fan_out=True, target_modules=GPT2_ALL),
+    ),
+    "dora_fan_in_fan_out": (
+        "gpt2",
+        dict(r=4, lora_alpha=8, use_dora=True, fan_in_fan_out=True, target_modules=GPT2_ALL),
+    ),
+    "legacy_bin": (
+        "llama",
+        dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], safe=False),
+    ),
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -127,8 +153,9 @@ def test_arithmetic_in_small_blocks_still_equals_peft(built, tmp_path, monkeypat
     assert got.problems == [] and got.differ == {}
 
 
-def test_untouched_tensors_stream_in_pieces_with_the_same_bytes(built, tmp_path, small_pieces,
-                                                                monkeypatch):
+def test_untouched_tensors_stream_in_pieces_with_the_same_bytes(
+    built, tmp_path, small_pieces, monkeypatch
+):
     """Tensors no adapter touches are copied in row pieces; merged ones stay whole (a product
     taken in pieces could sum in another order than peft's)."""
     root = built("plain", "fp16")
@@ -153,8 +180,12 @@ def test_bin_shards_load_in_transformers(built, tmp_path):
     from transformers import AutoModelForCausalLM
 
     root = built("embedding", "fp32")
-    result = merge_lora(root / "base", root / "adapter", tmp_path / "ours",
-                        options=WriteOptions(format="bin", max_shard_size="100kB"))
+    result = merge_lora(
+        root / "base",
+        root / "adapter",
+        tmp_path / "ours",
+        options=WriteOptions(format="bin", max_shard_size="100kB"),
+    )
     assert len([f for f in result.files if f.endswith(".bin")]) > 1
     ours = AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
     ref = AutoModelForCausalLM.from_pretrained(root / "ref")
@@ -168,10 +199,19 @@ def test_bin_shards_load_in_transformers(built, tmp_path):
 
 
 OLD_CONFIG = dict(  # alpaca-lora / KnowLM era: fields today's peft no longer has
-    base_model_name_or_path="decapoda-research/llama-7b-hf", bias="none", enable_lora=None,
-    fan_in_fan_out=False, inference_mode=True, lora_alpha=16, lora_dropout=0.05,
-    merge_weights=False, modules_to_save=None, peft_type="LORA", r=8,
-    target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+    base_model_name_or_path="decapoda-research/llama-7b-hf",
+    bias="none",
+    enable_lora=None,
+    fan_in_fan_out=False,
+    inference_mode=True,
+    lora_alpha=16,
+    lora_dropout=0.05,
+    merge_weights=False,
+    modules_to_save=None,
+    peft_type="LORA",
+    r=8,
+    target_modules=["q_proj", "v_proj"],
+    task_type="CAUSAL_LM",
 )
 
 
@@ -184,18 +224,24 @@ def test_hand_written_legacy_adapter(built, tmp_path, layout):
         write_adapter_config(adapter, **OLD_CONFIG)
         torch.save({k: v.half() for k, v in state.items()}, adapter / "adapter_model.bin")
     else:  # keys as the peft model names them: ...lora_A.default.weight
-        write_adapter_config(adapter, **{k: v for k, v in OLD_CONFIG.items()
-                                         if k not in ("enable_lora", "merge_weights")})
-        renamed = {re.sub(r"\.lora_([AB])\.", r".lora_\1.default.", k): v.contiguous()
-                   for k, v in state.items()}
+        write_adapter_config(
+            adapter,
+            **{k: v for k, v in OLD_CONFIG.items() if k not in ("enable_lora", "merge_weights")},
+        )
+        renamed = {
+            re.sub(r"\.lora_([AB])\.", r".lora_\1.default.", k): v.contiguous()
+            for k, v in state.items()
+        }
         save_file(renamed, adapter / "adapter_model.safetensors")
     peft_merge(root / "base", adapter, tmp_path / "ref", torch.float16)
     result = merge_lora(root / "base", adapter, tmp_path / "ours")
     ref = tensors(tmp_path / "ref")
     got = compare(tensors(tmp_path / "ours"), ref)
     assert got.problems == [] and got.differ == {}
-    assert not torch.equal(ref["model.layers.0.self_attn.q_proj.weight"],
-                           tensors(root / "base")["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        ref["model.layers.0.self_attn.q_proj.weight"],
+        tensors(root / "base")["model.layers.0.self_attn.q_proj.weight"],
+    )
     warned = [n for n in result.notes if "unknown field" in n]
     assert bool(warned) == (layout == "old_bin_fp16")
     if warned:
@@ -227,16 +273,30 @@ def test_key_matching_no_base_tensor(built, tmp_path):
     state = load_file(adapter / "adapter_model.safetensors")
     state = {k.replace("layers.1.", "layers.7."): v for k, v in state.items()}
     save_file(state, adapter / "adapter_model.safetensors")
-    _fails(root / "base", adapter, tmp_path / "out", "layers.7.", "does not have",
-           str(root / "base"), "`base`")
+    _fails(
+        root / "base",
+        adapter,
+        tmp_path / "out",
+        "layers.7.",
+        "does not have",
+        str(root / "base"),
+        "`base`",
+    )
 
 
 def test_shape_that_does_not_fit(built, tmp_path):
     root = built("plain", "fp32")
     other = build_base("llama", torch.float32, tmp_path / "base96", intermediate=96)
-    _fails(other, root / "adapter", tmp_path / "out",
-           "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight'", "[64, 128]",
-           "[64, 96]", "model.safetensors", "check `base`")
+    _fails(
+        other,
+        root / "adapter",
+        tmp_path / "out",
+        "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight'",
+        "[64, 128]",
+        "[64, 96]",
+        "model.safetensors",
+        "check `base`",
+    )
 
 
 def test_extended_vocabulary(built, tmp_path):
@@ -245,8 +305,15 @@ def test_extended_vocabulary(built, tmp_path):
     state = load_file(adapter / "adapter_model.safetensors")
     state["base_model.model.lm_head.weight"] = torch.zeros(160, 64)
     save_file(state, adapter / "adapter_model.safetensors")
-    _fails(root / "base", adapter, tmp_path / "out", "has 160 rows", "'lm_head.weight' has 128",
-           "extended vocabulary", "resize_token_embeddings(160)")
+    _fails(
+        root / "base",
+        adapter,
+        tmp_path / "out",
+        "has 160 rows",
+        "'lm_head.weight' has 128",
+        "extended vocabulary",
+        "resize_token_embeddings(160)",
+    )
 
 
 def test_empty_adapter(built, tmp_path):
@@ -256,8 +323,14 @@ def test_empty_adapter(built, tmp_path):
     write_adapter_config(adapter, **OLD_CONFIG)
     torch.save({}, adapter / "adapter_model.bin")
     assert (adapter / "adapter_model.bin").stat().st_size < 2000  # 443 bytes with torch 1.x
-    _fails(root / "base", adapter, tmp_path / "out", "holds no tensors", "alpaca-lora",
-           "save_pretrained")
+    _fails(
+        root / "base",
+        adapter,
+        tmp_path / "out",
+        "holds no tensors",
+        "alpaca-lora",
+        "save_pretrained",
+    )
 
 
 def test_unsupported_method(built, tmp_path):
@@ -267,9 +340,16 @@ def test_unsupported_method(built, tmp_path):
     root = built("plain", "fp32")
     model = AutoModelForCausalLM.from_pretrained(root / "base")
     get_peft_model(model, LoHaConfig(r=4, target_modules=["q_proj"])).save_pretrained(
-        tmp_path / "loha")
-    _fails(root / "base", tmp_path / "loha", tmp_path / "out", "peft_type is 'LOHA'",
-           "LoRA adapters only", "merge_and_unload")
+        tmp_path / "loha"
+    )
+    _fails(
+        root / "base",
+        tmp_path / "loha",
+        tmp_path / "out",
+        "peft_type is 'LOHA'",
+        "LoRA adapters only",
+        "merge_and_unload",
+    )
 
 
 def test_unsupported_variant_and_rank_mismatch(built, tmp_path):
@@ -280,8 +360,14 @@ def test_unsupported_variant_and_rank_mismatch(built, tmp_path):
     _fails(root / "base", adapter, tmp_path / "out", "use_bdlora", "does not support")
     adapter = _copy_adapter(root / "adapter", tmp_path / "rank")
     write_adapter_config(adapter, **{**config, "r": 4})
-    _fails(root / "base", adapter, tmp_path / "out", "rank r=4", "has shape [8, ",
-           "adapter_config.json")
+    _fails(
+        root / "base",
+        adapter,
+        tmp_path / "out",
+        "rank r=4",
+        "has shape [8, ",
+        "adapter_config.json",
+    )
 
 
 def test_missing_config(built, tmp_path):
@@ -295,8 +381,7 @@ def test_missing_config(built, tmp_path):
 # ---------------------------------------------------------------- streaming and the CLI
 
 
-def test_reads_one_base_tensor_and_only_its_adapter_tensors_at_a_time(built, tmp_path,
-                                                                      monkeypatch):
+def test_reads_one_base_tensor_and_only_its_adapter_tensors_at_a_time(built, tmp_path, monkeypatch):
     root = built("dora", "fp32")
     reads: list[tuple[str, str]] = []
     original = Checkpoint.read
@@ -317,16 +402,28 @@ def test_reads_one_base_tensor_and_only_its_adapter_tensors_at_a_time(built, tmp
             module = name.removeprefix("base_model.model.").split(".lora_")[0]
             assert current == f"{module}.weight", (name, current)
     adapter_reads = [n for side, n in reads if side == "adapter"]
-    assert sorted(adapter_reads) == sorted(load_file(root / "adapter" /
-                                                     "adapter_model.safetensors"))
+    assert sorted(adapter_reads) == sorted(
+        load_file(root / "adapter" / "adapter_model.safetensors")
+    )
 
 
 def test_cli(built, tmp_path, capsys):
     from weightkit.cli import main
 
     root = built("plain", "fp16")
-    args = ["merge-lora", "--base", str(root / "base"), "--lora", str(root / "adapter"),
-            "--out", str(tmp_path / "out"), "--dtype", "bf16", "--max-shard-size", "50kB"]
+    args = [
+        "merge-lora",
+        "--base",
+        str(root / "base"),
+        "--lora",
+        str(root / "adapter"),
+        "--out",
+        str(tmp_path / "out"),
+        "--dtype",
+        "bf16",
+        "--max-shard-size",
+        "50kB",
+    ]
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 0

@@ -36,8 +36,10 @@ def save(folder: Path, state: dict[str, torch.Tensor]) -> Path:
 def base_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """Two fp16 weights and one tensor of every other dtype."""
     gen = torch.Generator().manual_seed(seed)
-    state = {WEIGHT: torch.randn(16, 8, generator=gen).half(),
-             NORM: torch.randn(8, generator=gen).half()}
+    state = {
+        WEIGHT: torch.randn(16, 8, generator=gen).half(),
+        NORM: torch.randn(8, generator=gen).half(),
+    }
     for i, (name, dtype) in enumerate(OTHER_DTYPES.items()):
         state[f"extra.{name}"] = sample(dtype, (4, 6), seed * 100 + i)
     return state
@@ -78,8 +80,10 @@ def test_diff_stores_the_wrapping_difference_and_recover_gives_every_bit_back(pa
     r = recover(raw_dir, tmp_path / "diff", tmp_path / "out")
     got = load_file(tmp_path / "out" / "model.safetensors")
     assert sorted(got) == sorted(tuned)
-    assert all(got[n].dtype == tuned[n].dtype and byte_values(got[n]) == byte_values(tuned[n])
-               for n in tuned)
+    assert all(
+        got[n].dtype == tuned[n].dtype and byte_values(got[n]) == byte_values(tuned[n])
+        for n in tuned
+    )
     assert r.checked == r.tensors == len(tuned) and r.within_rounding == []
 
 
@@ -89,10 +93,18 @@ def test_bool_true_to_false_comes_back_false(tmp_path):
     tuned = save(tmp_path / "tuned", {"mask": torch.tensor([False, True, True, False])})
     diff(raw, tuned, tmp_path / "diff")
     assert load_file(tmp_path / "diff" / "model.safetensors")["mask"].tolist() == [
-        True, False, True, False]
+        True,
+        False,
+        True,
+        False,
+    ]
     recover(raw, tmp_path / "diff", tmp_path / "out")
     assert load_file(tmp_path / "out" / "model.safetensors")["mask"].tolist() == [
-        False, True, True, False]
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
@@ -100,14 +112,20 @@ def test_a_diff_of_zeros_leaves_them_unchanged_in_either_format(tmp_path, fmt):
     """A published diff without a target manifest: zeros for what the fine-tune did not change."""
     raw = base_state()
     raw_dir = save(tmp_path / "raw", raw)
-    zeros = {n: torch.zeros_like(t, dtype=torch.float32 if t.dtype == torch.float16 else None)
-             if not t.dtype.is_floating_point or t.dtype == torch.float16
-             else torch.zeros_like(t.view(torch.uint8)).view(t.dtype) for n, t in raw.items()}
+    zeros = {
+        n: torch.zeros_like(t, dtype=torch.float32 if t.dtype == torch.float16 else None)
+        if not t.dtype.is_floating_point or t.dtype == torch.float16
+        else torch.zeros_like(t.view(torch.uint8)).view(t.dtype)
+        for n, t in raw.items()
+    }
     save(tmp_path / "diff", zeros)
     recover(raw_dir, tmp_path / "diff", tmp_path / "out", options=WriteOptions(format=fmt))
     out = tmp_path / "out"
-    got = (load_file(out / "model.safetensors") if fmt == "safetensors"
-           else torch.load(out / "pytorch_model.bin", weights_only=True))
+    got = (
+        load_file(out / "model.safetensors")
+        if fmt == "safetensors"
+        else torch.load(out / "pytorch_model.bin", weights_only=True)
+    )
     for name in (n for n in raw if n.startswith("extra.") and n[6:] in INTEGER_DTYPES):
         assert got[name].dtype == raw[name].dtype, name
         assert byte_values(got[name]) == byte_values(raw[name]), name
@@ -131,7 +149,8 @@ def test_verify_hashes_every_dtype_and_names_a_damaged_u64(pair, tmp_path):
     path.write_bytes(bytes(data))
     report = verify(tmp_path / "out")
     assert [(r.name, r.verdict) for r in report.rows if r.verdict != "ok"] == [
-        ("extra.U64", "MISMATCH")]
+        ("extra.U64", "MISMATCH")
+    ]
 
 
 # --- merge-lora --------------------------------------------------------------------------------
@@ -140,12 +159,17 @@ def test_verify_hashes_every_dtype_and_names_a_damaged_u64(pair, tmp_path):
 def write_adapter(folder: Path, target: str, rows: int, cols: int) -> Path:
     gen = torch.Generator().manual_seed(7)
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": [target]}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": [target]})
+    )
     prefix = f"base_model.model.model.layers.0.mlp.{target}"
-    save_file({f"{prefix}.lora_A.weight": torch.randn(2, cols, generator=gen),
-               f"{prefix}.lora_B.weight": torch.randn(rows, 2, generator=gen)},
-              folder / "adapter_model.safetensors")
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": torch.randn(2, cols, generator=gen),
+            f"{prefix}.lora_B.weight": torch.randn(rows, 2, generator=gen),
+        },
+        folder / "adapter_model.safetensors",
+    )
     return folder
 
 
@@ -157,8 +181,11 @@ def test_merge_lora_passes_every_other_dtype_through(tmp_path, fmt):
     # --dtype converts the plain floats; the quantized and integer tensors keep their dtype
     merge_lora(base_dir, adapter, tmp_path / "out", dtype="fp32", options=WriteOptions(format=fmt))
     out = tmp_path / "out"
-    got = (load_file(out / "model.safetensors") if fmt == "safetensors"
-           else torch.load(out / "pytorch_model.bin", weights_only=True))
+    got = (
+        load_file(out / "model.safetensors")
+        if fmt == "safetensors"
+        else torch.load(out / "pytorch_model.bin", weights_only=True)
+    )
     for name in (n for n in base if n.startswith("extra.")):
         assert got[name].dtype == base[name].dtype, name
         assert byte_values(got[name]) == byte_values(base[name]), name
@@ -178,7 +205,8 @@ def test_merge_lora_refuses_to_change_an_fp8_weight(tmp_path):
         f"base tensor {WEIGHT!r} ({base_dir / 'model.safetensors'}) is float8_e4m3fn; a LoRA "
         "adapter can only change fp32, fp16, bf16 or fp64 weights\nQuantized weights (8-bit "
         "floats, integers) come with scales a merge would have to apply first: merge into an "
-        "unquantized (bf16 or fp16) copy of the base model.")
+        "unquantized (bf16 or fp16) copy of the base model."
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -187,9 +215,12 @@ def test_merge_lora_refuses_to_change_an_fp8_weight(tmp_path):
 
 def fp8_pair(tmp_path: Path, dtype: torch.dtype) -> tuple[Path, Path, dict, dict]:
     gen = torch.Generator().manual_seed(3)
-    w = (torch.randn(16, 8, generator=gen) * 4)
-    raw = {WEIGHT: w.to(dtype), NORM: torch.randn(8, generator=gen).half(),
-           "extra.scale": torch.rand(16, generator=gen)}
+    w = torch.randn(16, 8, generator=gen) * 4
+    raw = {
+        WEIGHT: w.to(dtype),
+        NORM: torch.randn(8, generator=gen).half(),
+        "extra.scale": torch.rand(16, generator=gen),
+    }
     tuned = dict(raw, **{WEIGHT: (w * 1.1).to(dtype)})
     return save(tmp_path / "raw", raw), save(tmp_path / "tuned", tuned), raw, tuned
 
@@ -201,8 +232,10 @@ def test_fp8_raw_plus_a_float_diff_is_widened_and_rounded_once(tmp_path, dtype):
     d32 = torch.randn(16, 8, generator=gen) * 0.1
     for diff_dtype, want_dtype in ((torch.float32, torch.float32), (torch.float16, torch.float16)):
         folder = tmp_path / f"diff-{diff_dtype}"
-        save(folder, {WEIGHT: d32.to(diff_dtype), NORM: torch.zeros(8),
-                      "extra.scale": torch.zeros(16)})
+        save(
+            folder,
+            {WEIGHT: d32.to(diff_dtype), NORM: torch.zeros(8), "extra.scale": torch.zeros(16)},
+        )
         recover(raw_dir, folder, tmp_path / f"out-{diff_dtype}")
         got = load_file(tmp_path / f"out-{diff_dtype}" / "model.safetensors")[WEIGHT]
         want = (raw[WEIGHT].float() + d32.to(diff_dtype).float()).to(want_dtype)
@@ -228,11 +261,24 @@ def test_recover_into_fp8_refuses_a_result_beyond_its_range(tmp_path):
     stored = load_file(tmp_path / "diff" / "model.safetensors")
     stored[WEIGHT][0, :3] = 1000.0  # torch alone would write 448 for each
     save_file(stored, tmp_path / "diff" / "model.safetensors")
-    code = _run(["recover", "--raw", str(raw_dir), "--diff", str(tmp_path / "diff"), "--out",
-                 str(tmp_path / "out")], debug=False)
+    code = _run(
+        [
+            "recover",
+            "--raw",
+            str(raw_dir),
+            "--diff",
+            str(tmp_path / "diff"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        debug=False,
+    )
     assert code == 1
-    with pytest.raises(InputError, match=f"^tensor {WEIGHT!r}: 3 value\\(s\\) of the result lie "
-                                         "beyond the range of F8_E4M3 \\(largest 448\\)"):
+    with pytest.raises(
+        InputError,
+        match=f"^tensor {WEIGHT!r}: 3 value\\(s\\) of the result lie "
+        "beyond the range of F8_E4M3 \\(largest 448\\)",
+    ):
         recover(raw_dir, tmp_path / "diff", tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.weightkit-partial").exists()
 
@@ -265,30 +311,45 @@ def test_untouched_fp8_and_its_scales_pass_merge_lora_byte_for_byte(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["recover", "merge-lora", "verify"])
-def test_a_dtype_torch_cannot_hold_is_one_message_naming_file_tensor_and_dtype(tmp_path, capsys,
-                                                                            command):
+def test_a_dtype_torch_cannot_hold_is_one_message_naming_file_tensor_and_dtype(
+    tmp_path, capsys, command
+):
     """F6_E2M3 is a safetensors dtype no torch has: not "a garbled header"."""
     base = save(tmp_path / "base", {WEIGHT: torch.ones(16, 8, dtype=torch.float16)})
     path = base / "model.safetensors"
-    header = json.dumps({WEIGHT: {"dtype": "F16", "shape": [16, 8], "data_offsets": [0, 256]},
-                         "extra.fp6": {"dtype": "F6_E2M3", "shape": [4], "data_offsets":
-                                       [256, 259]}}).encode()
+    header = json.dumps(
+        {
+            WEIGHT: {"dtype": "F16", "shape": [16, 8], "data_offsets": [0, 256]},
+            "extra.fp6": {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [256, 259]},
+        }
+    ).encode()
     path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 259)
     save(tmp_path / "diff", {WEIGHT: torch.zeros(16, 8)})
     adapter = write_adapter(tmp_path / "adapter", "up_proj", 16, 8)
-    args = {"recover": ["--raw", str(base), "--diff", str(tmp_path / "diff")],
-            "merge-lora": ["--base", str(base), "--lora", str(adapter)], "verify": []}[command]
-    (base / "weightkit.manifest.json").write_text(json.dumps(  # verify's tensor manifest
-        {"format": "weightkit.manifest", "version": 1, "tensors": {WEIGHT: {
-            "dtype": "F16", "shape": [16, 8], "sha256": "0" * 64}}}))
+    args = {
+        "recover": ["--raw", str(base), "--diff", str(tmp_path / "diff")],
+        "merge-lora": ["--base", str(base), "--lora", str(adapter)],
+        "verify": [],
+    }[command]
+    (base / "weightkit.manifest.json").write_text(
+        json.dumps(  # verify's tensor manifest
+            {
+                "format": "weightkit.manifest",
+                "version": 1,
+                "tensors": {WEIGHT: {"dtype": "F16", "shape": [16, 8], "sha256": "0" * 64}},
+            }
+        )
+    )
     out = ["--out", str(tmp_path / "out")] if command != "verify" else [str(base)]
     code = _run(["--quiet", command, *args, *out], debug=False)
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "Traceback" not in err
-    assert err == (f"Error: {path}: tensor 'extra.fp6' is stored as F6_E2M3, a dtype of the "
-                   f"safetensors format that torch {torch.__version__} cannot hold Upgrade torch "
-                   "if a newer one has this dtype, or have the tensor saved in another dtype by "
-                   "the tool that made it.")
+    assert err == (
+        f"Error: {path}: tensor 'extra.fp6' is stored as F6_E2M3, a dtype of the "
+        f"safetensors format that torch {torch.__version__} cannot hold Upgrade torch "
+        "if a newer one has this dtype, or have the tensor saved in another dtype by "
+        "the tool that made it."
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -298,15 +359,21 @@ def test_a_dtype_no_output_can_hold_is_refused_before_anything_is_written(tmp_pa
     dry run included, rather than halfway through the run."""
     base = tmp_path / "base"
     base.mkdir()
-    torch.save({WEIGHT: torch.ones(16, 8, dtype=torch.float16),
-                "freqs": torch.ones(4, dtype=torch.complex128)}, base / "pytorch_model.bin")
+    torch.save(
+        {
+            WEIGHT: torch.ones(16, 8, dtype=torch.float16),
+            "freqs": torch.ones(4, dtype=torch.complex128),
+        },
+        base / "pytorch_model.bin",
+    )
     adapter = write_adapter(tmp_path / "adapter", "up_proj", 16, 8)
     with pytest.raises(InputError) as e:
         merge_lora(base, adapter, tmp_path / "out", options=WriteOptions(dry_run=dry_run))
     assert str(e.value) == (
         "tensor 'freqs' is torch.complex128, which weightkit cannot write: it is not a "
         "safetensors dtype, and weightkit's outputs and tensor manifests are named in those\n"
-        "Convert that tensor to another dtype with torch first.")
+        "Convert that tensor to another dtype with torch first."
+    )
     assert sorted(tmp_path.iterdir()) == [adapter, base]  # no output, no partial folder
 
 
@@ -314,21 +381,34 @@ def meta_folder(folder: Path, to: torch.dtype | None) -> Path:
     """A one-shard raw Meta LLaMA-2 checkpoint, its matrices converted `to` (None: bf16)."""
     from weightkit.ops.llama_params import parse_params
 
-    params = {"dim": 64, "n_layers": 1, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-5,
-              "vocab_size": 128}
+    params = {
+        "dim": 64,
+        "n_layers": 1,
+        "n_heads": 4,
+        "multiple_of": 32,
+        "norm_eps": 1e-5,
+        "vocab_size": 128,
+    }
     dim, inter = 64, parse_params(params).intermediate_size
     gen = torch.Generator().manual_seed(5)
-    shapes = {"tok_embeddings.weight": (128, dim), "norm.weight": (dim,),
-              "output.weight": (128, dim), "layers.0.attention_norm.weight": (dim,),
-              "layers.0.ffn_norm.weight": (dim,), "layers.0.feed_forward.w1.weight": (inter, dim),
-              "layers.0.feed_forward.w2.weight": (dim, inter),
-              "layers.0.feed_forward.w3.weight": (inter, dim),
-              **{f"layers.0.attention.{w}.weight": (dim, dim) for w in ("wq", "wk", "wv", "wo")}}
+    shapes = {
+        "tok_embeddings.weight": (128, dim),
+        "norm.weight": (dim,),
+        "output.weight": (128, dim),
+        "layers.0.attention_norm.weight": (dim,),
+        "layers.0.ffn_norm.weight": (dim,),
+        "layers.0.feed_forward.w1.weight": (inter, dim),
+        "layers.0.feed_forward.w2.weight": (dim, inter),
+        "layers.0.feed_forward.w3.weight": (inter, dim),
+        **{f"layers.0.attention.{w}.weight": (dim, dim) for w in ("wq", "wk", "wv", "wo")},
+    }
     state = {n: torch.randn(s, generator=gen).bfloat16() for n, s in shapes.items()}
     folder.mkdir()
     (folder / "params.json").write_text(json.dumps(params))
-    torch.save({n: t.to(to) if to is not None and t.dim() == 2 else t for n, t in state.items()},
-               folder / "consolidated.00.pth")
+    torch.save(
+        {n: t.to(to) if to is not None and t.dim() == 2 else t for n, t in state.items()},
+        folder / "consolidated.00.pth",
+    )
     return folder
 
 

@@ -27,7 +27,9 @@ def test_a_lossless_diff_reader_is_paired_by_its_listing(model_pair, tmp_path):
     pairing = pair_checkpoints(open_checkpoint(raw), packed, "diff")
     assert [p.name for p in pairing.pairs] == list(packed.infos)
     assert {p.name: p.extra_rows for p in pairing.pairs if p.extra_rows} == {
-        "model.embed_tokens.weight": 1, "lm_head.weight": 1}
+        "model.embed_tokens.weight": 1,
+        "lm_head.weight": 1,
+    }
     assert pairing.notes() == [
         "lm_head.weight: vocabulary extended from 128 to 129 rows; the 1 new rows are the "
         "diff's own.",
@@ -42,16 +44,24 @@ def _save(folder: Path, tensors: dict[str, torch.Tensor]) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("tuned_tensors, message, hint", [
-    ({"a": torch.zeros(2, 3), "b": torch.zeros(2)},
-     "tensor 'b' is in the tuned model ({tuned}/model.safetensors) but not in the raw model "
-     "({raw})",
-     "Check that `raw` is the base model this tuned model was made against."),
-    ({"a": torch.zeros(3, 2)},
-     "tensor 'a': shape [3, 2] in the tuned model ({tuned}/model.safetensors) does not fit "
-     "shape [2, 3] in the raw model ({raw}/model.safetensors)",
-     "The tuned model was made against a different base model; check `raw`."),
-], ids=["extra-tensor", "other-shape"])
+@pytest.mark.parametrize(
+    "tuned_tensors, message, hint",
+    [
+        (
+            {"a": torch.zeros(2, 3), "b": torch.zeros(2)},
+            "tensor 'b' is in the tuned model ({tuned}/model.safetensors) but not in the raw model "
+            "({raw})",
+            "Check that `raw` is the base model this tuned model was made against.",
+        ),
+        (
+            {"a": torch.zeros(3, 2)},
+            "tensor 'a': shape [3, 2] in the tuned model ({tuned}/model.safetensors) does not fit "
+            "shape [2, 3] in the raw model ({raw}/model.safetensors)",
+            "The tuned model was made against a different base model; check `raw`.",
+        ),
+    ],
+    ids=["extra-tensor", "other-shape"],
+)
 def test_a_mismatch_is_refused_naming_the_parameter(tmp_path, tuned_tensors, message, hint):
     raw = _save(tmp_path / "raw", {"a": torch.zeros(2, 3)})
     tuned = _save(tmp_path / "tuned", tuned_tensors)

@@ -26,12 +26,17 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
-@pytest.mark.parametrize(("kind", "dtype"), [("llama", torch.float16), ("qwen2", torch.bfloat16),
-                                             ("qwen2-moe", torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("kind", "dtype"),
+    [("llama", torch.float16), ("qwen2", torch.bfloat16), ("qwen2-moe", torch.bfloat16)],
+)
 def test_fp32_diff_round_trip_is_bit_exact(model_pair, tmp_path, kind, dtype):
     raw, tuned = model_pair(kind, dtype)
     d = diff(raw, tuned, tmp_path / "diff")
@@ -71,8 +76,9 @@ def test_half_precision_diff_of_half_precision_model_is_exact(model_pair, tmp_pa
 
 
 @pytest.mark.parametrize(("diff_dtype", "wrong_elements"), [("fp16", 89078), ("bf16", 89564)])
-def test_half_precision_diff_of_fp32_model_is_within_one_rounding(model_pair, tmp_path,
-                                                                   diff_dtype, wrong_elements):
+def test_half_precision_diff_of_fp32_model_is_within_one_rounding(
+    model_pair, tmp_path, diff_dtype, wrong_elements
+):
     """fp16 raw + fp32 tuned (KnowLM's case): the only error is rounding the diff once."""
     raw, tuned = model_pair("llama", torch.float16, tuned_dtype=torch.float32)
     diff(raw, tuned, tmp_path / "diff", dtype=diff_dtype)
@@ -93,8 +99,10 @@ def test_knowlm_layout_fp32_bin_diff(model_pair, tmp_path):
     raw, _ = model_pair("llama", torch.float16)
     raw_state = tensors(raw)
     gen = torch.Generator().manual_seed(7)
-    tuned = {n: t.float() + torch.randn(t.shape, generator=gen) * t.float().abs() * 1e-2
-             for n, t in raw_state.items()}
+    tuned = {
+        n: t.float() + torch.randn(t.shape, generator=gen) * t.float().abs() * 1e-2
+        for n, t in raw_state.items()
+    }
     save_bin_shards({n: tuned[n] - raw_state[n].float() for n in tuned}, tmp_path / "diff", 3)
     r = recover(raw, tmp_path / "diff", tmp_path / "out")
     assert r.checked == 0 and {e.dtype for e in r.manifest.entries.values()} == {"F32"}
@@ -110,16 +118,22 @@ def test_bin_and_safetensors_inputs_give_identical_bytes(model_pair, tmp_path):
     save_bin_shards(tensors(raw), raw_bin, 2)
     recover(raw, tmp_path / "diff", tmp_path / "a")
     recover(raw_bin, tmp_path / "diff", tmp_path / "b")
-    assert file_hashes(tmp_path / "a")["model.safetensors"] == \
-        file_hashes(tmp_path / "b")["model.safetensors"]
+    assert (
+        file_hashes(tmp_path / "a")["model.safetensors"]
+        == file_hashes(tmp_path / "b")["model.safetensors"]
+    )
 
 
 def test_output_is_deterministic_and_bin_format_loads(model_pair, tmp_path):
     raw, tuned = model_pair("llama", torch.float16)
     diff(raw, tuned, tmp_path / "diff")
     for name in ("a", "b"):
-        recover(raw, tmp_path / "diff", tmp_path / name,
-                options=WriteOptions(format="bin", max_shard_size="150kB"))
+        recover(
+            raw,
+            tmp_path / "diff",
+            tmp_path / name,
+            options=WriteOptions(format="bin", max_shard_size="150kB"),
+        )
     assert file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
     files = sorted(p.name for p in (tmp_path / "a").glob("*.bin"))
     assert files == ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
@@ -137,8 +151,10 @@ def test_vocab_extended_diff(model_pair, tmp_path):
     want = tensors(tuned)
     assert torch.equal(stored["lm_head.weight"][128:], want["lm_head.weight"][128:].float())
     r = recover(raw, tmp_path / "diff", tmp_path / "out")
-    assert "model.embed_tokens.weight: vocabulary extended from 128 to 129 rows; the 1 new " \
-           "rows are the diff's own." in r.notes
+    assert (
+        "model.embed_tokens.weight: vocabulary extended from 128 to 129 rows; the 1 new "
+        "rows are the diff's own." in r.notes
+    )
     assert_same_tensors(tensors(tmp_path / "out"), want)
 
 
@@ -154,7 +170,8 @@ def test_shape_mismatch_names_tensor_shapes_and_files(model_pair, tmp_path):
     assert str(e.value).startswith(
         "tensor 'model.layers.0.mlp.up_proj.weight': shape [128, 64] in the diff "
         f"({tmp_path / 'diff' / 'model.safetensors'}) does not fit shape [100, 64] in the raw "
-        f"model ({bad_raw / 'pytorch_model-00001-of-00001.bin'})")
+        f"model ({bad_raw / 'pytorch_model-00001-of-00001.bin'})"
+    )
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.glob(".out*")) == []
 
@@ -169,21 +186,35 @@ def test_missing_key_is_refused_before_writing(model_pair, tmp_path):
         recover(tmp_path / "short-raw", tmp_path / "diff", tmp_path / "out")
     assert str(e.value).startswith(
         "tensor 'model.norm.weight' is in the diff "
-        f"({tmp_path / 'diff' / 'model.safetensors'}) but not in the raw model")
+        f"({tmp_path / 'diff' / 'model.safetensors'}) but not in the raw model"
+    )
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("run", "message"), [
-    (lambda raw, tuned, out: recover(raw, tuned, out, fp16=True, dtype="bf16"),
-     "`fp16` writes fp16 and `dtype` bf16 asks for bf16: give one of them"),
-    (lambda raw, tuned, out: diff(raw, tuned, out, lossless=True, dtype="fp16"),
-     "`lossless` stores its own format: drop `dtype` and `format`."),
-    (lambda raw, tuned, out: diff(raw, tuned, out, lossless=True,
-                                  options=WriteOptions(format="bin")),
-     "`lossless` stores its own format: drop `dtype` and `format`."),
-    (lambda raw, tuned, out: diff(raw, tuned, out, level=5),
-     "`level` applies to `lossless` diffs only."),
-], ids=["fp16-and-bf16", "lossless-and-dtype", "lossless-and-format", "level-of-plain-diff"])
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        (
+            lambda raw, tuned, out: recover(raw, tuned, out, fp16=True, dtype="bf16"),
+            "`fp16` writes fp16 and `dtype` bf16 asks for bf16: give one of them",
+        ),
+        (
+            lambda raw, tuned, out: diff(raw, tuned, out, lossless=True, dtype="fp16"),
+            "`lossless` stores its own format: drop `dtype` and `format`.",
+        ),
+        (
+            lambda raw, tuned, out: diff(
+                raw, tuned, out, lossless=True, options=WriteOptions(format="bin")
+            ),
+            "`lossless` stores its own format: drop `dtype` and `format`.",
+        ),
+        (
+            lambda raw, tuned, out: diff(raw, tuned, out, level=5),
+            "`level` applies to `lossless` diffs only.",
+        ),
+    ],
+    ids=["fp16-and-bf16", "lossless-and-dtype", "lossless-and-format", "level-of-plain-diff"],
+)
 def test_contradicting_options_are_refused(model_pair, tmp_path, run, message):
     raw, tuned = model_pair("llama", torch.float16)
     with pytest.raises(InputError) as e:
@@ -196,10 +227,18 @@ def test_contradicting_options_are_refused(model_pair, tmp_path, run, message):
 def test_lossless_diff_level_is_checked_by_a_dry_run_too(model_pair, tmp_path, dry_run):
     raw, tuned = model_pair("llama", torch.float16)
     with pytest.raises(InputError) as e:
-        diff(raw, tuned, tmp_path / "out", lossless=True, level=23,
-             options=WriteOptions(dry_run=dry_run))
-    assert (e.value.message, e.value.hint) == ("zstd level 23 is out of range",
-                                               "Use `level` 1..19.")
+        diff(
+            raw,
+            tuned,
+            tmp_path / "out",
+            lossless=True,
+            level=23,
+            options=WriteOptions(dry_run=dry_run),
+        )
+    assert (e.value.message, e.value.hint) == (
+        "zstd level 23 is out of range",
+        "Use `level` 1..19.",
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -216,8 +255,9 @@ def test_wrong_base_model_fails_the_manifest_check(model_pair, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
-def test_tensors_streamed_in_pieces_give_the_same_bytes(model_pair, tmp_path, small_pieces,
-                                                        monkeypatch, fmt):
+def test_tensors_streamed_in_pieces_give_the_same_bytes(
+    model_pair, tmp_path, small_pieces, monkeypatch, fmt
+):
     """Row pieces (here of 700 bytes) read .bin and safetensors inputs and write either format
     byte for byte as whole tensors do, also across the rows a vocabulary extension added."""
     raw, tuned = model_pair("llama", torch.float16, extra_vocab=1)
@@ -236,8 +276,9 @@ def test_tensors_streamed_in_pieces_give_the_same_bytes(model_pair, tmp_path, sm
     assert file_bytes(tmp_path / "pieces") == file_bytes(tmp_path / "whole")
 
 
-def test_diff_in_pieces_gives_the_same_diff_and_target_manifest(model_pair, tmp_path,
-                                                                small_pieces, monkeypatch):
+def test_diff_in_pieces_gives_the_same_diff_and_target_manifest(
+    model_pair, tmp_path, small_pieces, monkeypatch
+):
     raw, tuned = model_pair("llama", torch.float16, extra_vocab=1, tuned_dtype=torch.float32)
     diff(raw, tuned, tmp_path / "pieces", dtype="fp16")
     assert ("lm_head.weight", (125, 129)) in small_pieces  # fp16 rows: 5 to a piece

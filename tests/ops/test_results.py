@@ -30,8 +30,9 @@ def stored(folder: Path) -> tuple[int, int, list[str]]:
                 t = st.get_tensor(name)
                 count += 1
                 nbytes += t.numel() * t.element_size()
-                dtypes.add({torch.float16: "F16", torch.float32: "F32",
-                            torch.bfloat16: "BF16"}[t.dtype])
+                dtypes.add(
+                    {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16"}[t.dtype]
+                )
     return count, nbytes, sorted(dtypes)
 
 
@@ -51,33 +52,53 @@ def test_python_calls_print_nothing_and_return_exact_results(model_pair, tmp_pat
     made = diff(raw, tuned, tmp_path / "diff")
     result = recover(raw, tmp_path / "diff", tmp_path / "out")
     merged = merge_lora(base, adapter, tmp_path / "merged")
-    converted = convert_llama(meta.input_dir, tmp_path / "converted",
-                              model_size=meta.model_size)
+    converted = convert_llama(meta.input_dir, tmp_path / "converted", model_size=meta.model_size)
     assert capfd.readouterr() == ("", "")  # no bar, no summary, no note
 
     tensors, nbytes, dtypes = stored(tmp_path / "out")
     assert (tensors, nbytes, dtypes) == (21, 180_864, ["F16"])
     d = round_trip(result.to_dict())
     assert d == {
-        "command": "recover", "out": str(tmp_path / "out"), "format": "safetensors",
-        "dry_run": False, "files": ["model.safetensors"], "tensors": 21, "bytes": nbytes,
-        "tensor_bytes": nbytes, "seconds": result.seconds, "dtypes": ["F16"],
-        "checked": {"against": "the tuned model", "tensors": 21, "exact": 21,
-                    "within_rounding": [], "not_checked": 0},
-        "notes": result.notes}
+        "command": "recover",
+        "out": str(tmp_path / "out"),
+        "format": "safetensors",
+        "dry_run": False,
+        "files": ["model.safetensors"],
+        "tensors": 21,
+        "bytes": nbytes,
+        "tensor_bytes": nbytes,
+        "seconds": result.seconds,
+        "dtypes": ["F16"],
+        "checked": {
+            "against": "the tuned model",
+            "tensors": 21,
+            "exact": 21,
+            "within_rounding": [],
+            "not_checked": 0,
+        },
+        "notes": result.notes,
+    }
     assert made.to_dict()["checked"] == {} and made.to_dict()["dtypes"] == ["F32"]
     assert made.to_dict()["notes"] == [
-        "Recovering from this diff gives all 21 tensors bit for bit."]
+        "Recovering from this diff gives all 21 tensors bit for bit."
+    ]
     assert (made.tensors, made.bytes_written) == (21, stored(tmp_path / "diff")[1])
     for r, folder in ((merged, tmp_path / "merged"), (converted, tmp_path / "converted")):
         d = round_trip(r.to_dict())
         tensors, nbytes, dtypes = stored(folder)
         assert (d["tensors"], d["bytes"], d["dtypes"], d["files"]) == (
-            tensors, nbytes, dtypes, ["model.safetensors"])
-    assert merged.to_dict()["notes"][0] == ("Merged LoRA into 2 tensor(s); 19 streamed through "
-                                            "unchanged.")
+            tensors,
+            nbytes,
+            dtypes,
+            ["model.safetensors"],
+        )
+    assert merged.to_dict()["notes"][0] == (
+        "Merged LoRA into 2 tensor(s); 19 streamed through unchanged."
+    )
     assert converted.to_dict()["notes"][:2] == [
-        "Detected LLaMA 2 (n_kv_heads).", "checklist.chk: the 3 listed file(s) match."]
+        "Detected LLaMA 2 (n_kv_heads).",
+        "checklist.chk: the 3 listed file(s) match.",
+    ]
 
 
 def test_a_dry_run_returns_its_needs(model_pair, tmp_path, capfd):
@@ -87,18 +108,34 @@ def test_a_dry_run_returns_its_needs(model_pair, tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
     d = round_trip(result.to_dict())
     needs = d.pop("needs")
-    assert needs == {"bytes": 361_728, "disk_free": needs["disk_free"],
-                     "memory": 9 * 361_728 // 2, "gpu_memory": None,
-                     "largest_tensor": "lm_head.weight", "largest_tensor_bytes": 32_768}
-    assert d == {"command": "diff", "out": str(tmp_path / "d"), "format": "safetensors",
-                 "dry_run": True, "files": [], "tensors": 21, "bytes": 361_728,
-                 "tensor_bytes": 361_728, "seconds": 0.0, "dtypes": ["F32"], "checked": {},
-                 "notes": []}
+    assert needs == {
+        "bytes": 361_728,
+        "disk_free": needs["disk_free"],
+        "memory": 9 * 361_728 // 2,
+        "gpu_memory": None,
+        "largest_tensor": "lm_head.weight",
+        "largest_tensor_bytes": 32_768,
+    }
+    assert d == {
+        "command": "diff",
+        "out": str(tmp_path / "d"),
+        "format": "safetensors",
+        "dry_run": True,
+        "files": [],
+        "tensors": 21,
+        "bytes": 361_728,
+        "tensor_bytes": 361_728,
+        "seconds": 0.0,
+        "dtypes": ["F32"],
+        "checked": {},
+        "notes": [],
+    }
     assert result.summary() == (
         f"diff (dry run): inputs check out; 21 tensors, 361.73 kB to write to {tmp_path / 'd'} "
         f"(disk free: {result.summary().split('disk free: ')[1].split(')')[0]}). Largest "
         "tensor: lm_head.weight (32.77 kB); memory needed beyond the program itself: at most "
-        "1.63 MB. Nothing was written.")
+        "1.63 MB. Nothing was written."
+    )
     assert not (tmp_path / "d").exists()
 
 
@@ -108,11 +145,14 @@ def test_lossless_diff_result(model_pair, tmp_path):
     d = round_trip(result.to_dict())
     files = sorted(p.name for p in (tmp_path / "diff").glob("lossless-diff*"))
     assert (d["format"], d["files"], d["tensors"], d["dtypes"]) == (
-        "lossless-diff", files, 21, ["F16"])
+        "lossless-diff",
+        files,
+        21,
+        ["F16"],
+    )
     assert d["bytes"] == sum((tmp_path / "diff" / f).stat().st_size for f in files)
     assert d["tensor_bytes"] == 180_864
-    assert result.summary().startswith(
-        "diff --lossless: wrote 21 tensors (180.86 kB of F16) as ")
+    assert result.summary().startswith("diff --lossless: wrote 21 tensors (180.86 kB of F16) as ")
 
 
 def _timeless(text: str) -> str:
@@ -127,11 +167,15 @@ def test_summary_is_what_the_command_line_prints(model_pair, tmp_path, capsys, c
     base = build_base("llama", torch.float16, tmp_path / "base")
     adapter = make_adapter(base, tmp_path / "lora", torch.float16, target_modules=["q_proj"])
     args, call = {
-        "recover": (["--raw", str(raw), "--diff", str(tmp_path / "diff")],
-                    lambda out: recover(raw, tmp_path / "diff", out)),
+        "recover": (
+            ["--raw", str(raw), "--diff", str(tmp_path / "diff")],
+            lambda out: recover(raw, tmp_path / "diff", out),
+        ),
         "diff": (["--raw", str(raw), "--tuned", str(tuned)], lambda out: diff(raw, tuned, out)),
-        "merge-lora": (["--base", str(base), "--lora", str(adapter)],
-                       lambda out: merge_lora(base, adapter, out)),
+        "merge-lora": (
+            ["--base", str(base), "--lora", str(adapter)],
+            lambda out: merge_lora(base, adapter, out),
+        ),
     }[command]
     capsys.readouterr()
     assert _run([command, *args, "--out", str(tmp_path / "cli")], debug=False) == 0

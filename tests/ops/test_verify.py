@@ -106,8 +106,11 @@ def test_flipped_byte_is_a_mismatch_of_that_file(download: Path) -> None:
     assert report.ok is False
     assert report.rows[0].name == "one.bin"
     assert (report.rows[0].expected, report.rows[0].actual) == (ONE_MD5, ONE_FLIPPED_MD5)
-    assert verdicts(report) == [("one.bin", "MISMATCH"), ("sub/two.bin", "ok"),
-                                ("config.json", "ok")]
+    assert verdicts(report) == [
+        ("one.bin", "MISMATCH"),
+        ("sub/two.bin", "ok"),
+        ("config.json", "ok"),
+    ]
 
 
 def test_missing_listed_file_fails(download: Path) -> None:
@@ -148,12 +151,12 @@ def test_algo_that_does_not_fit_the_hashes_is_refused(download: Path) -> None:
 
 def test_binary_marker_dot_slash_uppercase_comments_and_crlf(download: Path) -> None:
     sums = download.parent / "bin.md5"
-    sums.write_bytes(f"# published\r\n{ONE_MD5.upper()} *one.bin\r\n\r\n"
-                     f"{TWO_MD5} *./sub/two.bin\r\n".encode())
+    sums.write_bytes(
+        f"# published\r\n{ONE_MD5.upper()} *one.bin\r\n\r\n{TWO_MD5} *./sub/two.bin\r\n".encode()
+    )
     assert read_checksums(sums).entries == {"one.bin": ONE_MD5, "sub/two.bin": TWO_MD5}
     report = verify(download, manifest=sums)
-    assert verdicts(report) == [("one.bin", "ok"), ("sub/two.bin", "ok"),
-                                ("config.json", "extra")]
+    assert verdicts(report) == [("one.bin", "ok"), ("sub/two.bin", "ok"), ("config.json", "extra")]
 
 
 @pytest.mark.parametrize("name", ["../secret.bin", "/etc/passwd", "sub/../../x", "."])
@@ -162,19 +165,22 @@ def test_paths_escaping_the_folder_are_refused(download: Path, name: str) -> Non
     sums.write_text(f"{ONE_MD5}  one.bin\n{ONE_MD5}  {name}\n")
     with pytest.raises(InputError) as e:
         verify(download, manifest=sums)
-    assert e.value.message == (f"{sums}:2: {name!r} is not a path inside the folder being "
-                               "checked")
+    assert e.value.message == (f"{sums}:2: {name!r} is not a path inside the folder being checked")
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("", "empty.md5: no checksum lines in it"),
-    (f"{ONE_MD5}  a\n{ONE_SHA256}  b\n",
-     "empty.md5: cannot tell the algorithm from hashes of 32/64 hex digits"),
-    (f"MD5 (one.bin) = {ONE_MD5}\n", "empty.md5:1: not an md5sum/sha256sum line"),
-    (f"{ONE_MD5}  a\n{TWO_MD5}  a\n", "empty.md5:2: a is listed twice"),
-])
-def test_malformed_checksum_files_name_the_file(tmp_path: Path, text: str,
-                                                fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "empty.md5: no checksum lines in it"),
+        (
+            f"{ONE_MD5}  a\n{ONE_SHA256}  b\n",
+            "empty.md5: cannot tell the algorithm from hashes of 32/64 hex digits",
+        ),
+        (f"MD5 (one.bin) = {ONE_MD5}\n", "empty.md5:1: not an md5sum/sha256sum line"),
+        (f"{ONE_MD5}  a\n{TWO_MD5}  a\n", "empty.md5:2: a is listed twice"),
+    ],
+)
+def test_malformed_checksum_files_name_the_file(tmp_path: Path, text: str, fragment: str) -> None:
     (tmp_path / "empty.md5").write_text(text)
     with pytest.raises(InputError) as e:
         read_checksums(tmp_path / "empty.md5")
@@ -186,8 +192,10 @@ def test_one_file_is_checked_against_its_line(download: Path) -> None:
     assert verdicts(report) == [("config.json", "ok")]
     with pytest.raises(InputError) as e:
         verify(download / "sub" / "two.bin", manifest=download.parent / "sums.md5")
-    assert e.value.message == f"{download / 'sub' / 'two.bin'}: not listed in " \
-                              f"{download.parent / 'sums.md5'}"
+    assert (
+        e.value.message == f"{download / 'sub' / 'two.bin'}: not listed in "
+        f"{download.parent / 'sums.md5'}"
+    )
 
 
 def test_jobs_do_not_change_the_result(download: Path) -> None:
@@ -202,8 +210,10 @@ def test_jobs_do_not_change_the_result(download: Path) -> None:
 def test_nothing_to_check_against_lists_the_options(download: Path) -> None:
     with pytest.raises(InputError) as e:
         verify(download)
-    assert e.value.message.endswith("nothing to check it against (no weightkit.manifest.json, "
-                                    "checklist.chk, checksums.md5, checksums.sha256 in it)")
+    assert e.value.message.endswith(
+        "nothing to check it against (no weightkit.manifest.json, "
+        "checklist.chk, checksums.md5, checksums.sha256 in it)"
+    )
     assert "`known` NAME (known: zhixi-13b-base-fp16, zhixi-13b-base, " in e.value.hint
 
 
@@ -231,16 +241,19 @@ def test_known_resolves_a_shipped_manifest(tmp_path: Path) -> None:
 
 def test_known_with_shards_missing_reports_each(tmp_path: Path) -> None:
     report = verify(tmp_path, known="zhixi-13b-diff-fp16")
-    assert verdicts(report) == [(f"pytorch_model-0000{i}-of-00003.bin", "missing")
-                                for i in (1, 2, 3)]
+    assert verdicts(report) == [
+        (f"pytorch_model-0000{i}-of-00003.bin", "missing") for i in (1, 2, 3)
+    ]
 
 
 def test_unknown_known_name_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         verify(tmp_path, known="zhixi-7b")
     assert e.value.message == "no known manifest called 'zhixi-7b'"
-    assert e.value.hint == ("Known: zhixi-13b-base-fp16, zhixi-13b-base, zhixi-13b-diff-fp16, "
-                            "zhixi-13b-diff, zhixi-13b-lora.")
+    assert e.value.hint == (
+        "Known: zhixi-13b-base-fp16, zhixi-13b-base, zhixi-13b-diff-fp16, "
+        "zhixi-13b-diff, zhixi-13b-lora."
+    )
 
 
 def test_manifest_and_known_together_are_refused(download: Path) -> None:
@@ -257,12 +270,16 @@ def test_meta_checklist_is_found_and_checked(tmp_path: Path) -> None:
     (tmp_path / "params.json").write_bytes(CONFIG)
     (tmp_path / "checklist.chk").write_text(
         f"{ONE_MD5}  consolidated.00.pth\n{TWO_MD5}  consolidated.01.pth\n"
-        f"{CONFIG_MD5}  params.json\n")
+        f"{CONFIG_MD5}  params.json\n"
+    )
     report = verify(tmp_path)
     assert report.source == tmp_path / "checklist.chk"
     assert report.ok is True
-    assert verdicts(report) == [("consolidated.00.pth", "ok"), ("consolidated.01.pth", "ok"),
-                                ("params.json", "ok")]  # checklist.chk itself is not "extra"
+    assert verdicts(report) == [
+        ("consolidated.00.pth", "ok"),
+        ("consolidated.01.pth", "ok"),
+        ("params.json", "ok"),
+    ]  # checklist.chk itself is not "extra"
     flip(tmp_path / "consolidated.00.pth", len(ONE) - 2)
     assert verdicts(verify(tmp_path))[0] == ("consolidated.00.pth", "MISMATCH")
 
@@ -274,11 +291,14 @@ def test_checksum_writes_sorted_md5sum_lines_that_verify_accepts(download: Path)
     result = write_checksums(download)
     out = result.path
     assert out == download / "checksums.md5"
-    assert (result.files, result.bytes_hashed) == (["config.json", "one.bin", "sub/two.bin"],
-                                                   len(CONFIG) + len(ONE) + len(TWO))
+    assert (result.files, result.bytes_hashed) == (
+        ["config.json", "one.bin", "sub/two.bin"],
+        len(CONFIG) + len(ONE) + len(TWO),
+    )
     assert result.summary() == f"checksum: wrote 3 md5 line(s) to {out}."
-    assert out.read_text() == (f"{CONFIG_MD5}  config.json\n{ONE_MD5}  one.bin\n"
-                               f"{TWO_MD5}  sub/two.bin\n")
+    assert out.read_text() == (
+        f"{CONFIG_MD5}  config.json\n{ONE_MD5}  one.bin\n{TWO_MD5}  sub/two.bin\n"
+    )
     report = verify(download)  # finds checksums.md5 by itself
     assert report.source == out
     assert verdicts(report) == [("config.json", "ok"), ("one.bin", "ok"), ("sub/two.bin", "ok")]
@@ -286,8 +306,9 @@ def test_checksum_writes_sorted_md5sum_lines_that_verify_accepts(download: Path)
 
 def test_checksum_sha256_to_another_file(download: Path) -> None:
     out = write_checksums(download, algo="sha256", out=download.parent / "SHA256SUMS").path
-    assert out.read_text() == (f"{CONFIG_SHA256}  config.json\n{ONE_SHA256}  one.bin\n"
-                               f"{TWO_SHA256}  sub/two.bin\n")
+    assert out.read_text() == (
+        f"{CONFIG_SHA256}  config.json\n{ONE_SHA256}  one.bin\n{TWO_SHA256}  sub/two.bin\n"
+    )
     assert verify(download, manifest=out).ok is True
 
 
@@ -295,8 +316,7 @@ def test_checksum_escapes_odd_names_like_md5sum(tmp_path: Path) -> None:
     (tmp_path / "back\\slash.bin").write_bytes(ONE)
     (tmp_path / "new\nline.bin").write_bytes(TWO)
     out = write_checksums(tmp_path).path
-    assert out.read_text() == (f"\\{ONE_MD5}  back\\\\slash.bin\n"
-                               f"\\{TWO_MD5}  new\\nline.bin\n")
+    assert out.read_text() == (f"\\{ONE_MD5}  back\\\\slash.bin\n\\{TWO_MD5}  new\\nline.bin\n")
     assert verdicts(verify(tmp_path)) == [("back\\slash.bin", "ok"), ("new\nline.bin", "ok")]
 
 
@@ -309,8 +329,7 @@ def test_checksum_of_an_unknown_algorithm_is_refused(download: Path) -> None:
 
 TENSOR_SHA256 = {
     "lm_head.weight": "3232de0b23c2d83d3a97a9bcbb8268e46e13695840cd31e12505c3f51402b33c",
-    "model.embed_tokens.weight":
-        "0c43f2957858ef1a2ee3e2cec548164d548995c05a42c6588927998cd6dd10d7",
+    "model.embed_tokens.weight": "0c43f2957858ef1a2ee3e2cec548164d548995c05a42c6588927998cd6dd10d7",
     "model.norm.weight": "deedf0014cc4c691390c525d65c2d22d4cdb4cd65f6b50b9727499975a21c848",
 }
 # model.embed_tokens.weight with byte 5 of its data flipped (xor 0x20)
@@ -331,10 +350,13 @@ def output(tmp_path: Path) -> Path:
         "model.norm.weight": torch.ones(4, dtype=torch.float16),
         "lm_head.weight": torch.arange(32, dtype=torch.bfloat16).reshape(8, 4),
     }
-    jobs = [Job(TensorInfo(n, t.dtype, tuple(t.shape)), lambda t=t: (t,), identity)
-            for n, t in tensors.items()]
-    write_checkpoint(tmp_path / "out", jobs, title="test", inputs=[],
-                     options=WriteOptions(max_shard_size="100B"))
+    jobs = [
+        Job(TensorInfo(n, t.dtype, tuple(t.shape)), lambda t=t: (t,), identity)
+        for n, t in tensors.items()
+    ]
+    write_checkpoint(
+        tmp_path / "out", jobs, title="test", inputs=[], options=WriteOptions(max_shard_size="100B")
+    )
     return tmp_path / "out"
 
 
@@ -343,7 +365,7 @@ def tensor_offset(folder: Path, name: str) -> tuple[Path, int]:
     for shard in sorted(folder.glob("*.safetensors")):
         raw = shard.read_bytes()
         (n,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + n])
+        header = json.loads(raw[8 : 8 + n])
         if name in header:
             return shard, 8 + n + header[name]["data_offsets"][0]
     raise AssertionError(name)
@@ -355,7 +377,8 @@ def test_tensor_manifest_all_ok(output: Path) -> None:
     assert report.algo == "sha256"
     assert report.source == output / "weightkit.manifest.json"
     assert [(r.name, r.actual, r.verdict) for r in report.rows] == [
-        (n, h, "ok") for n, h in sorted(TENSOR_SHA256.items())]
+        (n, h, "ok") for n, h in sorted(TENSOR_SHA256.items())
+    ]
     assert report.ok is True
 
 
@@ -365,10 +388,10 @@ def test_tensor_manifest_names_the_tensor_with_a_flipped_byte(output: Path) -> N
     report = verify(output, jobs=2)
     assert report.ok is False
     assert [(r.name, r.verdict) for r in report.rows if r.verdict != "ok"] == [
-        ("model.embed_tokens.weight", "MISMATCH")]
+        ("model.embed_tokens.weight", "MISMATCH")
+    ]
     bad = next(r for r in report.rows if r.verdict == "MISMATCH")
-    assert (bad.expected, bad.actual) == (TENSOR_SHA256["model.embed_tokens.weight"],
-                                          EMBED_FLIPPED)
+    assert (bad.expected, bad.actual) == (TENSOR_SHA256["model.embed_tokens.weight"], EMBED_FLIPPED)
 
 
 def test_tensor_manifest_missing_extra_and_changed_dtype(output: Path) -> None:
@@ -393,8 +416,10 @@ def test_one_shard_checks_only_its_tensors(output: Path) -> None:
     shard, _ = tensor_offset(output, "lm_head.weight")
     report = verify(shard)
     assert shard.name == "model-00002-of-00002.safetensors"
-    assert [(r.name, r.verdict) for r in report.rows] == [("lm_head.weight", "ok"),
-                                                          ("model.norm.weight", "ok")]
+    assert [(r.name, r.verdict) for r in report.rows] == [
+        ("lm_head.weight", "ok"),
+        ("model.norm.weight", "ok"),
+    ]
 
 
 def test_tensor_manifest_refuses_md5(output: Path) -> None:
@@ -403,13 +428,14 @@ def test_tensor_manifest_refuses_md5(output: Path) -> None:
 
 
 def test_file_checks_do_not_import_torch(download: Path) -> None:
-    code = ("import sys; import weightkit.cli.verify, weightkit.cli.checksum; "
-            "from weightkit.ops.verify import verify, write_checksums; "
-            f"r = verify({str(download)!r}, manifest={str(download.parent / 'sums.md5')!r}, "
-            f"); write_checksums({str(download)!r}); "
-            "print(r.ok, 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True)
+    code = (
+        "import sys; import weightkit.cli.verify, weightkit.cli.checksum; "
+        "from weightkit.ops.verify import verify, write_checksums; "
+        f"r = verify({str(download)!r}, manifest={str(download.parent / 'sums.md5')!r}, "
+        f"); write_checksums({str(download)!r}); "
+        "print(r.ok, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "True False\n"
 
 
@@ -417,5 +443,8 @@ def test_python_calls_print_nothing(download: Path, capfd: pytest.CaptureFixture
     result = write_checksums(download, algo="sha256")
     report = verify(download, manifest=result.path)
     assert (report.ok, capfd.readouterr()) == (True, ("", ""))  # no bar, no summary
-    assert json.loads(json.dumps(result.to_dict()))["files"] == ["config.json", "one.bin",
-                                                                 "sub/two.bin"]
+    assert json.loads(json.dumps(result.to_dict()))["files"] == [
+        "config.json",
+        "one.bin",
+        "sub/two.bin",
+    ]

@@ -26,8 +26,12 @@ def run(capsys, *args: str) -> tuple[int, str]:
 
 
 def fingerprint(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for f in folders
+        for p in sorted(f.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -35,16 +39,21 @@ def pair(tmp_path):
     raw, diff = tmp_path / "raw", tmp_path / "diff"
     raw.mkdir()
     diff.mkdir()
-    save_file({NAMES[0]: torch.ones(4, 4, dtype=torch.float16),
-               NAMES[1]: torch.ones(4, dtype=torch.float16)}, raw / "model.safetensors")
-    save_file({NAMES[0]: torch.full((4, 4), 0.5), NAMES[1]: torch.zeros(4)},
-              diff / "model.safetensors")
+    save_file(
+        {
+            NAMES[0]: torch.ones(4, 4, dtype=torch.float16),
+            NAMES[1]: torch.ones(4, dtype=torch.float16),
+        },
+        raw / "model.safetensors",
+    )
+    save_file(
+        {NAMES[0]: torch.full((4, 4), 0.5), NAMES[1]: torch.zeros(4)}, diff / "model.safetensors"
+    )
     return raw, diff
 
 
 def recover(capsys, raw: Path, diff: Path, out: Path, *extra: str) -> tuple[int, str]:
-    return run(capsys, "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(out),
-               *extra)
+    return run(capsys, "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(out), *extra)
 
 
 def test_truncated_safetensors(capsys, pair, tmp_path):
@@ -54,9 +63,11 @@ def test_truncated_safetensors(capsys, pair, tmp_path):
     before = fingerprint(raw, diff)
     code, err = recover(capsys, raw, diff, tmp_path / "out")
     assert code == 1
-    assert err == (f"Error: {f}: file is truncated: tensor '{NAMES[1]}' ends at byte 80 of the "
-                   "data, but the file holds 70 Download the file again (weightkit verify can "
-                   "tell which files are damaged).")
+    assert err == (
+        f"Error: {f}: file is truncated: tensor '{NAMES[1]}' ends at byte 80 of the "
+        "data, but the file holds 70 Download the file again (weightkit verify can "
+        "tell which files are damaged)."
+    )
     assert fingerprint(raw, diff) == before and not (tmp_path / "out").exists()
 
 
@@ -70,13 +81,20 @@ def test_garbled_header(capsys, pair, tmp_path):
 
 def test_index_missing_shard_and_index_not_json(capsys, pair, tmp_path):
     raw, diff = pair
-    index = {"weight_map": {NAMES[0]: "model-00001-of-00002.safetensors",
-                            NAMES[1]: "model-00002-of-00002.safetensors"}}
+    index = {
+        "weight_map": {
+            NAMES[0]: "model-00001-of-00002.safetensors",
+            NAMES[1]: "model-00002-of-00002.safetensors",
+        }
+    }
     (diff / "model.safetensors.index.json").write_text(json.dumps(index))
     code, err = recover(capsys, raw, diff, tmp_path / "out")
-    assert (code, err) == (1, f"Error: {diff / 'model.safetensors.index.json'}: names shard "
-                              f"model-00001-of-00002.safetensors which is not in {diff} (and 1 "
-                              "more) Download the missing shards, or remove the stale index file.")
+    assert (code, err) == (
+        1,
+        f"Error: {diff / 'model.safetensors.index.json'}: names shard "
+        f"model-00001-of-00002.safetensors which is not in {diff} (and 1 "
+        "more) Download the missing shards, or remove the stale index file.",
+    )
     (diff / "model.safetensors.index.json").write_text("not json")
     code, err = recover(capsys, raw, diff, tmp_path / "out")
     assert code == 1 and "model.safetensors.index.json: not a valid index file" in err
@@ -86,31 +104,44 @@ def test_tensor_listed_twice(capsys, pair, tmp_path):
     raw, diff = pair
     save_file({NAMES[1]: torch.zeros(4)}, diff / "extra.safetensors")
     code, err = recover(capsys, raw, diff, tmp_path / "out")
-    assert (code, err) == (1, f"Error: {diff}: tensor '{NAMES[1]}' is stored twice "
-                              "(extra.safetensors and model.safetensors) The checkpoint is "
-                              "inconsistent; download it again.")
+    assert (code, err) == (
+        1,
+        f"Error: {diff}: tensor '{NAMES[1]}' is stored twice "
+        "(extra.safetensors and model.safetensors) The checkpoint is "
+        "inconsistent; download it again.",
+    )
 
 
 def test_dtype_mismatch(capsys, pair, tmp_path):
     raw, diff = pair
-    save_file({NAMES[0]: torch.ones(4, 4, dtype=torch.int64),
-               NAMES[1]: torch.zeros(4)}, diff / "model.safetensors")
+    save_file(
+        {NAMES[0]: torch.ones(4, 4, dtype=torch.int64), NAMES[1]: torch.zeros(4)},
+        diff / "model.safetensors",
+    )
     code, err = recover(capsys, raw, diff, tmp_path / "out")
-    assert (code, err) == (1, f"Error: tensor '{NAMES[0]}': dtype int64 in the diff "
-                              f"({diff / 'model.safetensors'}) does not fit dtype fp16 in the raw "
-                              f"model ({raw / 'model.safetensors'}) Weight arithmetic needs "
-                              "floating-point tensors on both sides (or the same integer dtype); "
-                              "the diff was not made against this raw model.")
+    assert (code, err) == (
+        1,
+        f"Error: tensor '{NAMES[0]}': dtype int64 in the diff "
+        f"({diff / 'model.safetensors'}) does not fit dtype fp16 in the raw "
+        f"model ({raw / 'model.safetensors'}) Weight arithmetic needs "
+        "floating-point tensors on both sides (or the same integer dtype); "
+        "the diff was not made against this raw model.",
+    )
 
 
 def test_nan_produced_by_the_arithmetic(capsys, pair, tmp_path):
     raw, diff = pair
-    save_file({NAMES[0]: torch.full((4, 4), 70000.0), NAMES[1]: torch.zeros(4)},
-              diff / "model.safetensors")
+    save_file(
+        {NAMES[0]: torch.full((4, 4), 70000.0), NAMES[1]: torch.zeros(4)},
+        diff / "model.safetensors",
+    )
     code, err = recover(capsys, raw, diff, tmp_path / "out", "--dtype", "fp16")
-    assert (code, err) == (1, f"Error: tensor '{NAMES[0]}': the result has 16 NaN/Inf value(s) "
-                              "although its inputs are finite (overflow in torch.float16?) Write a "
-                              "wider dtype (--dtype fp32 or bf16), or check the adapter's scaling.")
+    assert (code, err) == (
+        1,
+        f"Error: tensor '{NAMES[0]}': the result has 16 NaN/Inf value(s) "
+        "although its inputs are finite (overflow in torch.float16?) Write a "
+        "wider dtype (--dtype fp32 or bf16), or check the adapter's scaling.",
+    )
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.weightkit-partial").exists()
 
 
@@ -118,16 +149,21 @@ def test_out_is_in_or_inside_in(capsys, pair):
     raw, diff = pair
     for out in (diff, diff / "sub"):
         code, err = recover(capsys, raw, diff, out, "--overwrite")
-        assert (code, err) == (1, f"Error: output {out} overlaps the input {diff} Write the "
-                                  "output to a folder of its own, outside every input.")
+        assert (code, err) == (
+            1,
+            f"Error: output {out} overlaps the input {diff} Write the "
+            "output to a folder of its own, outside every input.",
+        )
 
 
 def test_out_exists_without_overwrite(capsys, pair, tmp_path):
     raw, diff = pair
     (tmp_path / "out").mkdir()
     code, err = recover(capsys, raw, diff, tmp_path / "out")
-    assert (code, err) == (1, f"Error: output {tmp_path / 'out'} already exists Pass "
-                              "--overwrite to replace it.")
+    assert (code, err) == (
+        1,
+        f"Error: output {tmp_path / 'out'} already exists Pass --overwrite to replace it.",
+    )
     assert recover(capsys, raw, diff, tmp_path / "out", "--overwrite")[0] == 0
 
 
@@ -137,8 +173,11 @@ def test_read_only_out(capsys, pair, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
     code, err = recover(capsys, raw, diff, ro / "out")
-    assert (code, err) == (1, f"Error: cannot write to {ro}: permission denied Choose an --out "
-                              "in a folder you can write to.")
+    assert (code, err) == (
+        1,
+        f"Error: cannot write to {ro}: permission denied Choose an --out "
+        "in a folder you can write to.",
+    )
 
 
 def test_read_only_out_as_root(capsys, pair, tmp_path, monkeypatch):
@@ -150,8 +189,11 @@ def test_read_only_out_as_root(capsys, pair, tmp_path, monkeypatch):
 
     monkeypatch.setattr("weightkit.io.output.OutputFolder.__enter__", refuse)
     code, err = recover(capsys, raw, diff, tmp_path / "out")
-    assert (code, err) == (1, f"Error: cannot write {tmp_path / 'out'}: Permission denied "
-                              "Check the folder's permissions and the disk, then run again.")
+    assert (code, err) == (
+        1,
+        f"Error: cannot write {tmp_path / 'out'}: Permission denied "
+        "Check the folder's permissions and the disk, then run again.",
+    )
 
 
 def test_disk_full_mid_run_leaves_nothing(capsys, pair, tmp_path, monkeypatch):
@@ -170,10 +212,13 @@ def test_disk_full_mid_run_leaves_nothing(capsys, pair, tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "write_chunked", fill_up)
     code, err = recover(capsys, raw, diff, tmp_path / "out")
     assert code == 1
-    assert err.startswith(f"Error: disk full while writing {tmp_path / 'out'} (the output needs "
-                          "80 B;")
-    assert err.endswith("The partial output was removed. Free some space or choose another "
-                        "--out, then run the command again.")
+    assert err.startswith(
+        f"Error: disk full while writing {tmp_path / 'out'} (the output needs 80 B;"
+    )
+    assert err.endswith(
+        "The partial output was removed. Free some space or choose another "
+        "--out, then run the command again."
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["diff", "raw"]
 
 
@@ -190,6 +235,8 @@ def test_hostile_pickle_never_runs(capsys, pair, tmp_path):
     torch.save({NAMES[0]: Payload()}, evil / "pytorch_model.bin")
     code, err = recover(capsys, raw, evil, tmp_path / "out")
     assert code == 1
-    assert err.startswith(f"Error: {evil / 'pytorch_model.bin'}: refused to load: the pickle "
-                          "inside is not plain tensors")
+    assert err.startswith(
+        f"Error: {evil / 'pytorch_model.bin'}: refused to load: the pickle "
+        "inside is not plain tensors"
+    )
     assert not marker.exists()

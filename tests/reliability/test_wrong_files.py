@@ -14,21 +14,34 @@ from test_bad_inputs import NAMES, fingerprint, run
 
 from weightkit.cli import _run
 
-HTML = (b"<!DOCTYPE html>\n<html>\n  <head><title>403 Forbidden</title></head>\n"
-        b"  <body><h1>403 Forbidden</h1>Request has expired</body>\n</html>\n")
-FAILED_DOWNLOAD = (": a failed download (an expired or wrong link, a login page, a missing file) "
-                   "saves the server's reply under the file's name Download the file again (with "
-                   "a fresh link if the old one has expired).")
+HTML = (
+    b"<!DOCTYPE html>\n<html>\n  <head><title>403 Forbidden</title></head>\n"
+    b"  <body><h1>403 Forbidden</h1>Request has expired</body>\n</html>\n"
+)
+FAILED_DOWNLOAD = (
+    ": a failed download (an expired or wrong link, a login page, a missing file) "
+    "saves the server's reply under the file's name Download the file again (with "
+    "a fresh link if the old one has expired)."
+)
 HTML_SAYS = "an HTML page (titled '403 Forbidden'), not {expected}" + FAILED_DOWNLOAD
-S3_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-            b"<Message>Request has expired</Message></Error>")
-XML_SAYS = ("an XML document ('<Error><Code>AccessDenied</Code><Message>Request has "
-            "expired...'), not {expected}" + FAILED_DOWNLOAD)
-LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\noid sha256:"
-               + b"ab" * 32 + b"\nsize 26953594576\n")
-LFS_SAYS = ("a Git LFS pointer file, not {expected}: the repository was cloned without git-lfs, "
-            "so the weights were never downloaded Run `git lfs install` and `git lfs pull` in "
-            "the clone, or download the file again.")
+S3_ERROR = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Request has expired</Message></Error>"
+)
+XML_SAYS = (
+    "an XML document ('<Error><Code>AccessDenied</Code><Message>Request has "
+    "expired...'), not {expected}" + FAILED_DOWNLOAD
+)
+LFS_POINTER = (
+    b"version https://git-lfs.github.com/spec/v1\noid sha256:"
+    + b"ab" * 32
+    + b"\nsize 26953594576\n"
+)
+LFS_SAYS = (
+    "a Git LFS pointer file, not {expected}: the repository was cloned without git-lfs, "
+    "so the weights were never downloaded Run `git lfs install` and `git lfs pull` in "
+    "the clone, or download the file again."
+)
 SAFETENSORS, TORCH_ZIP = "a safetensors file", "a PyTorch zip checkpoint"
 
 
@@ -46,10 +59,13 @@ def test_recover_names_an_html_page_saved_as_the_raw_model(capsys, tmp_path):
     raw, diff = model(tmp_path / "raw"), model(tmp_path / "diff")
     (raw / "model.safetensors").write_bytes(HTML)
     before = fingerprint(raw, diff)
-    code, err = run(capsys, "recover", "--raw", str(raw), "--diff", str(diff),
-                    "--out", str(tmp_path / "out"))
-    assert (code, err) == (1, f"Error: {raw / 'model.safetensors'}: "
-                              + HTML_SAYS.format(expected=SAFETENSORS))
+    code, err = run(
+        capsys, "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(tmp_path / "out")
+    )
+    assert (code, err) == (
+        1,
+        f"Error: {raw / 'model.safetensors'}: " + HTML_SAYS.format(expected=SAFETENSORS),
+    )
     assert fingerprint(raw, diff) == before and not (tmp_path / "out").exists()
 
 
@@ -57,17 +73,21 @@ def test_recover_names_a_git_lfs_pointer_as_the_diff(capsys, tmp_path):
     raw, diff = model(tmp_path / "raw"), tmp_path / "diff"
     diff.mkdir()
     (diff / "pytorch_model.bin").write_bytes(LFS_POINTER)
-    code, err = run(capsys, "recover", "--raw", str(raw), "--diff", str(diff),
-                    "--out", str(tmp_path / "out"))
-    assert (code, err) == (1, f"Error: {diff / 'pytorch_model.bin'}: "
-                              + LFS_SAYS.format(expected=TORCH_ZIP))
+    code, err = run(
+        capsys, "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(tmp_path / "out")
+    )
+    assert (code, err) == (
+        1,
+        f"Error: {diff / 'pytorch_model.bin'}: " + LFS_SAYS.format(expected=TORCH_ZIP),
+    )
     assert not (tmp_path / "out").exists()
 
 
 def adapter(folder: Path) -> Path:
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["up_proj"]}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["up_proj"]})
+    )
     return folder
 
 
@@ -80,8 +100,10 @@ def test_merge_lora_names_an_html_page_saved_as_the_base(capsys, tmp_path):
     (base / "model.safetensors").write_bytes(HTML)
     save_file({}, lora / "adapter_model.safetensors")
     code, err = merge_lora(capsys, base, lora, tmp_path / "out")
-    assert (code, err) == (1, f"Error: {base / 'model.safetensors'}: "
-                              + HTML_SAYS.format(expected=SAFETENSORS))
+    assert (code, err) == (
+        1,
+        f"Error: {base / 'model.safetensors'}: " + HTML_SAYS.format(expected=SAFETENSORS),
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -89,46 +111,74 @@ def test_merge_lora_names_an_html_page_and_a_legacy_pickle_as_the_adapter(capsys
     base, lora = model(tmp_path / "base"), adapter(tmp_path / "lora")
     (lora / "adapter_model.safetensors").write_bytes(HTML)
     code, err = merge_lora(capsys, base, lora, tmp_path / "out")
-    assert (code, err) == (1, f"Error: {lora / 'adapter_model.safetensors'}: "
-                              + HTML_SAYS.format(expected=SAFETENSORS))
+    assert (code, err) == (
+        1,
+        f"Error: {lora / 'adapter_model.safetensors'}: " + HTML_SAYS.format(expected=SAFETENSORS),
+    )
     (lora / "adapter_model.safetensors").unlink()
-    torch.save({"base_model.model.up_proj.lora_A.weight": torch.ones(2, 4)},
-               lora / "adapter_model.bin", _use_new_zipfile_serialization=False)
+    torch.save(
+        {"base_model.model.up_proj.lora_A.weight": torch.ones(2, 4)},
+        lora / "adapter_model.bin",
+        _use_new_zipfile_serialization=False,
+    )
     code, err = merge_lora(capsys, base, lora, tmp_path / "out")
-    assert (code, err) == (1, f"Error: {lora / 'adapter_model.bin'}: a legacy torch checkpoint "
-                              "(a bare pickle, as torch<1.6 saved them), not a PyTorch zip "
-                              "checkpoint: weightkit will not unpickle it, as unpickling can run "
-                              "code Re-save it as a zip checkpoint with torch>=1.6 (torch.save("
-                              "torch.load(path, weights_only=True), path)), or get a safetensors "
-                              "copy.")
+    assert (code, err) == (
+        1,
+        f"Error: {lora / 'adapter_model.bin'}: a legacy torch checkpoint "
+        "(a bare pickle, as torch<1.6 saved them), not a PyTorch zip "
+        "checkpoint: weightkit will not unpickle it, as unpickling can run "
+        "code Re-save it as a zip checkpoint with torch>=1.6 (torch.save("
+        "torch.load(path, weights_only=True), path)), or get a safetensors "
+        "copy.",
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_convert_names_the_xml_error_of_an_expired_meta_link(capsys, tmp_path):
     folder = tmp_path / "llama-2-7b"
     folder.mkdir()
-    (folder / "params.json").write_text(json.dumps(
-        {"dim": 64, "multiple_of": 64, "n_heads": 4, "n_layers": 2, "norm_eps": 1e-05,
-         "vocab_size": -1}))
+    (folder / "params.json").write_text(
+        json.dumps(
+            {
+                "dim": 64,
+                "multiple_of": 64,
+                "n_heads": 4,
+                "n_layers": 2,
+                "norm_eps": 1e-05,
+                "vocab_size": -1,
+            }
+        )
+    )
     (folder / "consolidated.00.pth").write_bytes(S3_ERROR)
     code, err = run(capsys, "convert", "--input-dir", str(folder), "--out", str(tmp_path / "out"))
-    assert (code, err) == (1, f"Error: {folder / 'consolidated.00.pth'}: "
-                              + XML_SAYS.format(expected=TORCH_ZIP))
+    assert (code, err) == (
+        1,
+        f"Error: {folder / 'consolidated.00.pth'}: " + XML_SAYS.format(expected=TORCH_ZIP),
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_verify_against_a_tensor_manifest_names_a_json_error_body(capsys, tmp_path):
     raw, diff = model(tmp_path / "raw"), model(tmp_path / "diff")
     out = tmp_path / "out"
-    assert _run(["--quiet", "recover", "--raw", str(raw), "--diff", str(diff), "--out",
-                 str(out)], debug=False) == 0
+    assert (
+        _run(
+            ["--quiet", "recover", "--raw", str(raw), "--diff", str(diff), "--out", str(out)],
+            debug=False,
+        )
+        == 0
+    )
     assert (out / "weightkit.manifest.json").is_file()
-    (out / "model.safetensors").write_bytes(b'{"error":"Repository Not Found for url: https:'
-                                            b'//huggingface.co/api/models/x/y."}')
+    (out / "model.safetensors").write_bytes(
+        b'{"error":"Repository Not Found for url: https://huggingface.co/api/models/x/y."}'
+    )
     code, err = run(capsys, "verify", str(out))
-    assert (code, err) == (1, f"Error: {out / 'model.safetensors'}: JSON text ('{{\"error\":"
-                              "\"Repository Not Found for url: https://huggingface....'), not a "
-                              "safetensors file" + FAILED_DOWNLOAD)
+    assert (code, err) == (
+        1,
+        f'Error: {out / "model.safetensors"}: JSON text (\'{{"error":'
+        "\"Repository Not Found for url: https://huggingface....'), not a "
+        "safetensors file" + FAILED_DOWNLOAD,
+    )
 
 
 def test_json_inputs_that_are_error_pages_are_named(capsys, tmp_path):
@@ -139,12 +189,16 @@ def test_json_inputs_that_are_error_pages_are_named(capsys, tmp_path):
     (folder / "params.json").write_bytes(S3_ERROR)
     (folder / "consolidated.00.pth").write_bytes(S3_ERROR)
     code, err = run(capsys, "convert", "--input-dir", str(folder), "--out", str(tmp_path / "out"))
-    assert (code, err) == (1, f"Error: {folder / 'params.json'}: "
-                              + XML_SAYS.format(expected="a JSON file"))
+    assert (code, err) == (
+        1,
+        f"Error: {folder / 'params.json'}: " + XML_SAYS.format(expected="a JSON file"),
+    )
     base, lora = model(tmp_path / "base"), tmp_path / "lora"
     lora.mkdir()
     (lora / "adapter_config.json").write_bytes(HTML)
     code, err = merge_lora(capsys, base, lora, tmp_path / "out")
-    assert (code, err) == (1, f"Error: {lora / 'adapter_config.json'}: "
-                              + HTML_SAYS.format(expected="a JSON file"))
+    assert (code, err) == (
+        1,
+        f"Error: {lora / 'adapter_config.json'}: " + HTML_SAYS.format(expected="a JSON file"),
+    )
     assert not (tmp_path / "out").exists()

@@ -22,8 +22,11 @@ from weightkit.sources.source import checked, combine, retyped, stored_node
 
 def stored(t: torch.Tensor, dtype: torch.dtype | None = None, multiple: int = 1) -> Node:
     """A tensor read as stored (in `dtype` if given: what a cast view like Meta's reports)."""
-    node = stored_node(TensorInfo("w", dtype or t.dtype, tuple(t.shape)), lambda: t.clone(),
-                       lambda a, b: t[a:b].clone())
+    node = stored_node(
+        TensorInfo("w", dtype or t.dtype, tuple(t.shape)),
+        lambda: t.clone(),
+        lambda a, b: t[a:b].clone(),
+    )
     node.row_multiple = multiple
     return node
 
@@ -38,26 +41,36 @@ def test_a_checkpoint_is_a_source(tmp_path):
     save_file({"w": torch.ones(2, 2)}, tmp_path / "model.safetensors")
     ckpt = open_checkpoint(tmp_path)
     assert isinstance(ckpt, Source)
-    assert (ckpt.label, ckpt.where("w"), ckpt.inputs, ckpt.notes, ckpt.expected) == \
-        (str(tmp_path), str(tmp_path / "model.safetensors"), [tmp_path], [], None)
+    assert (ckpt.label, ckpt.where("w"), ckpt.inputs, ckpt.notes, ckpt.expected) == (
+        str(tmp_path),
+        str(tmp_path / "model.safetensors"),
+        [tmp_path],
+        [],
+        None,
+    )
     assert torch.equal(run(ckpt.node("w")), torch.ones(2, 2))
 
 
 def test_combine_gives_compute_each_parts_value_in_order():
     a, b = torch.arange(12.0).reshape(6, 2), torch.full((6, 2), 0.5)
     out = TensorInfo("w", torch.float32, (6, 2))
-    node = combine(out, [stored(a), stored(b)], lambda x, y: x * 10 + y,
-                   rows=lambda start, stop: [(start, stop), (start, stop)])
+    node = combine(
+        out,
+        [stored(a), stored(b)],
+        lambda x, y: x * 10 + y,
+        rows=lambda start, stop: [(start, stop), (start, stop)],
+    )
     assert node.arity == 2
     assert torch.equal(run(node), a * 10 + b)
     assert torch.equal(run(node, (2, 5)), (a * 10 + b)[2:5])
     # a part that is computed whole makes the result whole; row multiples combine
     whole = stored(b)
     whole.load_rows = None
-    assert combine(out, [stored(a), whole], torch.add, rows=lambda s, e: [(s, e)] * 2
-                   ).load_rows is None
-    assert combine(out, [stored(a, multiple=2), stored(b, multiple=3)], torch.add).row_multiple \
-        == 6
+    assert (
+        combine(out, [stored(a), whole], torch.add, rows=lambda s, e: [(s, e)] * 2).load_rows
+        is None
+    )
+    assert combine(out, [stored(a, multiple=2), stored(b, multiple=3)], torch.add).row_multiple == 6
 
 
 def test_each_step_rounds_to_its_own_dtype():
@@ -78,7 +91,7 @@ def test_a_checked_model_is_hashed_piece_by_piece_and_refused_on_a_mismatch():
     entries = Manifest()
     node = checked(stored(x), expected, entries, "the recovered model")
     for rows in ((0, 3), (3, 6), (6, 8)):
-        assert torch.equal(run(node, rows), x[rows[0]:rows[1]])
+        assert torch.equal(run(node, rows), x[rows[0] : rows[1]])
     assert entries.entries == expected.entries
     wrong = checked(stored(x + 1), expected, Manifest(), "the recovered model")
     with pytest.raises(ChecksumError, match="tensor 'w' in the recovered model has sha256"):
@@ -107,9 +120,13 @@ class Doubled(View):
             assert a % 2 == 0 and (b % 2 == 0 or b == self.t.shape[0]), (a, b)
             return (self.t[a:b].clone(),)
 
-        return Node(TensorInfo(name, self.t.dtype, tuple(self.t.shape)),
-                    lambda: (self.t.clone(),), lambda x: x * 2, load_rows=load_rows,
-                    row_multiple=2)
+        return Node(
+            TensorInfo(name, self.t.dtype, tuple(self.t.shape)),
+            lambda: (self.t.clone(),),
+            lambda x: x * 2,
+            load_rows=load_rows,
+            row_multiple=2,
+        )
 
 
 def open_infos(t: torch.Tensor) -> dict:
@@ -134,7 +151,9 @@ def test_a_missing_path_that_is_no_hub_id_is_one_message(spec, tmp_path, monkeyp
     monkeypatch.setattr(weightkit.hub.cache, "resolve_model", None)  # a call would fail
     with pytest.raises(InputError) as e:
         resolve(spec, role="raw")
-    assert str(e.value) == (f"{spec}: no such file or folder\nGive an HF model folder, a raw Meta "
-                            "LLaMA folder (params.json and consolidated.*.pth) or a Hub repo id "
-                            "(org/name).")
+    assert str(e.value) == (
+        f"{spec}: no such file or folder\nGive an HF model folder, a raw Meta "
+        "LLaMA folder (params.json and consolidated.*.pth) or a Hub repo id "
+        "(org/name)."
+    )
     assert not (tmp_path / "cache").exists()

@@ -74,8 +74,9 @@ def _run(args: list[str], debug: bool) -> int:
         if not as_json:
             e.show()
         else:
-            show_error(getattr(e, "message_only", e.format_message()),
-                       getattr(e, "hint", None), as_json)
+            show_error(
+                getattr(e, "message_only", e.format_message()), getattr(e, "hint", None), as_json
+            )
         return e.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
         if as_json:
@@ -87,14 +88,16 @@ def _run(args: list[str], debug: bool) -> int:
         if debug:
             raise
         command = _command_of(args)
-        show_error(flag_text(e.message, command), e.hint and flag_text(e.hint, command),
-                   as_json)
+        show_error(flag_text(e.message, command), e.hint and flag_text(e.hint, command), as_json)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - the one place that turns surprises into a message
         if debug:
             raise
-        show_error(f"unexpected {type(e).__name__}: {e}",
-                   "Run again with --debug for the full traceback, and report it.", as_json)
+        show_error(
+            f"unexpected {type(e).__name__}: {e}",
+            "Run again with --debug for the full traceback, and report it.",
+            as_json,
+        )
         return 1
 
 

@@ -13,10 +13,19 @@ from weightkit.ops.verify import ALGOS
 
 @subcommand("checksum")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--algo", type=click.Choice(list(ALGOS)), default="md5", show_default=True,
-              help="Hash algorithm.")
-@click.option("--out", type=click.Path(path_type=Path), metavar="FILE",
-              help="Where to write the list. Default: checksums.<algo> inside PATH.")
+@click.option(
+    "--algo",
+    type=click.Choice(list(ALGOS)),
+    default="md5",
+    show_default=True,
+    help="Hash algorithm.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Where to write the list. Default: checksums.<algo> inside PATH.",
+)
 def command(**kwargs: Any) -> Any:
     """Write an md5sum-format checksum list for the files in PATH, sorted by path.
 

@@ -11,20 +11,35 @@ from weightkit.options import DIFF_DTYPES
 
 
 @subcommand("diff")
-@click.option("--raw", required=True, metavar="MODEL",
-              help="The base model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.")
-@click.option("--tuned", required=True, metavar="MODEL",
-              help="The fine-tuned model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.")
+@click.option(
+    "--raw",
+    required=True,
+    metavar="MODEL",
+    help="The base model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.",
+)
+@click.option(
+    "--tuned",
+    required=True,
+    metavar="MODEL",
+    help="The fine-tuned model: an HF folder, a raw Meta LLaMA folder or a Hub repo id.",
+)
 @out_option("the diff")
-@dtype_option("fp32", DIFF_DTYPES,
-              help="How the diff is stored (it is computed in fp32).")
-@click.option("--lossless", is_flag=True,
-              help="Instead of --dtype: store the difference of the weights' bit patterns, "
-                   "zstd-compressed; recover gives the tuned model back bit for bit. Raw and "
-                   "tuned need the same dtype per tensor.")
+@dtype_option("fp32", DIFF_DTYPES, help="How the diff is stored (it is computed in fp32).")
+@click.option(
+    "--lossless",
+    is_flag=True,
+    help="Instead of --dtype: store the difference of the weights' bit patterns, "
+    "zstd-compressed; recover gives the tuned model back bit for bit. Raw and "
+    "tuned need the same dtype per tensor.",
+)
 # default = weightkit.ops.lossless.DEFAULT_LEVEL, not imported: --help must not load torch
-@click.option("--level", type=click.IntRange(1, 19), default=1, show_default=True,
-              help="zstd level for --lossless (higher: slower, at most a few % smaller).")
+@click.option(
+    "--level",
+    type=click.IntRange(1, 19),
+    default=1,
+    show_default=True,
+    help="zstd level for --lossless (higher: slower, at most a few % smaller).",
+)
 @write_options()
 @hub_options()
 def command(**kwargs: Any) -> Any:
@@ -42,8 +57,11 @@ def _check_lossless_options(lossless: bool) -> None:
     from weightkit.ops.diff import LEVEL_OF_LOSSLESS, LOSSLESS_OWN_FORMAT
 
     ctx = click.get_current_context()
-    given = {name for name in ("dtype", "format", "level")
-             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    given = {
+        name
+        for name in ("dtype", "format", "level")
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+    }
     if lossless and given & {"dtype", "format"}:
         raise OptionConflict(LOSSLESS_OWN_FORMAT)
     if not lossless and "level" in given:

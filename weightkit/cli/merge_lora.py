@@ -17,16 +17,26 @@ from weightkit.cli.options import (
 
 
 @subcommand("merge-lora")
-@click.option("--base", required=True, metavar="MODEL",
-              help="The base model the adapter was trained on: an HF folder, a raw Meta LLaMA "
-                   "folder (converted in the same pass) or a Hub repo id.")
-@click.option("--lora", required=True, metavar="ADAPTER",
-              help="peft adapter folder (adapter_config.json plus adapter_model.safetensors "
-                   "or adapter_model.bin), a Hub repo id or a release name.")
+@click.option(
+    "--base",
+    required=True,
+    metavar="MODEL",
+    help="The base model the adapter was trained on: an HF folder, a raw Meta LLaMA "
+    "folder (converted in the same pass) or a Hub repo id.",
+)
+@click.option(
+    "--lora",
+    required=True,
+    metavar="ADAPTER",
+    help="peft adapter folder (adapter_config.json plus adapter_model.safetensors "
+    "or adapter_model.bin), a Hub repo id or a release name.",
+)
 @out_option("the model")
-@dtype_option("auto", DTYPES,
-              help="Output dtype; auto = the base model's. The merge is computed in fp32 and "
-                   "rounded once.")
+@dtype_option(
+    "auto",
+    DTYPES,
+    help="Output dtype; auto = the base model's. The merge is computed in fp32 and rounded once.",
+)
 @write_options()
 @hub_options()
 def command(**kwargs: Any) -> Any:

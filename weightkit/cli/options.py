@@ -17,8 +17,16 @@ from weightkit.options import DTYPES, HubOptions, WriteOptions
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-__all__ = ["DTYPES", "dtype_option", "hub_options", "is_quiet", "out_option", "progress",
-           "subcommand", "write_options"]
+__all__ = [
+    "DTYPES",
+    "dtype_option",
+    "hub_options",
+    "is_quiet",
+    "out_option",
+    "progress",
+    "subcommand",
+    "write_options",
+]
 
 
 class Conflict(click.UsageError):
@@ -44,8 +52,9 @@ def subcommand(name: str) -> Decorator:
             try:
                 result = f(*args, **kwargs)
             except OptionConflict as e:
-                raise Conflict(flag_text(e.message, ctx.command),
-                               e.hint and flag_text(e.hint, ctx.command)) from None
+                raise Conflict(
+                    flag_text(e.message, ctx.command), e.hint and flag_text(e.hint, ctx.command)
+                ) from None
             except WeightkitError as e:
                 # what was done before the failure (a download that does not match its
                 # manifest: what was fetched and checked), read before the error
@@ -56,10 +65,13 @@ def subcommand(name: str) -> Decorator:
             if code:
                 ctx.exit(code)
 
-        run = click.option("--json", "as_json", is_flag=True,
-                           help="Print the result (or an error) as one JSON object on stdout.")(run)
-        run = click.option("--quiet", "-q", is_flag=True,
-                           help="No progress bar or summary.")(run)
+        run = click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print the result (or an error) as one JSON object on stdout.",
+        )(run)
+        run = click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")(run)
         params = run.__click_params__  # type: ignore[attr-defined]  # click's own list
         params[:] = params[-2:] + params[:-2]  # listed last in --help
         return click.command(name)(run)
@@ -122,14 +134,16 @@ def _family(cls: type, param: str, skip: tuple[str, ...]) -> Decorator:
 
 def out_option(what: str) -> Decorator:
     """--out for a command that writes a checkpoint folder."""
-    return click.option("--out", required=True, type=click.Path(),
-                        help=f"Folder to write {what} into.")
+    return click.option(
+        "--out", required=True, type=click.Path(), help=f"Folder to write {what} into."
+    )
 
 
 def dtype_option(default: str, choices: tuple[str, ...], help: str) -> Decorator:
     """--dtype of what a command writes."""
-    return click.option("--dtype", type=click.Choice(list(choices)), default=default,
-                        show_default=True, help=help)
+    return click.option(
+        "--dtype", type=click.Choice(list(choices)), default=default, show_default=True, help=help
+    )
 
 
 def write_options(*, device: bool = True) -> Decorator:

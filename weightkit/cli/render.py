@@ -47,8 +47,12 @@ def print_table(report: Any) -> None:
     if notes:
         table.add_column("note")
     for r in report.rows:
-        cells = [r.name, r.expected or "-", r.actual or "-",
-                 f"[{_STYLES[r.verdict]}]{r.verdict}[/]"]
+        cells = [
+            r.name,
+            r.expected or "-",
+            r.actual or "-",
+            f"[{_STYLES[r.verdict]}]{r.verdict}[/]",
+        ]
         table.add_row(*cells, *([r.note] if notes else []))
     # piped output keeps whole hashes on one line instead of folding them at 80 columns
     console = Console(width=None if sys.stdout.isatty() else 400, highlight=False)

@@ -13,18 +13,34 @@ from weightkit.ops.verify import ALGOS
 
 @subcommand("verify")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--manifest", type=click.Path(path_type=Path), metavar="FILE",
-              help="Checksum file to check against: md5sum/sha256sum lines `HASH  NAME`, "
-                   "or a weightkit tensor manifest.")
-@click.option("--known", metavar="NAME",
-              help="A manifest shipped with weightkit, e.g. zhixi-13b-diff.")
-@click.option("--algo", type=click.Choice(list(ALGOS)),
-              help="Hash algorithm. Default: told from the hash length.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
-              help="Files hashed at once. Default: one per CPU core.")
-@click.option("--fix", is_flag=True,
-              help="Hub repo: remove its damaged blobs (and their links) from the Hugging Face "
-                   "cache, so that the next run that reads it downloads them again.")
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Checksum file to check against: md5sum/sha256sum lines `HASH  NAME`, "
+    "or a weightkit tensor manifest.",
+)
+@click.option(
+    "--known", metavar="NAME", help="A manifest shipped with weightkit, e.g. zhixi-13b-diff."
+)
+@click.option(
+    "--algo",
+    type=click.Choice(list(ALGOS)),
+    help="Hash algorithm. Default: told from the hash length.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Files hashed at once. Default: one per CPU core.",
+)
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="Hub repo: remove its damaged blobs (and their links) from the Hugging Face "
+    "cache, so that the next run that reads it downloads them again.",
+)
 def command(**kwargs: Any) -> Any:
     """Check PATH (a folder, or one file in it) against checksums.
 

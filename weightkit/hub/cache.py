@@ -83,15 +83,38 @@ WEIGHT_LAYOUTS = (
 INDEX_NAMES = tuple(index for index, _ in WEIGHT_LAYOUTS if index)
 CONFIG_NAMES = ("config.json", "params.json")  # an HF model's, a raw Meta folder's
 # weights of any framework: of these, only the chosen layout's files are fetched
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".msgpack", ".onnx",
-                   ".onnx_data", ".gguf", ".ot", ".tflite", ".npz")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pth",
+    ".pt",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".onnx_data",
+    ".gguf",
+    ".ot",
+    ".tflite",
+    ".npz",
+)
 # what no run reads, fetched for no role (matched on the file name)
-NOT_READ = (".gitattributes", "*.md", "LICENSE*", "NOTICE*", "USE_POLICY*", "*.png", "*.jpg",
-            "*.jpeg", "*.gif", "*.svg", "*.pdf")
+NOT_READ = (
+    ".gitattributes",
+    "*.md",
+    "LICENSE*",
+    "NOTICE*",
+    "USE_POLICY*",
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.gif",
+    "*.svg",
+    "*.pdf",
+)
 _SERIES = re.compile(r"(.*-)(\d+)-of-(\d+)(\..+)")  # model-00001-of-00003.safetensors
 _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git sha1, a sha256
-_OFFLINE_HINT = ("Unset HF_HUB_OFFLINE to fetch it into the cache, or pass a local folder "
-                 "instead.")
+_OFFLINE_HINT = "Unset HF_HUB_OFFLINE to fetch it into the cache, or pass a local folder instead."
 
 
 @dataclass
@@ -115,12 +138,19 @@ class CachedModel:
         return "\n".join(self.notes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repo": self.repo, "revision": self.revision, "commit": self.commit,
-                "folder": str(self.folder), "release": self.release,
-                "manifest": str(self.manifest) if self.manifest else None,
-                "dry_run": self.dry_run, "downloaded": self.downloaded, "bytes": self.nbytes,
-                "missing": [{"path": f.path, "size": f.size} for f in self.missing],
-                "notes": self.notes}
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "commit": self.commit,
+            "folder": str(self.folder),
+            "release": self.release,
+            "manifest": str(self.manifest) if self.manifest else None,
+            "dry_run": self.dry_run,
+            "downloaded": self.downloaded,
+            "bytes": self.nbytes,
+            "missing": [{"path": f.path, "size": f.size} for f in self.missing],
+            "notes": self.notes,
+        }
 
 
 @dataclass(frozen=True)
@@ -207,8 +237,10 @@ class CacheLayout:
     store: RepoCache
     commit: str
     paths: dict[str, list[str]]  # blob name -> the paths of the commit with that content
-    space_hint: str = ("Free some space, or set HF_HUB_CACHE to a folder on a disk with room, "
-                       "and run the same command again: it resumes.")
+    space_hint: str = (
+        "Free some space, or set HF_HUB_CACHE to a folder on a disk with room, "
+        "and run the same command again: it resumes."
+    )
 
     @property
     def root(self) -> Path:
@@ -240,14 +272,16 @@ class _Target:
 
 # --- what a spec names ---------------------------------------------------------------------------
 
+
 def cache_root() -> Path:
     """The Hugging Face cache: HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE (its old name), else
     HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub, with ~ and
     $VARS expanded as huggingface_hub does. Read at each call: huggingface_hub reads the
     variables once, when it is imported."""
     env = os.environ
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache",
-                                               "huggingface")
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"
+    )
     hub = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
     return Path(os.path.expandvars(os.path.expanduser(hub)))
 
@@ -295,18 +329,23 @@ def _target(spec: str, role: str, fp16: bool) -> _Target:
     split = _split(spec)
     if split is not None:
         repo, revision = split
-        return _Target(repo, revision or hf_constants.DEFAULT_REVISION, None,
-                       manifest_of_repo(repo))
+        return _Target(
+            repo, revision or hf_constants.DEFAULT_REVISION, None, manifest_of_repo(repo)
+        )
     release = _release(spec)
     if release is None:
-        raise InputError(f"{spec!r} is no file or folder, no Hub repo id (org/name[@revision]) "
-                         "and no release in the catalog",
-                         "Check the path, or give a Hub repo id such as huggyllama/llama-7b.")
+        raise InputError(
+            f"{spec!r} is no file or folder, no Hub repo id (org/name[@revision]) "
+            "and no release in the catalog",
+            "Check the path, or give a Hub repo id such as huggyllama/llama-7b.",
+        )
     if role not in RELEASE_PARTS:
         base = f"; its base model is {release.base}" if release.base else ""
-        raise InputError(f"release {spec} publishes no base model to pass as `{role}`{base}",
-                         f"Pass the base model as `{role}` (an HF folder, a raw Meta folder or a "
-                         "Hub id), and the release as `diff` or `lora`.")
+        raise InputError(
+            f"release {spec} publishes no base model to pass as `{role}`{base}",
+            f"Pass the base model as `{role}` (an HF folder, a raw Meta folder or a "
+            "Hub id), and the release as `diff` or `lora`.",
+        )
     part = RELEASE_PARTS[role]
     if fp16:
         if part != "diff":
@@ -318,9 +357,16 @@ def _target(spec: str, role: str, fp16: bool) -> _Target:
 
 # --- resolving -----------------------------------------------------------------------------------
 
-def resolve_model(spec: str, *, role: str = "model", hub: HubOptions | None = None,
-                  dry_run: bool = False, fp16: bool = False,
-                  cache_dir: str | Path | None = None) -> CachedModel:
+
+def resolve_model(
+    spec: str,
+    *,
+    role: str = "model",
+    hub: HubOptions | None = None,
+    dry_run: bool = False,
+    fp16: bool = False,
+    cache_dir: str | Path | None = None,
+) -> CachedModel:
     """The model `spec` names, in the Hugging Face cache: read from there when it is complete
     (no request, no write); else what it lacks is fetched into it first, or with `dry_run`
     only listed in `missing`. Prints nothing: what it found, fetched or would fetch is in the
@@ -335,34 +381,52 @@ def resolve_model(spec: str, *, role: str = "model", hub: HubOptions | None = No
     commit = store.commit_of(target.revision)
     lacking = lacks(store, commit, role) if commit else []
     if commit and not lacking:
-        return CachedModel(target.repo, target.revision, commit, store.snapshot(commit),
-                           release=target.release, manifest=target.manifest, dry_run=dry_run,
-                           notes=[f"{target.name}: complete in the Hugging Face cache, read "
-                                  f"from {store.snapshot(commit)}"])
+        return CachedModel(
+            target.repo,
+            target.revision,
+            commit,
+            store.snapshot(commit),
+            release=target.release,
+            manifest=target.manifest,
+            dry_run=dry_run,
+            notes=[
+                f"{target.name}: complete in the Hugging Face cache, read "
+                f"from {store.snapshot(commit)}"
+            ],
+        )
     if offline():
         raise _offline_error(target, store, commit, lacking)
     try:
         return _fetch(target, store, role, hub, dry_run)
     except PermissionError as e:
-        raise OutputError(f"cannot write to the Hugging Face cache {store.root}: {e.strerror} "
-                          f"({e.filename})", "Check its permissions, or set HF_HUB_CACHE to a "
-                          "folder you can write.") from None
+        raise OutputError(
+            f"cannot write to the Hugging Face cache {store.root}: {e.strerror} ({e.filename})",
+            "Check its permissions, or set HF_HUB_CACHE to a folder you can write.",
+        ) from None
 
 
-def _offline_error(target: _Target, store: RepoCache, commit: str | None,
-                   lacking: list[str]) -> HubError:
+def _offline_error(
+    target: _Target, store: RepoCache, commit: str | None, lacking: list[str]
+) -> HubError:
     if commit is None:
         what = "is not in" if not store.path.is_dir() else "has no snapshot of that revision in"
-        return HubError(f"{target.repo} {what} the Hugging Face cache (revision "
-                        f"{target.revision!r}, {store.root}), and HF_HUB_OFFLINE is set, so "
-                        "it cannot be downloaded", _OFFLINE_HINT)
-    return HubError(f"the cached snapshot of {target.name} (commit {commit[:8]}) lacks "
-                    f"{', '.join(lacking)}, and HF_HUB_OFFLINE is set, so it cannot be "
-                    "downloaded", _OFFLINE_HINT)
+        return HubError(
+            f"{target.repo} {what} the Hugging Face cache (revision "
+            f"{target.revision!r}, {store.root}), and HF_HUB_OFFLINE is set, so "
+            "it cannot be downloaded",
+            _OFFLINE_HINT,
+        )
+    return HubError(
+        f"the cached snapshot of {target.name} (commit {commit[:8]}) lacks "
+        f"{', '.join(lacking)}, and HF_HUB_OFFLINE is set, so it cannot be "
+        "downloaded",
+        _OFFLINE_HINT,
+    )
 
 
-def _fetch(target: _Target, store: RepoCache, role: str, options: HubOptions | None,
-           dry_run: bool) -> CachedModel:
+def _fetch(
+    target: _Target, store: RepoCache, role: str, options: HubOptions | None, dry_run: bool
+) -> CachedModel:
     hub = connect(options)
     commit, listed = list_files(hub, target.repo, target.revision)
     files = select_files(listed, role)
@@ -375,8 +439,16 @@ def _fetch(target: _Target, store: RepoCache, role: str, options: HubOptions | N
     todo = [f for f in files if not store.holds(commit, f)]
     # one download per content, and none for a content another commit already brought
     fetch = list({f.digest: f for f in todo if not store.has_blob(f)}.values())
-    model = CachedModel(target.repo, target.revision, commit, folder, missing=fetch,
-                        release=target.release, manifest=target.manifest, dry_run=dry_run)
+    model = CachedModel(
+        target.repo,
+        target.revision,
+        commit,
+        folder,
+        missing=fetch,
+        release=target.release,
+        manifest=target.manifest,
+        dry_run=dry_run,
+    )
     layout = CacheLayout(store, commit, paths)
     if dry_run:
         model.notes.append(plan_fetch(fetch, len(files), layout).summary(target.repo, commit))
@@ -391,32 +463,49 @@ def _fetch(target: _Target, store: RepoCache, role: str, options: HubOptions | N
     store.write_ref(target.revision, commit)  # last: an interrupted run leaves the old ref
     still = lacks(store, commit, role)
     if still:
-        raise HubError(f"{target.repo}@{commit[:8]} is incomplete on {hub.endpoint}: it lacks "
-                       f"{', '.join(still)}", "Tell the repo's owners, or pick another revision.")
+        raise HubError(
+            f"{target.repo}@{commit[:8]} is incomplete on {hub.endpoint}: it lacks "
+            f"{', '.join(still)}",
+            "Tell the repo's owners, or pick another revision.",
+        )
     model.downloaded = sorted(p for f in fetch for p in paths[f.digest or ""])
     model.nbytes = result.nbytes
-    model.notes.append(fetched_text(target.repo, commit, len(fetch), result.nbytes,
-                                    time.perf_counter() - start, len(files) - len(todo),
-                                    f"the Hugging Face cache {store.path}"))
+    model.notes.append(
+        fetched_text(
+            target.repo,
+            commit,
+            len(fetch),
+            result.nbytes,
+            time.perf_counter() - start,
+            len(files) - len(todo),
+            f"the Hugging Face cache {store.path}",
+        )
+    )
     return model
 
 
-def _check_selection(target: _Target, commit: str, files: list[RemoteFile],
-                     listed: list[RemoteFile], role: str) -> None:
+def _check_selection(
+    target: _Target, commit: str, files: list[RemoteFile], listed: list[RemoteFile], role: str
+) -> None:
     """Refuse, before any download, a repo that cannot be read in `role`."""
     lacking = _lacks({f.path for f in files}, role, shards_of=None)
     if lacking:
         kind = "an adapter" if role == "lora" else "a model"
-        raise InputError(f"{target.repo}@{commit[:8]} is not {kind}: it has no "
-                         f"{' and no '.join(lacking)}",
-                         f"It has: {', '.join(f.path for f in listed) or 'no files'}.")
+        raise InputError(
+            f"{target.repo}@{commit[:8]} is not {kind}: it has no {' and no '.join(lacking)}",
+            f"It has: {', '.join(f.path for f in listed) or 'no files'}.",
+        )
     nameless = [f.path for f in files if not f.digest]
     if nameless:
-        raise HubError(f"the Hub lists no hash for {', '.join(nameless)} in {target.repo}, and "
-                       "the cache names each file by its hash", RETRY_LATER)
+        raise HubError(
+            f"the Hub lists no hash for {', '.join(nameless)} in {target.repo}, and "
+            "the cache names each file by its hash",
+            RETRY_LATER,
+        )
 
 
 # --- what to fetch, and what complete means ------------------------------------------------------
+
 
 def select_files(files: list[RemoteFile], role: str) -> list[RemoteFile]:
     """What weightkit fetches of a repo to read it in `role`: for "lora" its adapter files; for
@@ -424,8 +513,11 @@ def select_files(files: list[RemoteFile], role: str) -> list[RemoteFile]:
     layouts than the first the repo has (see WEIGHT_LAYOUTS)."""
     if role == "lora":
         return select(files, "lora")
-    files = [f for f in select(files, "base")
-             if not any(fnmatch(PurePosixPath(f.path).name, p) for p in NOT_READ)]
+    files = [
+        f
+        for f in select(files, "base")
+        if not any(fnmatch(PurePosixPath(f.path).name, p) for p in NOT_READ)
+    ]
     layout = _weight_layout({f.path for f in files})
     index, pattern = layout or (None, "")
 
@@ -459,13 +551,17 @@ def lacks(store: RepoCache, commit: str, role: str) -> list[str]:
     need += _lacks(present, role, shards_of=lambda index: _index_shards(folder / index))
     listing = _cached_listing(store, commit)
     if listing is not None:
-        need += [f.path for f in select_files(listing, role)
-                 if f.path not in present and f.path not in dangling]
+        need += [
+            f.path
+            for f in select_files(listing, role)
+            if f.path not in present and f.path not in dangling
+        ]
     return list(dict.fromkeys(need))
 
 
-def _lacks(present: set[str], role: str,
-           shards_of: Callable[[str], list[str] | None] | None) -> list[str]:
+def _lacks(
+    present: set[str], role: str, shards_of: Callable[[str], list[str] | None] | None
+) -> list[str]:
     """The completeness rule over the repo paths `present`; `shards_of(index)` reads the shard
     names an index lists (None: it cannot be read; no `shards_of`: not checked)."""
     if role == "lora":
@@ -496,8 +592,11 @@ def _series_gaps(names: list[str]) -> list[str]:
         m = _SERIES.fullmatch(name)
         if m:
             prefix, k, total, suffix = m.groups()
-            gaps += [n for i in range(1, int(total) + 1)
-                     if (n := f"{prefix}{i:0{len(k)}d}-of-{total}{suffix}") not in have]
+            gaps += [
+                n
+                for i in range(1, int(total) + 1)
+                if (n := f"{prefix}{i:0{len(k)}d}-of-{total}{suffix}") not in have
+            ]
     return list(dict.fromkeys(gaps))
 
 
@@ -534,6 +633,7 @@ def _cached_listing(store: RepoCache, commit: str) -> list[RemoteFile] | None:
 
 # --- the audit ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CachedFile:
     """One file of a cached snapshot, as the audit sees it."""
@@ -550,8 +650,7 @@ class CachedFile:
     def algo(self) -> str | None:
         """How the cache named the blob: sha256 (LFS files) or git-sha1 (small files)."""
         name = self.blob_name or ""
-        return None if not _BLOB_NAME.fullmatch(name) else "sha256" if len(name) == 64 \
-            else GIT_SHA1
+        return None if not _BLOB_NAME.fullmatch(name) else "sha256" if len(name) == 64 else GIT_SHA1
 
 
 @dataclass(frozen=True)
@@ -574,11 +673,15 @@ class Snapshot:
                 path = Path(root, name)
                 rel = path.relative_to(self.folder).as_posix()
                 if not path.is_symlink():
-                    found.append(CachedFile(rel, None, "a copy, not a link into blobs/: "
-                                                       "nothing names its hash"))
+                    found.append(
+                        CachedFile(
+                            rel, None, "a copy, not a link into blobs/: nothing names its hash"
+                        )
+                    )
                 elif links.get(path) is None:
-                    found.append(CachedFile(rel, None, f"a link outside blobs/ "
-                                                       f"({os.readlink(path)})"))
+                    found.append(
+                        CachedFile(rel, None, f"a link outside blobs/ ({os.readlink(path)})")
+                    )
                 else:
                     found.append(CachedFile(rel, links[path]))
         return sorted(found, key=lambda f: f.path)
@@ -595,8 +698,10 @@ def cached_snapshot(spec: str, *, cache_dir: str | Path | None = None) -> Snapsh
     store = RepoCache.of(target.repo, cache_dir)
     commit = store.commit_of(target.revision)
     if commit is None:
-        raise HubError(f"{target.name} is not in the Hugging Face cache {store.root}: "
-                       "there is nothing to check",
-                       "A run that reads it (e.g. merge_lora with it as `base`) or "
-                       "huggingface_hub downloads it there.")
+        raise HubError(
+            f"{target.name} is not in the Hugging Face cache {store.root}: "
+            "there is nothing to check",
+            "A run that reads it (e.g. merge_lora with it as `base`) or "
+            "huggingface_hub downloads it there.",
+        )
     return Snapshot(store, target.revision, commit)

@@ -35,8 +35,9 @@ from weightkit.options import HubOptions
 PARTIAL_DIR = ".weightkit-partial"
 _READ_CHUNK = 8 << 20
 RETRY_LATER = "Try again later; if it persists, report it with the full message."
-_LOGIN_HINT = ("Log in with `hf auth login`, or set HF_TOKEN to a token from "
-               "{endpoint}/settings/tokens.")
+_LOGIN_HINT = (
+    "Log in with `hf auth login`, or set HF_TOKEN to a token from {endpoint}/settings/tokens."
+)
 
 
 class HubError(WeightkitError):
@@ -56,12 +57,17 @@ class Hub:
     @property
     def api(self) -> HfApi:
         # token=False, not None: with None huggingface_hub would look for a stored token again
-        return HfApi(endpoint=self.endpoint, token=self.token or False,
-                     library_name="weightkit", library_version=__version__)
+        return HfApi(
+            endpoint=self.endpoint,
+            token=self.token or False,
+            library_name="weightkit",
+            library_version=__version__,
+        )
 
     def headers(self) -> dict[str, str]:
-        return build_hf_headers(token=self.token or False, library_name="weightkit",
-                                library_version=__version__)
+        return build_hf_headers(
+            token=self.token or False, library_name="weightkit", library_version=__version__
+        )
 
 
 def connect(options: HubOptions | None = None) -> Hub:
@@ -70,8 +76,9 @@ def connect(options: HubOptions | None = None) -> Hub:
     options = options or HubOptions()
     # read HF_ENDPOINT now: huggingface_hub reads it once, when it is first imported
     endpoint = options.endpoint or os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT
-    return Hub(endpoint.rstrip("/"), options.token or get_token(), options.jobs,
-               options.show_progress)
+    return Hub(
+        endpoint.rstrip("/"), options.token or get_token(), options.jobs, options.show_progress
+    )
 
 
 @dataclass(frozen=True)
@@ -129,17 +136,21 @@ def list_files(hub: Hub, repo: str, revision: str | None) -> tuple[str, list[Rem
     with hub_errors(hub, repo, revision):
         info = hub.api.model_info(repo, revision=revision, files_metadata=True)
     files = [
-        RemoteFile(s.rfilename, s.lfs.size if s.lfs else (s.size or 0),
-                   sha256=s.lfs.sha256 if s.lfs else None,
-                   blob_id=None if s.lfs else s.blob_id)
+        RemoteFile(
+            s.rfilename,
+            s.lfs.size if s.lfs else (s.size or 0),
+            sha256=s.lfs.sha256 if s.lfs else None,
+            blob_id=None if s.lfs else s.blob_id,
+        )
         for s in info.siblings or []
     ]
     return info.sha or "", sorted(files, key=lambda f: f.path)
 
 
 @contextmanager
-def hub_errors(hub: Hub, repo: str, revision: str | None = None,
-               path: str | None = None) -> Iterator[None]:
+def hub_errors(
+    hub: Hub, repo: str, revision: str | None = None, path: str | None = None
+) -> Iterator[None]:
     """Re-raise huggingface_hub and network failures as HubError, naming the repo (and the file
     `path`, for a file request) and what to do."""
     try:
@@ -147,45 +158,62 @@ def hub_errors(hub: Hub, repo: str, revision: str | None = None,
     except HfHubHTTPError as e:
         raise _translate(e, hub, repo, revision, path) from None
     except OfflineModeIsEnabled:
-        raise HubError(f"cannot reach {hub.endpoint} for {repo}: HF_HUB_OFFLINE is set",
-                       "Unset HF_HUB_OFFLINE to use the network.") from None
+        raise HubError(
+            f"cannot reach {hub.endpoint} for {repo}: HF_HUB_OFFLINE is set",
+            "Unset HF_HUB_OFFLINE to use the network.",
+        ) from None
     except httpx2.TransportError as e:
-        raise HubError(f"cannot reach {hub.endpoint} for {repo}: {_redact(str(e), hub)}",
-                       "Check the network connection and proxy, or HF_ENDPOINT / `endpoint`."
-                       ) from None
+        raise HubError(
+            f"cannot reach {hub.endpoint} for {repo}: {_redact(str(e), hub)}",
+            "Check the network connection and proxy, or HF_ENDPOINT / `endpoint`.",
+        ) from None
 
 
-def _translate(e: HfHubHTTPError, hub: Hub, repo: str, revision: str | None,
-               path: str | None) -> HubError:
+def _translate(
+    e: HfHubHTTPError, hub: Hub, repo: str, revision: str | None, path: str | None
+) -> HubError:
     login = _LOGIN_HINT.format(endpoint=hub.endpoint)
     status = e.response.status_code if e.response is not None else None
     if isinstance(e, GatedRepoError):
-        return HubError(f"{repo} is a gated repo and this account has no access to it yet",
-                        f"Accept its conditions at {hub.endpoint}/{repo}, then use a token of that "
-                        f"account. {login if not hub.token else ''}".strip())
+        return HubError(
+            f"{repo} is a gated repo and this account has no access to it yet",
+            f"Accept its conditions at {hub.endpoint}/{repo}, then use a token of that "
+            f"account. {login if not hub.token else ''}".strip(),
+        )
     if isinstance(e, RepositoryNotFoundError):
         if not hub.token:
-            return HubError(f"repo {repo} was not found on {hub.endpoint}, or it is private "
-                            "and no token was given", f"Check the name. {login}")
-        return HubError(f"repo {repo} was not found on {hub.endpoint}, or the token in use "
-                        "cannot read it", "Check the name and that the token's account has access.")
+            return HubError(
+                f"repo {repo} was not found on {hub.endpoint}, or it is private "
+                "and no token was given",
+                f"Check the name. {login}",
+            )
+        return HubError(
+            f"repo {repo} was not found on {hub.endpoint}, or the token in use cannot read it",
+            "Check the name and that the token's account has access.",
+        )
     if isinstance(e, RevisionNotFoundError):
-        return HubError(f"revision {revision!r} was not found in {repo}",
-                        "Give a branch, tag or commit sha that exists (`revision`).")
+        return HubError(
+            f"revision {revision!r} was not found in {repo}",
+            "Give a branch, tag or commit sha that exists (`revision`).",
+        )
     if isinstance(e, RemoteEntryNotFoundError):
-        return HubError(f"{path or 'a file'} is listed in {repo} but could not be fetched "
-                        f"from {revision}: it is not there", "The repo changed during the "
-                        "download; run the command again.")
+        return HubError(
+            f"{path or 'a file'} is listed in {repo} but could not be fetched "
+            f"from {revision}: it is not there",
+            "The repo changed during the download; run the command again.",
+        )
     if isinstance(e, DisabledRepoError):
         return HubError(f"{repo} has been disabled on {hub.endpoint}")
     if status in (401, 403):
         what = "no token was given" if not hub.token else "the token in use lacks the permission"
-        return HubError(f"{hub.endpoint} refused the request for {repo} (HTTP {status}): {what}",
-                        login if not hub.token else
-                        "Use a token with write access to that repo or organization.")
+        return HubError(
+            f"{hub.endpoint} refused the request for {repo} (HTTP {status}): {what}",
+            login
+            if not hub.token
+            else "Use a token with write access to that repo or organization.",
+        )
     detail = _redact(e.server_message or str(e).splitlines()[0], hub)
-    return HubError(f"{hub.endpoint} answered HTTP {status} for {repo}: {detail}",
-                    RETRY_LATER)
+    return HubError(f"{hub.endpoint} answered HTTP {status} for {repo}: {detail}", RETRY_LATER)
 
 
 def _redact(text: str, hub: Hub) -> str:

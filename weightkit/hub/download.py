@@ -50,8 +50,10 @@ RETRIES = 5  # failed attempts in a row, without a byte of progress, before a fi
 RETRY_WAIT = 1.0  # seconds before the first retry, doubled after each further failure
 _MAX_WAIT = 30.0
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
-_DAMAGED_HINT = ("Run the same command to fetch it again. If it fails again, the file on the "
-                 "server is damaged: tell the repo's owners.")
+_DAMAGED_HINT = (
+    "Run the same command to fetch it again. If it fails again, the file on the "
+    "server is damaged: tell the repo's owners."
+)
 
 
 @dataclass
@@ -79,22 +81,41 @@ class DownloadResult:
     def summary(self) -> str:
         if self.plan is not None:
             return self.plan.summary(self.repo, self.commit)
-        text = fetched_text(self.repo, self.commit, len(self.downloaded), self.nbytes,
-                            self.seconds, len(self.present), str(self.out))
+        text = fetched_text(
+            self.repo,
+            self.commit,
+            len(self.downloaded),
+            self.nbytes,
+            self.seconds,
+            len(self.present),
+            str(self.out),
+        )
         return text if self.verify_report is None else f"{text}\n{self.verify_report.summary()}"
 
     def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"repo": self.repo, "revision": self.revision,
-                               "commit": self.commit, "out": str(self.out),
-                               "dry_run": self.dry_run, "files": self.files}
+        doc: dict[str, Any] = {
+            "repo": self.repo,
+            "revision": self.revision,
+            "commit": self.commit,
+            "out": str(self.out),
+            "dry_run": self.dry_run,
+            "files": self.files,
+        }
         if self.plan is not None:
             return {**doc, **self.plan.to_dict(), "notes": self.notes}
         report = self.verify_report
-        return {**doc, "downloaded": self.downloaded, "present": self.present,
-                "bytes": self.nbytes, "seconds": round(self.seconds, 3),
-                "checked": {"manifest": str(self.manifest) if self.manifest else None,
-                            "verify": report.to_dict() if report is not None else None},
-                "notes": self.notes}
+        return {
+            **doc,
+            "downloaded": self.downloaded,
+            "present": self.present,
+            "bytes": self.nbytes,
+            "seconds": round(self.seconds, 3),
+            "checked": {
+                "manifest": str(self.manifest) if self.manifest else None,
+                "verify": report.to_dict() if report is not None else None,
+            },
+            "notes": self.notes,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,20 +130,28 @@ class DryRun:
     free: int
 
     def summary(self, repo: str, commit: str) -> str:
-        return (f"{repo}@{commit[:8]} (dry run): {len(self.todo)} of {self.total} files to "
-                f"fetch, {human_bytes(self.needed)} to download into {self.root} (disk free: "
-                f"{human_bytes(self.free)}). Nothing was downloaded.")
+        return (
+            f"{repo}@{commit[:8]} (dry run): {len(self.todo)} of {self.total} files to "
+            f"fetch, {human_bytes(self.needed)} to download into {self.root} (disk free: "
+            f"{human_bytes(self.free)}). Nothing was downloaded."
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"to_download": [f.path for f in self.todo], "bytes_to_download": self.needed,
-                "disk_free": self.free}
+        return {
+            "to_download": [f.path for f in self.todo],
+            "bytes_to_download": self.needed,
+            "disk_free": self.free,
+        }
 
 
-def fetched_text(repo: str, commit: str, downloaded: int, nbytes: int, seconds: float,
-                 present: int, where: str) -> str:
+def fetched_text(
+    repo: str, commit: str, downloaded: int, nbytes: int, seconds: float, present: int, where: str
+) -> str:
     """The line a finished fetch is summed up in."""
-    return (f"{repo}@{commit[:8]}: {downloaded} files downloaded ({human_bytes(nbytes)} in "
-            f"{human_time(seconds)}), {present} already there, into {where}")
+    return (
+        f"{repo}@{commit[:8]}: {downloaded} files downloaded ({human_bytes(nbytes)} in "
+        f"{human_time(seconds)}), {present} already there, into {where}"
+    )
 
 
 def download(
@@ -153,17 +182,21 @@ def download(
     commit, listed = list_files(client, repo, revision)
     files = select(listed, adapter, include, exclude)
     if not files:
-        raise InputError(f"no file of {repo} matches the selection",
-                         f"It has: {', '.join(f.path for f in listed) or 'no files'}.")
+        raise InputError(
+            f"no file of {repo} matches the selection",
+            f"It has: {', '.join(f.path for f in listed) or 'no files'}.",
+        )
     out = Path(out)
     refuse_escaping_names(files, out, repo)
     writable_folder(out)  # not a file, nor inside one: a dry run refuses it as the real run does
     layout = FolderLayout(out)
-    result = DownloadResult(repo, revision or hf_constants.DEFAULT_REVISION, commit, out,
-                            files=[f.path for f in files])
+    result = DownloadResult(
+        repo, revision or hf_constants.DEFAULT_REVISION, commit, out, files=[f.path for f in files]
+    )
     if dry_run:
-        result.plan = plan_fetch([f for f in files if not _maybe_done(layout, f)], len(files),
-                                 layout)
+        result.plan = plan_fetch(
+            [f for f in files if not _maybe_done(layout, f)], len(files), layout
+        )
         return result
     out.mkdir(parents=True, exist_ok=True)
 
@@ -185,22 +218,28 @@ def download(
 
 # --- what to fetch ---------------------------------------------------------------------------
 
-def _resolve(name: str, only_lora: bool, only_base: bool,
-             fp16: bool) -> tuple[str, str | None, Path | None]:
+
+def _resolve(
+    name: str, only_lora: bool, only_base: bool, fp16: bool
+) -> tuple[str, str | None, Path | None]:
     """(repo, adapter filter "lora"/"base"/None, catalog manifest) for a repo id or release."""
     if only_lora and only_base:
         raise OptionConflict("`only_lora` and `only_base` exclude each other")
     if "/" in name:
         if fp16:
-            raise OptionConflict(f"`fp16` picks the fp16 diff of a release; {name} is a repo",
-                             "Give a release name from the catalog, or the fp16 repo itself.")
+            raise OptionConflict(
+                f"`fp16` picks the fp16 diff of a release; {name} is a repo",
+                "Give a release name from the catalog, or the fp16 repo itself.",
+            )
         adapter = "lora" if only_lora else "base" if only_base else None
         return name, adapter, manifest_of_repo(name)
     release = find_release(name)
     if release is None:
         known = ", ".join(sorted(load_catalog()))
-        raise InputError(f"{name!r} is neither a Hub repo id (org/name) nor a release in the "
-                         "catalog", f"Known releases: {known}.")
+        raise InputError(
+            f"{name!r} is neither a Hub repo id (org/name) nor a release in the catalog",
+            f"Known releases: {known}.",
+        )
     if only_lora and fp16:
         raise OptionConflict(f"release {name} has no fp16 LoRA; use `only_lora` or `fp16`")
     part = release.hub_part("lora" if only_lora else "diff-fp16" if fp16 else "diff")
@@ -216,43 +255,65 @@ def manifest_of_repo(repo: str) -> Path | None:
     return next((p.manifest for p in parts if p.repo == repo), None)
 
 
-def select(files: list[RemoteFile], adapter: str | None, include: Iterable[str] = (),
-           exclude: Iterable[str] = ()) -> list[RemoteFile]:
+def select(
+    files: list[RemoteFile],
+    adapter: str | None,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+) -> list[RemoteFile]:
     """The files kept by the adapter filter ("lora": only adapter files, "base": all others,
     None: all) and the include/exclude globs."""
     include, exclude = list(include), list(exclude)
     if adapter is not None:
-        lora = {f.path for f in filter_repo_objects(files, allow_patterns=list(ADAPTER_PATTERNS),
-                                                    key=_basename)}
+        lora = {
+            f.path
+            for f in filter_repo_objects(
+                files, allow_patterns=list(ADAPTER_PATTERNS), key=_basename
+            )
+        }
         files = [f for f in files if (f.path in lora) == (adapter == "lora")]
-    return list(filter_repo_objects(files, allow_patterns=include or None,
-                                    ignore_patterns=exclude or None, key=lambda f: f.path))
+    return list(
+        filter_repo_objects(
+            files,
+            allow_patterns=include or None,
+            ignore_patterns=exclude or None,
+            key=lambda f: f.path,
+        )
+    )
 
 
 def _basename(f: RemoteFile) -> str:
     return PurePosixPath(f.path).name
 
 
-def refuse_escaping_names(files: list[RemoteFile], out: Path, repo: str,
-                          within: Path | None = None) -> None:
+def refuse_escaping_names(
+    files: list[RemoteFile], out: Path, repo: str, within: Path | None = None
+) -> None:
     """A repo is remote input: a name like ../x, /x or C:x must not write outside `out`, nor
     (followed through the links already there) outside `within` (default: `out`)."""
     root = (within or out).resolve()
     for f in files:
         if _unsafe_name(f.path, out, root):
-            raise HubError(f"{repo} lists a file named {f.path!r}, which is not a plain path "
-                           f"inside {out}; nothing was downloaded",
-                           "The repo is malformed or hostile; tell its owners.")
+            raise HubError(
+                f"{repo} lists a file named {f.path!r}, which is not a plain path "
+                f"inside {out}; nothing was downloaded",
+                "The repo is malformed or hostile; tell its owners.",
+            )
 
 
 def _unsafe_name(name: str, out: Path, root: Path) -> bool:
-    return (PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor != ""
-            or "\\" in name or any(p in ("", ".", "..") for p in name.split("/"))
-            or name.split("/")[0] == PARTIAL_DIR  # our own scratch space
-            or not (out / name).resolve().is_relative_to(root))  # through a symlink in `out`
+    return (
+        PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).anchor != ""
+        or "\\" in name
+        or any(p in ("", ".", "..") for p in name.split("/"))
+        or name.split("/")[0] == PARTIAL_DIR  # our own scratch space
+        or not (out / name).resolve().is_relative_to(root)
+    )  # through a symlink in `out`
 
 
 # --- where files go --------------------------------------------------------------------------
+
 
 class Layout(Protocol):
     """Where a file grows while it is fetched, and where it lies once its hash is checked."""
@@ -296,6 +357,7 @@ class FolderLayout:
 
 # --- fetching --------------------------------------------------------------------------------
 
+
 class _Transient(Exception):
     """A failure worth retrying: the connection dropped, or the server asked to come back."""
 
@@ -304,8 +366,14 @@ class _Stopped(Exception):
     """Another file failed or the user interrupted: stop, keeping the bytes received."""
 
 
-def fetch_files(hub: Hub, repo: str, commit: str, files: list[RemoteFile], layout: Layout,
-                result: DownloadResult) -> None:
+def fetch_files(
+    hub: Hub,
+    repo: str,
+    commit: str,
+    files: list[RemoteFile],
+    layout: Layout,
+    result: DownloadResult,
+) -> None:
     """Bring `files` of `repo` at `commit` into `layout`, `hub.jobs` at a time, each checked
     against the Hub's size and hash; `result` collects what was fetched and what was there
     already."""
@@ -315,8 +383,9 @@ def fetch_files(hub: Hub, repo: str, commit: str, files: list[RemoteFile], layou
     lock = threading.Lock()
     headers = hub.headers()
     errors: list[BaseException] = []
-    with ByteProgress(f"download {repo}", remaining, len(files), hub.show_progress,
-                      unit="files") as bar:
+    with ByteProgress(
+        f"download {repo}", remaining, len(files), hub.show_progress, unit="files"
+    ) as bar:
 
         def advance(nbytes: int, items: int = 0) -> None:
             with lock:  # called from several threads
@@ -359,13 +428,22 @@ def _raise_first(errors: list[BaseException], repo: str) -> None:
     if len(mismatches) == 1:
         raise mismatches[0]
     if mismatches:
-        raise ChecksumError(f"{len(mismatches)} files of {repo} did not match the Hub's hashes "
-                            "and were deleted:\n" + "\n".join(e.message for e in mismatches),
-                            _DAMAGED_HINT)
+        raise ChecksumError(
+            f"{len(mismatches)} files of {repo} did not match the Hub's hashes "
+            "and were deleted:\n" + "\n".join(e.message for e in mismatches),
+            _DAMAGED_HINT,
+        )
 
 
-def _fetch_one(f: RemoteFile, layout: Layout, url: str, headers: dict[str, str], repo: str,
-               advance: Callable[..., None], stop: threading.Event) -> bool:
+def _fetch_one(
+    f: RemoteFile,
+    layout: Layout,
+    url: str,
+    headers: dict[str, str],
+    repo: str,
+    advance: Callable[..., None],
+    stop: threading.Event,
+) -> bool:
     """Bring one file into place; False when it was already there."""
     if _maybe_done(layout, f) and f.matches(layout.target(f)):
         return False
@@ -374,23 +452,30 @@ def _fetch_one(f: RemoteFile, layout: Layout, url: str, headers: dict[str, str],
         _download_with_retries(part, url, headers, repo, advance, stop)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"the disk is full: {part.path} stopped at {part.size} bytes",
-                              f"Free some space on {layout.root}'s disk and run the same command "
-                              "again: it resumes from there.") from None
+            raise OutputError(
+                f"the disk is full: {part.path} stopped at {part.size} bytes",
+                f"Free some space on {layout.root}'s disk and run the same command "
+                "again: it resumes from there.",
+            ) from None
         raise
     finally:
         part.close()
     problem = f.check(part.size, part.hasher.hexdigest())
     if problem:
         part.path.unlink()
-        raise ChecksumError(f"{repo}: {f.path} {problem}; the download was deleted",
-                            _DAMAGED_HINT)
+        raise ChecksumError(f"{repo}: {f.path} {problem}; the download was deleted", _DAMAGED_HINT)
     layout.place(f, part.path)
     return True
 
 
-def _download_with_retries(part: _Part, url: str, headers: dict[str, str], repo: str,
-                           advance: Callable[..., None], stop: threading.Event) -> None:
+def _download_with_retries(
+    part: _Part,
+    url: str,
+    headers: dict[str, str],
+    repo: str,
+    advance: Callable[..., None],
+    stop: threading.Event,
+) -> None:
     failures = 0
     while True:
         before = part.size
@@ -400,24 +485,32 @@ def _download_with_retries(part: _Part, url: str, headers: dict[str, str], repo:
         except (httpx2.TransportError, _Transient) as e:
             failures = 1 if part.size > before else failures + 1
             if failures > RETRIES:
-                raise HubError(f"downloading {part.remote.path} from {repo} failed {failures} "
-                               f"times in a row ({e})",
-                               f"Run the same command again: it resumes from the {part.size} "
-                               f"bytes kept in {part.path}.") from None
+                raise HubError(
+                    f"downloading {part.remote.path} from {repo} failed {failures} "
+                    f"times in a row ({e})",
+                    f"Run the same command again: it resumes from the {part.size} "
+                    f"bytes kept in {part.path}.",
+                ) from None
             if stop.wait(min(_MAX_WAIT, RETRY_WAIT * 2 ** (failures - 1))):
                 raise _Stopped() from None
 
 
-def _request_rest(part: _Part, url: str, headers: dict[str, str],
-                  advance: Callable[..., None], stop: threading.Event) -> None:
+def _request_rest(
+    part: _Part,
+    url: str,
+    headers: dict[str, str],
+    advance: Callable[..., None],
+    stop: threading.Event,
+) -> None:
     """One GET for the bytes `part` lacks, appended as they arrive."""
     if part.size >= part.remote.size:
         return
     request_headers = {**headers, "Accept-Encoding": "identity"}  # byte ranges of the file itself
     if part.size:
         request_headers["Range"] = f"bytes={part.size}-"
-    with get_session().stream("GET", url, headers=request_headers,
-                              timeout=hf_constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+    with get_session().stream(
+        "GET", url, headers=request_headers, timeout=hf_constants.HF_HUB_DOWNLOAD_TIMEOUT
+    ) as r:
         if r.status_code in _RETRY_STATUS:
             raise _Transient(f"HTTP {r.status_code}")
         if r.status_code == 416:  # the kept bytes do not fit the file any more: start over
@@ -491,8 +584,11 @@ def plan_fetch(todo: list[RemoteFile], total: int, layout: Layout) -> DryRun:
 def _check_space(layout: Layout, needed: int) -> None:
     free = free_bytes(layout.root)  # a dry run's `out` may not exist yet
     if needed > free:
-        raise OutputError(f"{layout.root} has {human_bytes(free)} free, the download needs "
-                          f"{human_bytes(needed)} more", layout.space_hint)
+        raise OutputError(
+            f"{layout.root} has {human_bytes(free)} free, the download needs "
+            f"{human_bytes(needed)} more",
+            layout.space_hint,
+        )
 
 
 def _remove_empty_dirs(root: Path) -> None:
@@ -505,13 +601,15 @@ def _remove_empty_dirs(root: Path) -> None:
 
 # --- checking against the catalog -------------------------------------------------------------
 
+
 def _verify(out: Path, manifest: Path, deselected: set[str], progress: bool) -> VerifyReport:
     """`verify` with the catalog manifest; files left out on purpose do not count."""
     from weightkit.ops.verify import MISSING, verify
 
     report = verify(out, manifest=manifest, progress=progress)
-    return replace(report, rows=[r for r in report.rows
-                                 if not (r.verdict == MISSING and r.name in deselected)])
+    return replace(
+        report, rows=[r for r in report.rows if not (r.verdict == MISSING and r.name in deselected)]
+    )
 
 
 class ManifestMismatch(ChecksumError):
@@ -522,10 +620,14 @@ class ManifestMismatch(ChecksumError):
         from weightkit.ops.verify import EXTRA, OK
 
         assert result.verify_report is not None and result.manifest is not None
-        bad = ", ".join(f"{r.name} ({r.verdict})" for r in result.verify_report.rows
-                        if r.verdict not in (OK, EXTRA))
-        super().__init__(f"{result.out} does not match the catalog manifest "
-                         f"{result.manifest.name}: {bad}",
-                         "Download the files named again, or tell the catalog's maintainers "
-                         f"(checking {result.out} against {result.manifest} lists every file).",
-                         result=result)
+        bad = ", ".join(
+            f"{r.name} ({r.verdict})"
+            for r in result.verify_report.rows
+            if r.verdict not in (OK, EXTRA)
+        )
+        super().__init__(
+            f"{result.out} does not match the catalog manifest {result.manifest.name}: {bad}",
+            "Download the files named again, or tell the catalog's maintainers "
+            f"(checking {result.out} against {result.manifest} lists every file).",
+            result=result,
+        )

@@ -44,15 +44,25 @@ class PushResult:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.repo}: {len(self.uploaded)} files uploaded ({human_bytes(self.nbytes)}), "
-                f"{len(self.unchanged)} unchanged")
+        return (
+            f"{self.repo}: {len(self.uploaded)} files uploaded ({human_bytes(self.nbytes)}), "
+            f"{len(self.unchanged)} unchanged"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repo": self.repo, "revision": self.revision, "folder": str(self.folder),
-                "commit": self.commit, "commit_url": self.commit_url,
-                "files": sorted([*self.uploaded, *self.unchanged]), "uploaded": self.uploaded,
-                "unchanged": self.unchanged, "bytes": self.nbytes,
-                "seconds": round(self.seconds, 3), "notes": self.notes}
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "folder": str(self.folder),
+            "commit": self.commit,
+            "commit_url": self.commit_url,
+            "files": sorted([*self.uploaded, *self.unchanged]),
+            "uploaded": self.uploaded,
+            "unchanged": self.unchanged,
+            "bytes": self.nbytes,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+        }
 
 
 def push(
@@ -74,8 +84,10 @@ def push(
     local = _local_files(folder)
     client = connect(hub)
     if not client.token:
-        raise HubError(f"pushing to {repo} needs a Hugging Face token with write access",
-                       "Log in with `hf auth login`, or set HF_TOKEN.")
+        raise HubError(
+            f"pushing to {repo} needs a Hugging Face token with write access",
+            "Log in with `hf auth login`, or set HF_TOKEN.",
+        )
     branch = revision or hf_constants.DEFAULT_REVISION
     with hub_errors(client, repo, branch):
         client.api.create_repo(repo, private=private or None, exist_ok=True)
@@ -83,18 +95,30 @@ def push(
             client.api.create_branch(repo, branch=branch, exist_ok=True)
     head, remote = list_files(client, repo, branch)
     remote_by_path = {f.path: f for f in remote}
-    changed = [p for p, path in local.items()
-               if p not in remote_by_path or not remote_by_path[p].matches(path)]
-    result = PushResult(repo, branch, folder, f"{client.endpoint}/{repo}/commit/{head}", head,
-                        changed, [p for p in local if p not in changed],
-                        sum(local[p].stat().st_size for p in changed))
+    changed = [
+        p
+        for p, path in local.items()
+        if p not in remote_by_path or not remote_by_path[p].matches(path)
+    ]
+    result = PushResult(
+        repo,
+        branch,
+        folder,
+        f"{client.endpoint}/{repo}/commit/{head}",
+        head,
+        changed,
+        [p for p in local if p not in changed],
+        sum(local[p].stat().st_size for p in changed),
+    )
     if changed:
-        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=local[p])
-                      for p in changed]
+        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=local[p]) for p in changed]
         with hub_errors(client, repo, branch), _hub_progress(client.show_progress):
             info = client.api.create_commit(
-                repo, operations, revision=branch,
-                commit_message=message or f"Upload {len(changed)} files with weightkit")
+                repo,
+                operations,
+                revision=branch,
+                commit_message=message or f"Upload {len(changed)} files with weightkit",
+            )
         result.commit_url, result.commit = info.commit_url, info.oid
     result.seconds = time.perf_counter() - start
     return result
@@ -104,8 +128,7 @@ def _local_files(folder: Path) -> dict[str, Path]:
     """Path in repo -> file, for every file in `folder` but git, cache and partial downloads."""
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
-    files = {p.relative_to(folder).as_posix(): p
-             for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
     kept = {p: files[p] for p in filter_repo_objects(files, ignore_patterns=_IGNORE)}
     if not kept:
         raise InputError(f"{folder} has no files to push")

@@ -31,9 +31,13 @@ def writable_folder(folder: Path, out: Path | None = None) -> Path:
     out = folder if out is None else out
     probe = nearest_existing(folder)
     if not probe.is_dir():
-        raise OutputError(f"cannot make the folder {out}: {probe} is a file",
-                          "Choose an `out` that is a folder or can become one.")
+        raise OutputError(
+            f"cannot make the folder {out}: {probe} is a file",
+            "Choose an `out` that is a folder or can become one.",
+        )
     if not os.access(probe, os.W_OK):
-        raise OutputError(f"cannot write to {probe}: permission denied",
-                          "Choose an `out` in a folder you can write to.")
+        raise OutputError(
+            f"cannot write to {probe}: permission denied",
+            "Choose an `out` in a folder you can write to.",
+        )
     return probe

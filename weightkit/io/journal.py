@@ -28,8 +28,7 @@ def run_key(title: str, fmt: str, max_shard_size: int, plan: list, inputs: list[
             if f.is_file():
                 st = f.stat()
                 files.append([str(f.absolute()), st.st_size, st.st_mtime_ns])
-    doc = [title, fmt, max_shard_size, [[t.name, str(t.dtype), list(t.shape)] for t in plan],
-           files]
+    doc = [title, fmt, max_shard_size, [[t.name, str(t.dtype), list(t.shape)] for t in plan], files]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
@@ -48,10 +47,12 @@ class Journal:
         try:
             doc = json.loads(journal.path.read_text())
             if doc["key"] == key:
-                journal.shards = {f: Manifest.from_dict(t).entries
-                                  for f, t in doc["shards"].items()}
-                journal.side = {f: Manifest.from_dict(t).entries
-                                for f, t in doc.get("side", {}).items()}
+                journal.shards = {
+                    f: Manifest.from_dict(t).entries for f, t in doc["shards"].items()
+                }
+                journal.side = {
+                    f: Manifest.from_dict(t).entries for f, t in doc.get("side", {}).items()
+                }
                 return journal
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -59,8 +60,12 @@ class Journal:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         return journal
 
-    def finished(self, file_names: list[str], shard_names: list[list[str]],
-                 open_file: Callable[[Path], Any] | None = None) -> set[int]:
+    def finished(
+        self,
+        file_names: list[str],
+        shard_names: list[list[str]],
+        open_file: Callable[[Path], Any] | None = None,
+    ) -> set[int]:
         """Indices of shards that are complete on disk: present and hashing as recorded.
         `open_file(path)` gives the `manifest_entry(name)` of a file's tensors (default: the
         checkpoint file's own)."""
@@ -71,8 +76,7 @@ class Journal:
         for i, fname in enumerate(file_names):
             recorded = self.shards.get(fname)
             path = self.path.parent / fname
-            if recorded is None or sorted(recorded) != sorted(shard_names[i]) \
-                    or not path.is_file():
+            if recorded is None or sorted(recorded) != sorted(shard_names[i]) or not path.is_file():
                 continue
             try:
                 ckpt = open_file(path)
@@ -82,14 +86,20 @@ class Journal:
                 continue
         return done
 
-    def record(self, file_name: str, entries: dict[str, ManifestEntry],
-               side: dict[str, ManifestEntry] | None = None) -> None:
+    def record(
+        self,
+        file_name: str,
+        entries: dict[str, ManifestEntry],
+        side: dict[str, ManifestEntry] | None = None,
+    ) -> None:
         self.shards[file_name] = dict(entries)
         if side:
             self.side[file_name] = dict(side)
-        doc = {"key": self.key,
-               "shards": {f: Manifest(e).to_dict() for f, e in sorted(self.shards.items())},
-               "side": {f: Manifest(e).to_dict() for f, e in sorted(self.side.items())}}
+        doc = {
+            "key": self.key,
+            "shards": {f: Manifest(e).to_dict() for f, e in sorted(self.shards.items())},
+            "side": {f: Manifest(e).to_dict() for f, e in sorted(self.side.items())},
+        }
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(doc, f)

@@ -76,9 +76,14 @@ class LosslessDiffWriter(ShardFiles):
     """Write compressed tensors, in plan order, into `folder`; a killed run's finished files
     are kept, as ShardFiles says."""
 
-    def __init__(self, folder: Path, plan: list[TensorInfo],
-                 raw_shapes: dict[str, tuple[int, ...]], max_shard_size: int = DEFAULT_SHARD_BYTES,
-                 on_shard_done: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        plan: list[TensorInfo],
+        raw_shapes: dict[str, tuple[int, ...]],
+        max_shard_size: int = DEFAULT_SHARD_BYTES,
+        on_shard_done: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__(folder, plan, max_shard_size, file_names, on_shard_done)
         self.raw_shapes = raw_shapes
         self._sizes: list[int] = []  # frame sizes written to the current file
@@ -135,10 +140,17 @@ class LosslessDiffWriter(ShardFiles):
         tensors = {}
         for t in shard:
             dtype, shape = to_header(t.dtype, t.shape)
-            tensors[t.name] = {"dtype": dtype, "shape": shape,
-                               "raw_shape": to_header(t.dtype, self.raw_shapes[t.name])[1]}
-        metadata = {"format": FORMAT, "version": VERSION, "encoding": ENCODING,
-                    "tensors": json.dumps(tensors, separators=(",", ":"))}
+            tensors[t.name] = {
+                "dtype": dtype,
+                "shape": shape,
+                "raw_shape": to_header(t.dtype, self.raw_shapes[t.name])[1],
+            }
+        metadata = {
+            "format": FORMAT,
+            "version": VERSION,
+            "encoding": ENCODING,
+            "tensors": json.dumps(tensors, separators=(",", ":")),
+        }
         frames = [(t.name, "U8", [size], size) for t, size in zip(shard, sizes, strict=True)]
         return safetensors_header(frames, metadata, room)
 
@@ -176,18 +188,28 @@ class LosslessDiffReader:
         frames = SafetensorsFile(path)
         for name, e in _tensors(path).items():
             if name in self.infos:
-                raise InputError(f"{path}: tensor {name!r} is stored twice "
-                                 f"({self._where[name].path.name} and {path.name})")
+                raise InputError(
+                    f"{path}: tensor {name!r} is stored twice "
+                    f"({self._where[name].path.name} and {path.name})"
+                )
             if name not in frames.infos:
-                raise InputError(f"{path}: tensor {name!r} is listed but has no data",
-                                 DOWNLOAD_AGAIN)
+                raise InputError(
+                    f"{path}: tensor {name!r} is listed but has no data", DOWNLOAD_AGAIN
+                )
             fields = e if isinstance(e, dict) else {}
             dtype_name = fields.get("dtype")
             shape, raw_shape = (parse_shape(fields.get(k)) for k in ("shape", "raw_shape"))
-            if (not isinstance(dtype_name, str) or dtype_name not in FORMAT_DTYPES
-                    or shape is None or raw_shape is None):
-                raise InputError(f"{path}: garbled entry for tensor {name!r} in the metadata: "
-                                 f"{json.dumps(e)[:80]}", DOWNLOAD_AGAIN)
+            if (
+                not isinstance(dtype_name, str)
+                or dtype_name not in FORMAT_DTYPES
+                or shape is None
+                or raw_shape is None
+            ):
+                raise InputError(
+                    f"{path}: garbled entry for tensor {name!r} in the metadata: "
+                    f"{json.dumps(e)[:80]}",
+                    DOWNLOAD_AGAIN,
+                )
             where = f"{path}: tensor {name!r}"
             dtype, shape = from_header(dtype_name, list(shape), where)
             self.infos[name] = TensorInfo(name, dtype, shape, path)
@@ -206,7 +228,8 @@ def _tensors(path: Path) -> dict[str, dict]:
             raise InputError(
                 f"{path}: lossless diff version {meta.get('version')}, encoding "
                 f"{meta.get('encoding')!r}; this weightkit reads version {VERSION} ({ENCODING})",
-                "Upgrade weightkit.")
+                "Upgrade weightkit.",
+            )
         tensors = json.loads(meta["tensors"])
         if not isinstance(tensors, dict):
             raise ValueError("tensors is not a JSON object")

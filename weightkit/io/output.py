@@ -76,8 +76,13 @@ def copy_side_files(sources: list[Path], dest: Path) -> list[str]:
         if not src.is_dir():
             continue
         for f in sorted(src.iterdir()):
-            if (not f.is_file() or f.name.startswith(".") or f.name in _NOT_COPIED
-                    or f.suffix in WEIGHT_SUFFIXES or (dest / f.name).exists()):
+            if (
+                not f.is_file()
+                or f.name.startswith(".")
+                or f.name in _NOT_COPIED
+                or f.suffix in WEIGHT_SUFFIXES
+                or (dest / f.name).exists()
+            ):
                 continue
             shutil.copyfile(f, dest / f.name)
             copied.append(f.name)

@@ -61,4 +61,4 @@ def write_chunked(f: Sink, data: memoryview) -> None:
     """Write all of `data` to a binary file object, 1 MiB at a time."""
     data = data.cast("B")
     for start in range(0, len(data), WRITE_CHUNK):
-        f.write(data[start:start + WRITE_CHUNK])
+        f.write(data[start : start + WRITE_CHUNK])

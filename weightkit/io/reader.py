@@ -32,8 +32,12 @@ TORCH_SUFFIXES = (".bin", ".pth", ".pt")  # torch.save zips
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 # a folder's weight files: the first pattern with a match wins (HF's and Meta's names first, so
 # a stray training_args.bin beside the shards is not taken for one); one per suffix at least
-_FOLDER_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "consolidated.*.pth",
-                    *(f"*{s}" for s in TORCH_SUFFIXES))
+_FOLDER_PATTERNS = (
+    "*.safetensors",
+    "pytorch_model*.bin",
+    "consolidated.*.pth",
+    *(f"*{s}" for s in TORCH_SUFFIXES),
+)
 _SUFFIX_LIST = ", ".join(f"*{s}" for s in WEIGHT_SUFFIXES)
 
 
@@ -97,8 +101,11 @@ class Checkpoint(Listing):
         # here, not at the top: the sources read files with this module
         from weightkit.sources.source import stored_node
 
-        return stored_node(self.infos[name], lambda: self.read(name),
-                           lambda start, stop: self.read_rows(name, start, stop))
+        return stored_node(
+            self.infos[name],
+            lambda: self.read(name),
+            lambda start, stop: self.read_rows(name, start, stop),
+        )
 
     @property
     def inputs(self) -> list[Path]:

@@ -53,31 +53,46 @@ def _parse_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, tuple[in
     """(infos in file order, each tensor's [begin, end) in the data, where the data starts)."""
     header, n, size = _read_header(path)
     meta = header.pop("__metadata__", None)
-    if meta is not None and not (isinstance(meta, dict)
-                                 and all(isinstance(v, str) for v in meta.values())):
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    ):
         raise _garbled(path, f"__metadata__ is {_short(meta)}, not a map of strings to strings")
-    entries = sorted((_entry(path, name, e) for name, e in header.items()),
-                     key=lambda x: (x[2], x[3], x[0]))  # by data_offsets, as the format orders
+    entries = sorted(
+        (_entry(path, name, e) for name, e in header.items()), key=lambda x: (x[2], x[3], x[0])
+    )  # by data_offsets, as the format orders
     data_len = size - 8 - n
     end_of_previous, previous = 0, None
     for name, _, begin, end in entries:
         if begin != end_of_previous:
-            where = f"{previous!r} ends at byte {end_of_previous}" if previous else \
-                "the data starts at byte 0"
-            raise InputError(f"{path}: tensor {name!r} starts at byte {begin} of the data, but "
-                             f"{where}; the header is damaged", DOWNLOAD_AGAIN)
+            where = (
+                f"{previous!r} ends at byte {end_of_previous}"
+                if previous
+                else "the data starts at byte 0"
+            )
+            raise InputError(
+                f"{path}: tensor {name!r} starts at byte {begin} of the data, but "
+                f"{where}; the header is damaged",
+                DOWNLOAD_AGAIN,
+            )
         if end > data_len:
             raise InputError(
                 f"{path}: file is truncated: tensor {name!r} ends at byte {end} of the data, "
-                f"but the file holds {data_len}", TRUNCATED_HINT)
+                f"but the file holds {data_len}",
+                TRUNCATED_HINT,
+            )
         end_of_previous, previous = end, name
     if end_of_previous != data_len:
-        raise InputError(f"{path}: {data_len - end_of_previous} byte(s) after the last tensor's "
-                         "data that the header does not account for; the file is damaged",
-                         DOWNLOAD_AGAIN)
+        raise InputError(
+            f"{path}: {data_len - end_of_previous} byte(s) after the last tensor's "
+            "data that the header does not account for; the file is damaged",
+            DOWNLOAD_AGAIN,
+        )
     in_order = sorted(entries, key=lambda x: (x[2], x[0]))  # read sequentially
-    return ({name: info for name, info, _, _ in in_order},
-            {name: (begin, end) for name, _, begin, end in entries}, 8 + n)
+    return (
+        {name: info for name, info, _, _ in in_order},
+        {name: (begin, end) for name, _, begin, end in entries},
+        8 + n,
+    )
 
 
 def _read_header(path: Path) -> tuple[dict, int, int]:
@@ -89,8 +104,11 @@ def _read_header(path: Path) -> tuple[dict, int, int]:
             raise not_weights(path, SAFETENSORS, f"not a safetensors file (only {size} bytes)")
         (n,) = struct.unpack("<Q", head)
         if n > _MAX_HEADER or 8 + n > size:
-            raise not_weights(path, SAFETENSORS, f"garbled safetensors header (says {n} header "
-                                                 f"bytes, file has {size})")
+            raise not_weights(
+                path,
+                SAFETENSORS,
+                f"garbled safetensors header (says {n} header bytes, file has {size})",
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -115,21 +133,30 @@ def _entry(path: Path, name: str, e: object) -> tuple[str, TensorInfo, int, int]
             f"{path}: tensor {name!r} has dtype {_short(e['dtype'])}, which the safetensors "
             f"format does not define (it defines {', '.join(FORMAT_DTYPES)})",
             "The header is damaged (download the file again), or the file holds a dtype this "
-            "weightkit does not know.")
+            "weightkit does not know.",
+        )
     shape = parse_shape(e["shape"])
     offsets = parse_shape(e["data_offsets"])
     if shape is None:
-        raise _garbled(path, f"tensor {name!r} has shape {_short(e['shape'])}, not a list of "
-                             "non-negative integers")
+        raise _garbled(
+            path,
+            f"tensor {name!r} has shape {_short(e['shape'])}, not a list of non-negative integers",
+        )
     dtype, shape = from_header(e["dtype"], list(shape), f"{path}: tensor {name!r}")
     if offsets is None or len(offsets) != 2 or offsets[1] < offsets[0]:
-        raise _garbled(path, f"tensor {name!r} has data_offsets {_short(e['data_offsets'])}, "
-                             "not [begin, end] with 0 <= begin <= end")
+        raise _garbled(
+            path,
+            f"tensor {name!r} has data_offsets {_short(e['data_offsets'])}, "
+            "not [begin, end] with 0 <= begin <= end",
+        )
     info = TensorInfo(name, dtype, shape, path)
     begin, end = offsets
     if end - begin != info.nbytes:
-        raise InputError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} of "
-                         f"{e['dtype']}; the header is damaged", DOWNLOAD_AGAIN)
+        raise InputError(
+            f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} of "
+            f"{e['dtype']}; the header is damaged",
+            DOWNLOAD_AGAIN,
+        )
     return name, info, begin, end
 
 

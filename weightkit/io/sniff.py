@@ -23,12 +23,17 @@ TRUNCATED_HINT = "Download the file again (weightkit verify can tell which files
 
 _HEAD = 1024  # bytes looked at
 _SHOWN = 60  # characters of the file's start quoted in a message
-_FAILED_DOWNLOAD = "a failed download (an expired or wrong link, a login page, a missing file) " \
+_FAILED_DOWNLOAD = (
+    "a failed download (an expired or wrong link, a login page, a missing file) "
     "saves the server's reply under the file's name"
+)
 _DOWNLOAD_AGAIN = "Download the file again (with a fresh link if the old one has expired)."
 _PICKLE_PROTOCOLS = range(2, 6)  # torch.save's legacy format starts with PROTO 2..5
 _COMPRESSED = {
-    b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
 }
 
 
@@ -63,17 +68,21 @@ def _what(head: bytes, expected: str) -> tuple[str, str, str] | None:
     if not head:
         return "an empty file (0 bytes)", "", _DOWNLOAD_AGAIN
     if head.startswith(b"version https://git-lfs.github.com/spec/"):
-        return ("a Git LFS pointer file",
-                "the repository was cloned without git-lfs, so the weights were never downloaded",
-                "Run `git lfs install` and `git lfs pull` in the clone, or download the file "
-                "again.")
+        return (
+            "a Git LFS pointer file",
+            "the repository was cloned without git-lfs, so the weights were never downloaded",
+            "Run `git lfs install` and `git lfs pull` in the clone, or download the file again.",
+        )
     if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         title = re.search(rb"<title[^>]*>([^<]*)</title>", head, re.IGNORECASE)
         shown = f"titled {_quote(title.group(1))}" if title else _quote(head)
         return f"an HTML page ({shown})", _FAILED_DOWNLOAD, _DOWNLOAD_AGAIN
     if text.startswith(b"<?xml"):  # quoted after its declaration: the error code shows
-        return (f"an XML document ({_quote(head.split(b'?>', 1)[-1])})", _FAILED_DOWNLOAD,
-                _DOWNLOAD_AGAIN)
+        return (
+            f"an XML document ({_quote(head.split(b'?>', 1)[-1])})",
+            _FAILED_DOWNLOAD,
+            _DOWNLOAD_AGAIN,
+        )
     if text.startswith((b"{", b"[")):  # in a JSON file: one that is damaged, not replaced
         if expected == JSON_FILE:
             return None
@@ -81,19 +90,27 @@ def _what(head: bytes, expected: str) -> tuple[str, str, str] | None:
     if _is_text(head):
         return f"a text file ({_quote(head)})", _FAILED_DOWNLOAD, _DOWNLOAD_AGAIN
     if len(head) > 1 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
-        return ("a legacy torch checkpoint (a bare pickle, as torch<1.6 saved them)",
-                "weightkit will not unpickle it, as unpickling can run code",
-                "Re-save it as a zip checkpoint with torch>=1.6 "
-                "(torch.save(torch.load(path, weights_only=True), path)), or get a safetensors "
-                "copy.")
+        return (
+            "a legacy torch checkpoint (a bare pickle, as torch<1.6 saved them)",
+            "weightkit will not unpickle it, as unpickling can run code",
+            "Re-save it as a zip checkpoint with torch>=1.6 "
+            "(torch.save(torch.load(path, weights_only=True), path)), or get a safetensors "
+            "copy.",
+        )
     for magic, name in _COMPRESSED.items():
         if head.startswith(magic):
-            return (f"{name}-compressed data", "",
-                    f"Decompress it ({name} -d), or download the file again.")
+            return (
+                f"{name}-compressed data",
+                "",
+                f"Decompress it ({name} -d), or download the file again.",
+            )
     if expected != TORCH_ZIP and head.startswith(b"PK\x03\x04"):
-        return ("a zip archive (a PyTorch checkpoint?)", "",
-                "If it is a PyTorch checkpoint, rename it to end in .bin; otherwise download "
-                "the file again.")
+        return (
+            "a zip archive (a PyTorch checkpoint?)",
+            "",
+            "If it is a PyTorch checkpoint, rename it to end in .bin; otherwise download "
+            "the file again.",
+        )
     if expected != SAFETENSORS and _looks_like_safetensors(head):
         return "a safetensors file", "", "Rename it to end in .safetensors."
     return None

@@ -56,8 +56,15 @@ class _Location:
 # what zipfile raises on a damaged archive: BadZipFile for what it checks, and for the rest a
 # failed seek (a garbled offset), a short read (a garbled size), a failed decode (a garbled
 # name) or NotImplementedError (a flag or version it does not know)
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-               struct.error, NotImplementedError)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    struct.error,
+    NotImplementedError,
+)
 # zip flags: encrypted, patched data, strong encryption, encrypted directory; UTF-8 name
 _ENCRYPTED_OR_PATCHED = 0x1 | 0x20 | 0x40 | 0x2000
 _UTF8_NAME = 0x800
@@ -93,8 +100,9 @@ class TorchFile:
         row = info.nbytes // info.shape[0] if info.shape[0] else 0
         record, _ = self._record_offsets[loc.record]
         with open(self.path, "rb", buffering=0) as f:
-            raw = read_exact(f, record + loc.offset + start * row, (stop - start) * row,
-                             self.path, name)
+            raw = read_exact(
+                f, record + loc.offset + start * row, (stop - start) * row, self.path, name
+            )
         return raw.view(info.dtype).reshape(stop - start, *info.shape[1:])
 
     def _load_index(self) -> None:
@@ -104,16 +112,21 @@ class TorchFile:
             except _ZIP_ERRORS:
                 raw.seek(0)
                 if raw.read(4) != b"PK\x03\x04":
-                    raise not_weights(self.path, TORCH_ZIP, "not a PyTorch zip checkpoint") \
-                        from None
-                raise self._damaged("the zip directory at its end is missing or garbled (a "
-                                    "truncated download?)") from None
+                    raise not_weights(
+                        self.path, TORCH_ZIP, "not a PyTorch zip checkpoint"
+                    ) from None
+                raise self._damaged(
+                    "the zip directory at its end is missing or garbled (a truncated download?)"
+                ) from None
             try:
                 with zf:
                     prefix, pickled = self._read_zip(zf, raw)
             except _ZIP_ERRORS as e:
-                what = "a record's name is garbled" if isinstance(e, UnicodeDecodeError) else \
-                    _first_line(e)
+                what = (
+                    "a record's name is garbled"
+                    if isinstance(e, UnicodeDecodeError)
+                    else _first_line(e)
+                )
                 raise self._damaged(what) from None
         self._collect(self._unpickle(pickled, prefix))
 
@@ -125,8 +138,10 @@ class TorchFile:
         infos = zf.infolist()
         prefix = infos[0].filename.partition("/")[0] + "/" if infos else ""  # torch's rule
         if prefix + "data.pkl" not in zf.NameToInfo:
-            raise InputError(f"{self.path}: no data.pkl in this zip, so it is not a PyTorch "
-                             "checkpoint", DOWNLOAD_AGAIN)
+            raise InputError(
+                f"{self.path}: no data.pkl in this zip, so it is not a PyTorch checkpoint",
+                DOWNLOAD_AGAIN,
+            )
         if len(zf.NameToInfo) != len(infos):
             raise self._damaged("a record appears twice in its directory")
         size = os.fstat(raw.fileno()).st_size
@@ -134,7 +149,7 @@ class TorchFile:
         small: dict[str, bytes] = {}
         for zi in infos:
             start = self._check_record(zi, prefix, raw, size)
-            name = zi.filename[len(prefix):]
+            name = zi.filename[len(prefix) :]
             if name.startswith("data/"):
                 self._record_offsets[zi.filename] = (start, zi.file_size)
             else:
@@ -147,11 +162,18 @@ class TorchFile:
         encrypts or spans disks, and its names are UTF-8."""
         if not zi.filename.startswith(prefix):
             raise self._damaged(f"record {zi.filename} lies outside the folder {prefix}")
-        if zi.compress_type != zipfile.ZIP_STORED or zi.flag_bits & _ENCRYPTED_OR_PATCHED \
-                or zi.compress_size != zi.file_size:
+        if (
+            zi.compress_type != zipfile.ZIP_STORED
+            or zi.flag_bits & _ENCRYPTED_OR_PATCHED
+            or zi.compress_size != zi.file_size
+        ):
             raise self._damaged(f"record {zi.filename} is marked compressed or encrypted")
-        if zi.volume or zi.is_dir() or zi.external_attr & _DOS_FOLDER \
-                or not (zi.flag_bits & _UTF8_NAME or zi.filename.isascii()):
+        if (
+            zi.volume
+            or zi.is_dir()
+            or zi.external_attr & _DOS_FOLDER
+            or not (zi.flag_bits & _UTF8_NAME or zi.filename.isascii())
+        ):
             raise self._damaged(f"the directory entry of record {zi.filename} is garbled")
         header = b""
         if 0 <= zi.header_offset <= size - 30:
@@ -162,9 +184,11 @@ class TorchFile:
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         start = zi.header_offset + 30 + name_len + extra_len
         if start + zi.file_size > size:
-            raise InputError(f"{self.path}: file is truncated: record {zi.filename} ends at "
-                             f"byte {start + zi.file_size}, but the file holds {size}",
-                             TRUNCATED_HINT)
+            raise InputError(
+                f"{self.path}: file is truncated: record {zi.filename} ends at "
+                f"byte {start + zi.file_size}, but the file holds {size}",
+                TRUNCATED_HINT,
+            )
         return start
 
     def _check_small_records(self, small: dict[str, bytes]) -> None:
@@ -177,9 +201,11 @@ class TorchFile:
                 raise self._damaged(f"its {name} record is {small[name][:20]!r}, not a number")
         byteorder = small.get("byteorder", b"little")
         if byteorder == b"big":
-            raise InputError(f"{self.path}: a big-endian checkpoint, which weightkit does not "
-                             "read", "Load and re-save it with torch on a little-endian machine, "
-                             "or get a safetensors copy.")
+            raise InputError(
+                f"{self.path}: a big-endian checkpoint, which weightkit does not read",
+                "Load and re-save it with torch on a little-endian machine, "
+                "or get a safetensors copy.",
+            )
         if byteorder != b"little":
             raise self._damaged(f"its byteorder record is {byteorder[:20]!r}, not little or big")
 
@@ -213,38 +239,56 @@ class TorchFile:
         # file order, so that reads go forward through the file
         order = sorted(
             self.infos,
-            key=lambda n: (self._record_offsets[self._locations[n].record][0]
-                           + self._locations[n].offset, n),
+            key=lambda n: (
+                self._record_offsets[self._locations[n].record][0] + self._locations[n].offset,
+                n,
+            ),
         )
         self.infos = {n: self.infos[n] for n in order}
 
     def _add(self, name: object, t: object) -> None:
         """Index one entry of the state dict, checking it against the zip's records."""
         if not isinstance(t, torch.Tensor) or not isinstance(name, str):
-            what = f"is a {type(t).__name__}, not a tensor" if isinstance(name, str) else \
-                f"has a name of type {type(name).__name__}, not a string"
-            raise InputError(f"{self.path}: entry {name!r} {what}",
-                             "Only plain state dicts (name -> tensor) are supported.")
+            what = (
+                f"is a {type(t).__name__}, not a tensor"
+                if isinstance(name, str)
+                else f"has a name of type {type(name).__name__}, not a string"
+            )
+            raise InputError(
+                f"{self.path}: entry {name!r} {what}",
+                "Only plain state dicts (name -> tensor) are supported.",
+            )
         if t.layout != torch.strided:
-            raise InputError(f"{self.path}: tensor {name!r} is a {t.layout} tensor, which "
-                             "weightkit does not read", "Save it as a dense tensor.")
+            raise InputError(
+                f"{self.path}: tensor {name!r} is a {t.layout} tensor, which "
+                "weightkit does not read",
+                "Save it as a dense tensor.",
+            )
         record, nbytes = self._keys.get(t.untyped_storage()._cdata, (None, 0))
         if record is None:
-            raise InputError(f"{self.path}: tensor {name!r} has no storage record",
-                             DOWNLOAD_AGAIN)
+            raise InputError(f"{self.path}: tensor {name!r} has no storage record", DOWNLOAD_AGAIN)
         if record not in self._record_offsets:
-            raise InputError(f"{self.path}: tensor {name!r}: its storage record {record} is "
-                             "missing from the zip", DOWNLOAD_AGAIN)
+            raise InputError(
+                f"{self.path}: tensor {name!r}: its storage record {record} is "
+                "missing from the zip",
+                DOWNLOAD_AGAIN,
+            )
         size = self._record_offsets[record][1]
         if size != nbytes:
-            raise InputError(f"{self.path}: tensor {name!r}: its storage record {record} holds "
-                             f"{size} bytes, but the pickle says {nbytes}", DOWNLOAD_AGAIN)
+            raise InputError(
+                f"{self.path}: tensor {name!r}: its storage record {record} holds "
+                f"{size} bytes, but the pickle says {nbytes}",
+                DOWNLOAD_AGAIN,
+            )
         offset = int(t.storage_offset()) * t.dtype.itemsize
         stride = tuple(t.stride())
-        if any(s < 0 for s in stride) or offset + _span_bytes(tuple(t.shape), stride,
-                                                              t.dtype.itemsize) > size:
-            raise InputError(f"{self.path}: tensor {name!r} lies outside its storage record",
-                             DOWNLOAD_AGAIN)
+        if (
+            any(s < 0 for s in stride)
+            or offset + _span_bytes(tuple(t.shape), stride, t.dtype.itemsize) > size
+        ):
+            raise InputError(
+                f"{self.path}: tensor {name!r} lies outside its storage record", DOWNLOAD_AGAIN
+            )
         self.infos[name] = TensorInfo(name, t.dtype, tuple(t.shape), self.path)
         self._locations[name] = _Location(record, offset, stride)
 
@@ -270,8 +314,9 @@ class _MetaUnpickler(_wo.Unpickler):
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
-def _check_end_records(raw: IO[bytes], size: int, count: int,
-                       damaged: Callable[[str], InputError]) -> None:
+def _check_end_records(
+    raw: IO[bytes], size: int, count: int, damaged: Callable[[str], InputError]
+) -> None:
     """torch's zip reader (miniz) refuses an archive whose end records (torch writes the zip64
     ones too) name another disk or count other entries than the directory holds; zipfile does
     not look."""
@@ -333,8 +378,14 @@ class _Tensor:
         for d in reversed(self.shape):
             stride.append(acc)
             acc *= d
-        args: tuple[object, ...] = (self.storage, 0, torch.Size(self.shape),
-                                    tuple(reversed(stride)), False, collections.OrderedDict())
+        args: tuple[object, ...] = (
+            self.storage,
+            0,
+            torch.Size(self.shape),
+            tuple(reversed(stride)),
+            False,
+            collections.OrderedDict(),
+        )
         if self.storage.dtype in _STORAGE_TYPES:
             return (torch._utils._rebuild_tensor_v2, args)
         # dtypes without a typed storage class (uint16, float8, ...): bytes and the dtype apart,
@@ -402,4 +453,3 @@ class TorchZipWriter:
         pad = -(self._zip.fp.tell() + header) % _ALIGN
         info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
         return info
-

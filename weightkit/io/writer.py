@@ -42,7 +42,9 @@ def check_dtypes(plan: list[TensorInfo]) -> None:
             raise InputError(
                 f"tensor {t.name!r} is {t.dtype}, which weightkit cannot write: it is not a "
                 "safetensors dtype, and weightkit's outputs and tensor manifests are named in "
-                "those", "Convert that tensor to another dtype with torch first.")
+                "those",
+                "Convert that tensor to another dtype with torch first.",
+            )
 
 
 def plan_shards(plan: list[TensorInfo], max_shard_size: int) -> list[list[TensorInfo]]:
@@ -81,9 +83,14 @@ class ShardFiles:
     write a file's bytes between `_begin_shard` and `_end_shard`.
     """
 
-    def __init__(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
-                 name_files: Callable[[int], list[str]],
-                 on_shard_done: Callable[[int], None] | None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        plan: list[TensorInfo],
+        max_shard_size: int,
+        name_files: Callable[[int], list[str]],
+        on_shard_done: Callable[[int], None] | None,
+    ) -> None:
         self.folder = folder
         self.shards = plan_shards(plan, max_shard_size)
         self.file_names = name_files(len(self.shards))
@@ -137,8 +144,9 @@ class ShardWriter(ShardFiles):
         on_shard_done: Callable[[int], None] | None = None,
     ) -> None:
         check_choice(fmt, FORMATS, "format")
-        super().__init__(folder, plan, max_shard_size, functools.partial(shard_file_names, fmt),
-                         on_shard_done)
+        super().__init__(
+            folder, plan, max_shard_size, functools.partial(shard_file_names, fmt), on_shard_done
+        )
         self.fmt = fmt
         self.index_name = LAYOUTS[fmt][2]
         self._pos = 0  # index of the next tensor inside the shard being written
@@ -151,8 +159,7 @@ class ShardWriter(ShardFiles):
         """The tensor bytes of the output, as the summary counts them (headers aside)."""
         return self.total_size
 
-    def write(self, name: str, tensor: torch.Tensor,
-              rows: tuple[int, int] | None = None) -> None:
+    def write(self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None) -> None:
         """Append a planned tensor, or with `rows` = (start, stop) its rows [start, stop): the
         pieces of a tensor come in order, and the next tensor starts once its last row is in."""
         if self._row == 0:
@@ -161,8 +168,12 @@ class ShardWriter(ShardFiles):
         planned = self.shards[self._shard][self._pos]
         start, stop = rows if rows is not None else (0, planned.shape[0] if planned.shape else 0)
         shape = (stop - start, *planned.shape[1:]) if rows is not None else planned.shape
-        if planned.name != name or tuple(tensor.shape) != shape \
-                or tensor.dtype != planned.dtype or start != self._row:
+        if (
+            planned.name != name
+            or tuple(tensor.shape) != shape
+            or tensor.dtype != planned.dtype
+            or start != self._row
+        ):
             got = f" rows {start}..{stop}" if rows is not None else ""
             raise RuntimeError(
                 f"writer got {name}{got} {tuple(tensor.shape)} {tensor.dtype}, planned "
@@ -195,10 +206,13 @@ class ShardWriter(ShardFiles):
         self._check_complete()
         written = [self.folder / f for f in self.file_names]
         if len(self.file_names) > 1:
-            weight_map = {t.name: self.file_names[i]
-                          for i, shard in enumerate(self.shards) for t in shard}
-            index = {"metadata": {"total_size": self.total_size},
-                     "weight_map": dict(sorted(weight_map.items()))}
+            weight_map = {
+                t.name: self.file_names[i] for i, shard in enumerate(self.shards) for t in shard
+            }
+            index = {
+                "metadata": {"total_size": self.total_size},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
             path = self.folder / self.index_name
             path.write_text(json.dumps(index, indent=2) + "\n")
             written.append(path)
@@ -212,9 +226,12 @@ class ShardWriter(ShardFiles):
         shard = self.shards[self._shard]
         if self.fmt == "safetensors":
             self._file = open(path, "wb")
-            self._file.write(safetensors_header(
-                [(t.name, *to_header(t.dtype, t.shape), t.nbytes) for t in shard],
-                {"format": "pt"}))
+            self._file.write(
+                safetensors_header(
+                    [(t.name, *to_header(t.dtype, t.shape), t.nbytes) for t in shard],
+                    {"format": "pt"},
+                )
+            )
         else:
             self._file = TorchZipWriter(path, [(t.name, t.dtype, t.shape) for t in shard])
 
@@ -227,8 +244,9 @@ class ShardWriter(ShardFiles):
         self._end_shard()
 
 
-def safetensors_header(tensors: list[tuple[str, str, list[int], int]],
-                       metadata: dict[str, str], room: int = 0) -> bytes:
+def safetensors_header(
+    tensors: list[tuple[str, str, list[int], int]], metadata: dict[str, str], room: int = 0
+) -> bytes:
     """The header of a safetensors file holding `tensors` (name, safetensors dtype, shape, bytes)
     one after another: padded with spaces to 8-byte aligned data, or to exactly `room` bytes
     (a header reserved before the sizes are known, rewritten in place once they are)."""
@@ -256,8 +274,9 @@ class FilesWriter(Protocol):
     @property
     def bytes_written(self) -> int: ...
     def resume(self, done: set[int]) -> None: ...
-    def write(self, name: str, tensor: torch.Tensor,
-              rows: tuple[int, int] | None = None) -> None: ...
+    def write(
+        self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None
+    ) -> None: ...
     def close(self) -> list[Path]: ...
 
 
@@ -279,8 +298,13 @@ class CheckpointFiles:
         self.format = fmt  # what the result says the files are
         self.key = fmt  # what sets runs into these files apart (in the resume journal's key)
 
-    def writer(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
-               on_shard_done: Callable[[int], None]) -> FilesWriter:
+    def writer(
+        self,
+        folder: Path,
+        plan: list[TensorInfo],
+        max_shard_size: int,
+        on_shard_done: Callable[[int], None],
+    ) -> FilesWriter:
         return ShardWriter(folder, plan, self.fmt, max_shard_size, on_shard_done)
 
     def open(self, path: Path) -> FinishedFile:

@@ -91,8 +91,10 @@ def hf_name(raw: str) -> tuple[str, str, str | None] | None:
     if m and m.group(2) in LAYER_NAMES:
         name, join, rotary = LAYER_NAMES[m.group(2)]
         return f"model.layers.{m.group(1)}.{name}", join, rotary
-    raise InputError(f"unexpected tensor {raw!r}: not a Meta LLaMA weight name",
-                     "Only Meta's consolidated.*.pth LLaMA checkpoints can be converted.")
+    raise InputError(
+        f"unexpected tensor {raw!r}: not a Meta LLaMA weight name",
+        "Only Meta's consolidated.*.pth LLaMA checkpoints can be converted.",
+    )
 
 
 def to_hf_rotary(w: torch.Tensor, n_heads: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,21 +135,34 @@ def convert_llama(
     """
     options = options if options is not None else WriteOptions()
     forced = None if dtype == "auto" else parse_dtype(dtype)
-    view = open_meta(input_dir, model_size=model_size, llama_version=llama_version,
-                     dtype=forced, instruct=instruct)
+    view = open_meta(
+        input_dir,
+        model_size=model_size,
+        llama_version=llama_version,
+        dtype=forced,
+        instruct=instruct,
+    )
     # a wrong `out` fails now, not after minutes of hashing
     check_output(out, view.inputs, options, view.total_bytes)
     if verify:
         view.verify(options.progress)
     return write_source(
-        view, out, title="convert", options=options.replace(device="cpu"),
+        view,
+        out,
+        title="convert",
+        options=options.replace(device="cpu"),
         notes=[f"Cast to {short_name(forced)} as asked."] if forced is not None else [],
     )
 
 
-def open_meta(input_dir: str | Path, *, model_size: str | None = None,
-              llama_version: str = "auto", dtype: torch.dtype | None = None,
-              instruct: bool = False) -> MetaView:
+def open_meta(
+    input_dir: str | Path,
+    *,
+    model_size: str | None = None,
+    llama_version: str = "auto",
+    dtype: torch.dtype | None = None,
+    instruct: bool = False,
+) -> MetaView:
     """The raw Meta LLaMA in `input_dir` (or `input_dir/model_size`) as the HF checkpoint
     convert writes, in `dtype` (None: the raw weights' own). Everything is checked from
     headers; no tensor is read."""
@@ -173,8 +188,10 @@ def open_meta(input_dir: str | Path, *, model_size: str | None = None,
         check_tokenizer_size(tok_path, tok_kind, vocab_size)
         tokenizer = Tokenizer(tok_path, tok_kind, version, instruct, vocab_size)
     else:
-        notes.append("No tokenizer.model next to the weights or in the folder above: wrote the "
-                     "model without a tokenizer.")
+        notes.append(
+            "No tokenizer.model next to the weights or in the folder above: wrote the "
+            "model without a tokenizer."
+        )
     return MetaView(folder, shards, parts, shapes, dtype, tied, config, tokenizer, notes)
 
 
@@ -196,9 +213,18 @@ class MetaView(View):
     Nothing is written: `convert` writes this view, and other commands read it as their input.
     """
 
-    def __init__(self, folder: Path, shards: list[Checkpoint], parts: list[Part],
-                 shapes: dict[str, tuple[int, ...]], dtype: torch.dtype | None, tied: bool,
-                 config: dict, tokenizer: Tokenizer | None, notes: list[str]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        shards: list[Checkpoint],
+        parts: list[Part],
+        shapes: dict[str, tuple[int, ...]],
+        dtype: torch.dtype | None,
+        tied: bool,
+        config: dict,
+        tokenizer: Tokenizer | None,
+        notes: list[str],
+    ) -> None:
         self.folder = folder
         self.label = str(folder)
         self.shards = shards
@@ -210,8 +236,9 @@ class MetaView(View):
         self.infos = {}
         for p in parts:
             raw_dtype = shards[0].info(p.raw).dtype
-            self.infos[p.name] = TensorInfo(p.name, output_dtype(raw_dtype, dtype),
-                                            shapes[p.name], folder)
+            self.infos[p.name] = TensorInfo(
+                p.name, output_dtype(raw_dtype, dtype), shapes[p.name], folder
+            )
         self.dtype_name = str(self.infos[parts[0].name].dtype).removeprefix("torch.")  # embeddings'
 
     def node(self, name: str) -> Node:
@@ -267,8 +294,10 @@ def _version(asked: str, params: LlamaParams, tok_kind: str | None, notes: list[
         notes.append(f"Detected LLaMA {version} ({why}).")
         return version
     if asked not in llama_params.VERSIONS:
-        raise InputError(f"unknown LLaMA version {asked!r}",
-                         f"Use auto or one of: {', '.join(llama_params.VERSIONS)}.")
+        raise InputError(
+            f"unknown LLaMA version {asked!r}",
+            f"Use auto or one of: {', '.join(llama_params.VERSIONS)}.",
+        )
     return asked
 
 
@@ -301,8 +330,11 @@ def shard_files(folder: Path, model_size: str | None) -> list[Path]:
         raise InputError(f"{folder}: no consolidated.*.pth files next to params.json")
     if sorted(found) != list(range(len(found))):
         missing = sorted(set(range(max(found) + 1)) - set(found))
-        raise InputError(f"{folder}: model-parallel shard consolidated.{missing[0]:02d}.pth is "
-                         f"missing (found {len(found)} shards)", "Download it again.")
+        raise InputError(
+            f"{folder}: model-parallel shard consolidated.{missing[0]:02d}.pth is "
+            f"missing (found {len(found)} shards)",
+            "Download it again.",
+        )
     expected = llama_params.expected_shards(model_size) if model_size else None
     if expected is not None and expected != len(found):
         raise InputError(
@@ -320,7 +352,7 @@ def check_shards(shards: list[Checkpoint]) -> None:
         missing = [n for n in first.names() if n not in other]
         extra = [n for n in other.names() if n not in first]
         if missing or extra:
-            name, has, lacks = ((missing[0], first, other) if missing else (extra[0], other, first))
+            name, has, lacks = (missing[0], first, other) if missing else (extra[0], other, first)
             raise InputError(
                 f"shards differ: tensor {name!r} is in {has.path.name} but not in "
                 f"{lacks.path.name} ({len(missing) + len(extra)} names differ)",
@@ -358,12 +390,17 @@ def plan_parts(shards: list[Checkpoint], params: LlamaParams, tied: bool) -> lis
     missing = [n for n in order if n not in found]
     unexpected = [p.raw for n, p in found.items() if n not in order and n != "lm_head.weight"]
     if unexpected:
-        raise InputError(f"{shards[0].path}: unexpected tensor {unexpected[0]!r}: params.json "
-                         f"says {params.n_layers} layers")
+        raise InputError(
+            f"{shards[0].path}: unexpected tensor {unexpected[0]!r}: params.json "
+            f"says {params.n_layers} layers"
+        )
     if missing:
         raw = _raw_name(missing[0])
-        raise InputError(f"{shards[0].path}: no tensor {raw!r} (needed for {missing[0]}; "
-                         f"{len(missing)} missing)", "The checkpoint is incomplete.")
+        raise InputError(
+            f"{shards[0].path}: no tensor {raw!r} (needed for {missing[0]}; "
+            f"{len(missing)} missing)",
+            "The checkpoint is incomplete.",
+        )
     return [found[n] for n in order]
 
 
@@ -375,8 +412,9 @@ def _raw_name(hf: str) -> str:
     return next(f"layers.{i}.{raw}" for raw, (n, _, _) in LAYER_NAMES.items() if n == rest)
 
 
-def joined_shapes(parts: list[Part], shards: list[Checkpoint], params: LlamaParams
-                  ) -> dict[str, tuple[int, ...]]:
+def joined_shapes(
+    parts: list[Part], shards: list[Checkpoint], params: LlamaParams
+) -> dict[str, tuple[int, ...]]:
     """Each output's shape, checked against what params.json says it must be."""
     n = len(shards)
     dim, kv, inter = params.dim, params.kv_dim, params.intermediate_size
@@ -385,8 +423,9 @@ def joined_shapes(parts: list[Part], shards: list[Checkpoint], params: LlamaPara
         piece = tuple(shards[0].info(p.raw).shape)
         shape = list(piece)
         if p.join in (ROWS, COLS) and len(piece) != 2:
-            raise InputError(f"{shards[0].path}: tensor {p.raw!r} has shape {piece}, expected a "
-                             "matrix")
+            raise InputError(
+                f"{shards[0].path}: tensor {p.raw!r} has shape {piece}, expected a matrix"
+            )
         if p.join == ROWS:
             shape[0] *= n
         elif p.join == COLS:
@@ -394,21 +433,32 @@ def joined_shapes(parts: list[Part], shards: list[Checkpoint], params: LlamaPara
         shapes[p.name] = tuple(shape)
     vocab = shapes["model.embed_tokens.weight"][0]
     if params.vocab_size is not None and params.vocab_size != vocab:
-        raise InputError(f"{shards[0].path}: tok_embeddings.weight has {vocab} rows over the "
-                         f"shards, params.json says vocab_size {params.vocab_size}")
+        raise InputError(
+            f"{shards[0].path}: tok_embeddings.weight has {vocab} rows over the "
+            f"shards, params.json says vocab_size {params.vocab_size}"
+        )
     expected = {  # HF name, without model.layers.N., -> its shape
-        "self_attn.q_proj.weight": (dim, dim), "self_attn.k_proj.weight": (kv, dim),
-        "self_attn.v_proj.weight": (kv, dim), "self_attn.o_proj.weight": (dim, dim),
-        "mlp.gate_proj.weight": (inter, dim), "mlp.up_proj.weight": (inter, dim),
-        "mlp.down_proj.weight": (dim, inter), "input_layernorm.weight": (dim,),
-        "post_attention_layernorm.weight": (dim,), "model.norm.weight": (dim,),
-        "model.embed_tokens.weight": (vocab, dim), "lm_head.weight": (vocab, dim),
+        "self_attn.q_proj.weight": (dim, dim),
+        "self_attn.k_proj.weight": (kv, dim),
+        "self_attn.v_proj.weight": (kv, dim),
+        "self_attn.o_proj.weight": (dim, dim),
+        "mlp.gate_proj.weight": (inter, dim),
+        "mlp.up_proj.weight": (inter, dim),
+        "mlp.down_proj.weight": (dim, inter),
+        "input_layernorm.weight": (dim,),
+        "post_attention_layernorm.weight": (dim,),
+        "model.norm.weight": (dim,),
+        "model.embed_tokens.weight": (vocab, dim),
+        "lm_head.weight": (vocab, dim),
     }
     for p in parts:
         key = re.sub(r"^model\.layers\.\d+\.", "", p.name)
         if shapes[p.name] != expected[key]:
-            what = (f"{n} shards of {tuple(shards[0].info(p.raw).shape)} join to "
-                    f"{shapes[p.name]}" if p.join != FIRST else f"it is {shapes[p.name]}")
+            what = (
+                f"{n} shards of {tuple(shards[0].info(p.raw).shape)} join to {shapes[p.name]}"
+                if p.join != FIRST
+                else f"it is {shapes[p.name]}"
+            )
             raise InputError(
                 f"tensor {p.raw!r}: {what}, but params.json (dim {dim}, n_heads "
                 f"{params.n_heads}, n_kv_heads {params.n_kv_heads}, intermediate size {inter}) "
@@ -425,12 +475,15 @@ def embed_join(shards: list[Checkpoint], raw: str, dim: int) -> str:
         return ROWS
     if len(piece) == 2 and piece[1] * n == dim:
         return COLS
-    raise InputError(f"{shards[0].path}: tensor {raw!r} has shape {piece}; with {n} shards of a "
-                     f"dim-{dim} model it must have {dim} or {dim // n} columns")
+    raise InputError(
+        f"{shards[0].path}: tensor {raw!r} has shape {piece}; with {n} shards of a "
+        f"dim-{dim} model it must have {dim} or {dim // n} columns"
+    )
 
 
-def verify_checklists(folder: Path, tok_path: Path | None,
-                      progress: bool | None = None) -> list[str]:
+def verify_checklists(
+    folder: Path, tok_path: Path | None, progress: bool | None = None
+) -> list[str]:
     """Check Meta's md5 lists, if the download has them; ChecksumError on a mismatch."""
     lists = [folder / CHECKLIST_NAME]
     if tok_path is not None:
@@ -473,8 +526,10 @@ def _tokenizer(t: Tokenizer) -> tuple[PreTrainedTokenizerBase, list[str]]:
     tokenizer = llama_tokenizer.convert_tokenizer(t.path, t.kind, t.version, t.instruct)
     notes = []
     if len(tokenizer) != t.vocab_size:
-        notes.append(f"The tokenizer has {len(tokenizer)} tokens, the embeddings {t.vocab_size} "
-                     "rows; config.json follows the embeddings.")
+        notes.append(
+            f"The tokenizer has {len(tokenizer)} tokens, the embeddings {t.vocab_size} "
+            "rows; config.json follows the embeddings."
+        )
     notes.append(f"Converted the {t.kind} tokenizer.")
     return tokenizer, notes
 
@@ -491,22 +546,31 @@ def _node(p: Part, shards: list[Checkpoint], info: TensorInfo, tied: bool) -> No
         # all the work is data movement, done here in the reader thread into pooled buffers
         joined = read_joined(shards, p.raw, p.join, rows)
         if check_tied and not torch.equal(joined, read_joined(shards, "output.weight", ROWS, rows)):
-            raise InputError("output.weight differs from tok_embeddings.weight, so this is not a "
-                             "model with tied embeddings (LLaMA 3.2 1B/3B)",
-                             "Pass the right `llama_version` (3.1?).")
+            raise InputError(
+                "output.weight differs from tok_embeddings.weight, so this is not a "
+                "model with tied embeddings (LLaMA 3.2 1B/3B)",
+                "Pass the right `llama_version` (3.1?).",
+            )
         if p.rotary_heads:
-            permuted = to_hf_rotary(joined, joined.shape[0] // head_rows,
-                                    out=empty_tensor(joined.shape, joined.dtype))
+            permuted = to_hf_rotary(
+                joined, joined.shape[0] // head_rows, out=empty_tensor(joined.shape, joined.dtype)
+            )
             release(joined)
             joined = permuted
         return (joined,)
 
-    return Node(info, load, identity,
-                load_rows=lambda start, stop: load((start, stop)), row_multiple=head_rows)
+    return Node(
+        info,
+        load,
+        identity,
+        load_rows=lambda start, stop: load((start, stop)),
+        row_multiple=head_rows,
+    )
 
 
-def read_joined(shards: list[Checkpoint], raw: str, join: str,
-                rows: tuple[int, int] | None = None) -> torch.Tensor:
+def read_joined(
+    shards: list[Checkpoint], raw: str, join: str, rows: tuple[int, int] | None = None
+) -> torch.Tensor:
     """One tensor from every shard, concatenated (with `rows`, only its rows [start, stop));
     replicated tensors from shard 0 only.
 
@@ -519,8 +583,11 @@ def read_joined(shards: list[Checkpoint], raw: str, join: str,
     size = info.shape[0] if join == ROWS else info.shape[1]  # of each shard, along the join
     total = size * len(shards) if join == ROWS else info.shape[0]
     start, stop = rows if rows is not None else (0, total)
-    shape = ((stop - start, *info.shape[1:]) if join == ROWS
-             else (stop - start, size * len(shards), *info.shape[2:]))
+    shape = (
+        (stop - start, *info.shape[1:])
+        if join == ROWS
+        else (stop - start, size * len(shards), *info.shape[2:])
+    )
     joined = empty_tensor(shape, info.dtype)
     for i, shard in enumerate(shards):
         a, b = (max(start, i * size), min(stop, (i + 1) * size)) if join == ROWS else (start, stop)
@@ -529,7 +596,7 @@ def read_joined(shards: list[Checkpoint], raw: str, join: str,
         offset = i * size if join == ROWS else 0
         piece = shard.read(raw) if rows is None else shard.read_rows(raw, a - offset, b - offset)
         if join == ROWS:
-            joined[a - start:b - start].copy_(piece)
+            joined[a - start : b - start].copy_(piece)
         else:
             joined.narrow(1, i * size, size).copy_(piece)
         release(piece)

@@ -36,16 +36,22 @@ def subtract(raw: torch.Tensor, tuned: torch.Tensor, out_dtype: torch.dtype) -> 
     return _combine(tuned, raw, out_dtype, subtract=True)
 
 
-def add(raw: torch.Tensor, diff: torch.Tensor, out_dtype: torch.dtype,
-        reuse_diff: bool = False) -> torch.Tensor:
+def add(
+    raw: torch.Tensor, diff: torch.Tensor, out_dtype: torch.dtype, reuse_diff: bool = False
+) -> torch.Tensor:
     """raw + diff; with `reuse_diff` the sum is built in diff's buffer when diff already has
     the accumulation and output dtype (the streaming path owns its input buffers, so this
     saves one buffer per piece in flight). Otherwise it goes into a new (pooled) tensor."""
     return _combine(diff, raw, out_dtype, reuse=reuse_diff)
 
 
-def _combine(full: torch.Tensor, raw: torch.Tensor, out_dtype: torch.dtype,
-             subtract: bool = False, reuse: bool = False) -> torch.Tensor:
+def _combine(
+    full: torch.Tensor,
+    raw: torch.Tensor,
+    out_dtype: torch.dtype,
+    subtract: bool = False,
+    reuse: bool = False,
+) -> torch.Tensor:
     """full ± raw over raw's rows; `full`'s own value (rounded) on the rows only it has."""
     acc = accumulate_dtype(raw.dtype, full.dtype, out_dtype)
     if acc == torch.int64:  # integer tensors: small, and wrap-around must match torch's
@@ -75,28 +81,34 @@ def _shared_rows(x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
     return x[: raw.shape[0]] if x.dim() and x.shape[0] != raw.shape[0] else x
 
 
-def subtract_any(raw: torch.Tensor, tuned: torch.Tensor, out_dtype: torch.dtype,
-                 name: str) -> torch.Tensor:
+def subtract_any(
+    raw: torch.Tensor, tuned: torch.Tensor, out_dtype: torch.dtype, name: str
+) -> torch.Tensor:
     """`subtract` for every dtype (see the module's docstring); `name` is for error messages."""
     if not is_float(tuned.dtype):
         return subtract_bits(raw, tuned)
     raw, tuned = widen(raw), widen(tuned)
     if out_dtype not in FP8_DTYPES:
         return subtract(raw, tuned, out_dtype)
-    return round_to(subtract(raw, tuned, accumulate_dtype(raw.dtype, tuned.dtype)), out_dtype,
-                    name)
+    return round_to(subtract(raw, tuned, accumulate_dtype(raw.dtype, tuned.dtype)), out_dtype, name)
 
 
-def add_any(raw: torch.Tensor, diff: torch.Tensor, out_dtype: torch.dtype, name: str,
-            reuse_diff: bool = False) -> torch.Tensor:
+def add_any(
+    raw: torch.Tensor,
+    diff: torch.Tensor,
+    out_dtype: torch.dtype,
+    name: str,
+    reuse_diff: bool = False,
+) -> torch.Tensor:
     """`add` for every dtype (see the module's docstring); `name` is for error messages."""
     if not is_float(diff.dtype):
         return add_bits(raw, diff, reuse_diff)
     raw, diff = widen(raw), widen(diff)
     if out_dtype not in FP8_DTYPES:
         return add(raw, diff, out_dtype, reuse_diff)
-    return round_to(add(raw, diff, accumulate_dtype(raw.dtype, diff.dtype), reuse_diff),
-                    out_dtype, name)
+    return round_to(
+        add(raw, diff, accumulate_dtype(raw.dtype, diff.dtype), reuse_diff), out_dtype, name
+    )
 
 
 def subtract_bits(raw: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:

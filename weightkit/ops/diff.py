@@ -67,13 +67,15 @@ def diff(
         raise OptionConflict(LEVEL_OF_LOSSLESS)
     if lossless:  # a container of its own, not a checkpoint
         if level not in LEVELS:
-            raise InputError(f"zstd level {level} is out of range",
-                             f"Use `level` {LEVELS[0]}..{LEVELS[-1]}.")
+            raise InputError(
+                f"zstd level {level} is out of range", f"Use `level` {LEVELS[0]}..{LEVELS[-1]}."
+            )
         return diff_lossless(raw, tuned, out, level=level, options=options, hub=hub)
     check_output(out, local_paths(raw, tuned), options)
     reading = Reading.of(options, hub)
-    view = DiffView(reading.open(raw, role="raw"), reading.open(tuned, role="tuned"),
-                    parse_dtype(dtype))
+    view = DiffView(
+        reading.open(raw, role="raw"), reading.open(tuned, role="tuned"), parse_dtype(dtype)
+    )
 
     def finish(folder: Path) -> list[str]:
         target = view.target
@@ -81,12 +83,21 @@ def diff(
         inexact = sum(1 for e in target.entries.values() if e.recovers_to)
         if not inexact:
             return [f"Recovering from this diff gives all {len(target)} tensors bit for bit."]
-        return [f"{inexact} of {len(target)} tensors cannot be recovered bit for bit from a "
-                f"{dtype} diff (within one rounding); the target manifest records the result "
-                "recovery must give."]
+        return [
+            f"{inexact} of {len(target)} tensors cannot be recovered bit for bit from a "
+            f"{dtype} diff (within one rounding); the target manifest records the result "
+            "recovery must give."
+        ]
 
-    return write_source(view, out, title="diff", options=options, log=reading.log,
-                        finish=finish, side_manifest=view.target)
+    return write_source(
+        view,
+        out,
+        title="diff",
+        options=options,
+        log=reading.log,
+        finish=finish,
+        side_manifest=view.target,
+    )
 
 
 class DiffView(View):
@@ -101,9 +112,15 @@ class DiffView(View):
         self.pairs = {p.name: p for p in pairing.pairs}
         # a tensor that is not a float is stored as the difference of its bit patterns, in its
         # own dtype (weightkit.ops.delta); `diff_dtype` is the dtype of the float ones
-        self.infos = {p.name: TensorInfo(
-            p.name, diff_dtype if is_float(p.other.dtype) else p.other.dtype,
-            p.other.shape, p.other.file) for p in pairing.pairs}
+        self.infos = {
+            p.name: TensorInfo(
+                p.name,
+                diff_dtype if is_float(p.other.dtype) else p.other.dtype,
+                p.other.shape,
+                p.other.file,
+            )
+            for p in pairing.pairs
+        }
         self.notes = [*raw.notes, *tuned.notes, *pairing.notes()]
         self.target = Manifest()
 

@@ -18,8 +18,17 @@ from weightkit.io.sniff import JSON_FILE, what_it_is
 VERSIONS = ("1", "2", "3", "3.1", "3.2")
 # model size -> model-parallel shards Meta ships it in (the converter's table)
 NUM_SHARDS = {
-    "1B": 1, "3B": 1, "7B": 1, "8B": 1, "13B": 2, "30B": 4, "34B": 4, "65B": 8, "70B": 8,
-    "405B": 8, "405B-MP16": 16,
+    "1B": 1,
+    "3B": 1,
+    "7B": 1,
+    "8B": 1,
+    "13B": 2,
+    "30B": 4,
+    "34B": 4,
+    "65B": 8,
+    "70B": 8,
+    "405B": 8,
+    "405B-MP16": 16,
 }
 CONTEXT_LENGTH = {"1": 2048, "2": 4096, "3": 8192, "3.1": 131072, "3.2": 131072}
 LONG_CONTEXT = 16384  # what the converter gives LLaMA 1/2-style models with a raised rope_theta
@@ -63,9 +72,10 @@ def read_params(path: Path) -> LlamaParams:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise InputError(f"{path}: no params.json here",
-                         "Point `input_dir` at the folder Meta's download put params.json in.") \
-            from None
+        raise InputError(
+            f"{path}: no params.json here",
+            "Point `input_dir` at the folder Meta's download put params.json in.",
+        ) from None
     except (OSError, ValueError) as e:
         wrong = what_it_is(path, JSON_FILE) if isinstance(e, ValueError) else None
         raise wrong or InputError(f"{path}: cannot read it as JSON ({e})") from None
@@ -95,13 +105,16 @@ def parse_params(doc: dict[str, Any], where: str = "params.json") -> LlamaParams
         multiple_of=int(doc.get("multiple_of") or 256),
         ffn_dim_multiplier=float(doc.get("ffn_dim_multiplier") or 1),
         use_scaled_rope=bool(doc.get("use_scaled_rope", False)),
-        rope_scaling_factor=(float(doc["rope_scaling_factor"])
-                             if doc.get("rope_scaling_factor") else None),
+        rope_scaling_factor=(
+            float(doc["rope_scaling_factor"]) if doc.get("rope_scaling_factor") else None
+        ),
         gqa=n_kv_heads is not None,
     )
     if dim % n_heads or p.head_dim % 2 or n_heads % p.n_kv_heads:
-        raise InputError(f"{where}: dim {dim}, n_heads {n_heads}, n_kv_heads {p.n_kv_heads} do "
-                         "not split into whole, even-sized heads")
+        raise InputError(
+            f"{where}: dim {dim}, n_heads {n_heads}, n_kv_heads {p.n_kv_heads} do "
+            "not split into whole, even-sized heads"
+        )
     return p
 
 
@@ -147,8 +160,9 @@ def expected_shards(model_size: str) -> int | None:
     return NUM_SHARDS.get(f"{m.group(1)}B") if m else None
 
 
-def special_token_ids(version: str, vocab_size: int, instruct: bool = False
-                      ) -> tuple[int, int | list[int]]:
+def special_token_ids(
+    version: str, vocab_size: int, instruct: bool = False
+) -> tuple[int, int | list[int]]:
     """(bos, eos) ids for config.json; LLaMA 3's follow the tiktoken ranks (128000, 128001)."""
     if not version.startswith("3"):
         return 1, 2
@@ -157,19 +171,25 @@ def special_token_ids(version: str, vocab_size: int, instruct: bool = False
     return base, [base + 1, base + 8, base + 9] if instruct else base + 1
 
 
-def hf_config(p: LlamaParams, version: str, vocab_size: int, instruct: bool = False
-              ) -> dict[str, Any]:
+def hf_config(
+    p: LlamaParams, version: str, vocab_size: int, instruct: bool = False
+) -> dict[str, Any]:
     """The LlamaConfig arguments the transformers converter passes for these params."""
     if version not in VERSIONS:
-        raise InputError(f"unknown LLaMA version {version!r}",
-                         f"Use one of: {', '.join(VERSIONS)}.")
+        raise InputError(
+            f"unknown LLaMA version {version!r}", f"Use one of: {', '.join(VERSIONS)}."
+        )
     llama3 = version.startswith("3")
     bos, eos = special_token_ids(version, vocab_size, instruct)
     rope_scaling = None
     if version in ROPE_SCALING_FACTOR:
-        rope_scaling = {"factor": ROPE_SCALING_FACTOR[version], "low_freq_factor": 1.0,
-                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
-                        "rope_type": "llama3"}
+        rope_scaling = {
+            "factor": ROPE_SCALING_FACTOR[version],
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        }
     return {
         "architectures": ["LlamaForCausalLM"],
         "hidden_size": p.dim,
@@ -181,8 +201,9 @@ def hf_config(p: LlamaParams, version: str, vocab_size: int, instruct: bool = Fa
         "vocab_size": vocab_size,
         "rope_theta": p.rope_theta,
         "rope_scaling": rope_scaling,
-        "max_position_embeddings": (LONG_CONTEXT if p.rope_theta > 10000 and not llama3
-                                    else CONTEXT_LENGTH[version]),
+        "max_position_embeddings": (
+            LONG_CONTEXT if p.rope_theta > 10000 and not llama3 else CONTEXT_LENGTH[version]
+        ),
         "bos_token_id": bos,
         "eos_token_id": eos,
         "tie_word_embeddings": version == "3.2",
@@ -191,8 +212,13 @@ def hf_config(p: LlamaParams, version: str, vocab_size: int, instruct: bool = Fa
 
 def generation_config(config: dict[str, Any]) -> dict[str, Any]:
     """The generation_config.json the converter writes next to config.json."""
-    return {"do_sample": True, "temperature": 0.6, "top_p": 0.9,
-            "bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+    return {
+        "do_sample": True,
+        "temperature": 0.6,
+        "top_p": 0.9,
+        "bos_token_id": config["bos_token_id"],
+        "eos_token_id": config["eos_token_id"],
+    }
 
 
 def config_json(config: dict[str, Any], dtype_name: str) -> dict[str, Any]:
@@ -200,19 +226,30 @@ def config_json(config: dict[str, Any], dtype_name: str) -> dict[str, Any]:
     transformers since 4.43 reads (rope_theta + rope_scaling; newer versions turn them into
     rope_parameters on load). Written without transformers: importing it for LlamaConfig took
     2-8 s, longer than converting a small model's weights, and its output names its version."""
-    return dict(sorted({
-        "attention_bias": False, "attention_dropout": 0.0, "hidden_act": "silu",
-        "initializer_range": 0.02, "mlp_bias": False, "model_type": "llama",
-        "pretraining_tp": 1, "use_cache": True,
-        "head_dim": config["hidden_size"] // config["num_attention_heads"],
-        **config,
-        # the converter writes float16 here whatever it saved; this is the weights' dtype
-        "torch_dtype": dtype_name,
-    }.items()))
+    return dict(
+        sorted(
+            {
+                "attention_bias": False,
+                "attention_dropout": 0.0,
+                "hidden_act": "silu",
+                "initializer_range": 0.02,
+                "mlp_bias": False,
+                "model_type": "llama",
+                "pretraining_tp": 1,
+                "use_cache": True,
+                "head_dim": config["hidden_size"] // config["num_attention_heads"],
+                **config,
+                # the converter writes float16 here whatever it saved; this is the weights' dtype
+                "torch_dtype": dtype_name,
+            }.items()
+        )
+    )
 
 
 def write_config_files(folder: Path, config: dict[str, Any], dtype_name: str) -> None:
     """config.json and generation_config.json, the same bytes on every install."""
-    for name, doc in (("config.json", config_json(config, dtype_name)),
-                      ("generation_config.json", generation_config(config))):
+    for name, doc in (
+        ("config.json", config_json(config, dtype_name)),
+        ("generation_config.json", generation_config(config)),
+    ):
         (folder / name).write_text(json.dumps(doc, indent=2) + "\n")

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 TOKENIZER_NAME = "tokenizer.model"
 SENTENCEPIECE, TIKTOKEN = "sentencepiece", "tiktoken"
 # LLaMA 3's pre-tokenizer split (tiktoken's pat_str in Meta's tokenizer.py)
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 BOS_LLAMA3, EOS_LLAMA3, EOT_LLAMA3 = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 # Meta-Llama-3-8B-Instruct's chat template; 3.1/3.2 add tool calls on top of this format
 LLAMA3_CHAT_TEMPLATE = (
@@ -74,22 +76,39 @@ def tiktoken_size(path: Path) -> int:
 def llama3_special_tokens(version: str) -> list[str]:
     """The 256 special tokens after the ranks, in id order (3.1 renamed a few reserved ones)."""
     if version == "3":
-        named = [BOS_LLAMA3, EOS_LLAMA3] + [f"<|reserved_special_token_{i}|>" for i in range(4)] \
-            + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>",
-               EOT_LLAMA3]
+        named = (
+            [BOS_LLAMA3, EOS_LLAMA3]
+            + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+            + [
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|reserved_special_token_4|>",
+                EOT_LLAMA3,
+            ]
+        )
         first_reserved = 5
     else:
-        named = [BOS_LLAMA3, EOS_LLAMA3, "<|reserved_special_token_0|>",
-                 "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
-                 "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
-                 "<|eom_id|>", EOT_LLAMA3, "<|python_tag|>"]
+        named = [
+            BOS_LLAMA3,
+            EOS_LLAMA3,
+            "<|reserved_special_token_0|>",
+            "<|reserved_special_token_1|>",
+            "<|finetune_right_pad_id|>",
+            "<|reserved_special_token_2|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eom_id|>",
+            EOT_LLAMA3,
+            "<|python_tag|>",
+        ]
         first_reserved = 3
     count = 256 - len(named)
     return named + [f"<|reserved_special_token_{first_reserved + i}|>" for i in range(count)]
 
 
-def convert_tokenizer(path: Path, kind: str, version: str, instruct: bool = False
-                      ) -> PreTrainedTokenizerBase:
+def convert_tokenizer(
+    path: Path, kind: str, version: str, instruct: bool = False
+) -> PreTrainedTokenizerBase:
     """The HF tokenizer for `path`, in memory; save it with save_pretrained."""
     if kind == TIKTOKEN:
         return _llama3_tokenizer(path, version, instruct)
@@ -104,8 +123,9 @@ def _sentencepiece_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     # reading anything else that sits next to the download
     with tempfile.TemporaryDirectory(prefix="weightkit-spm-") as tmp:
         shutil.copyfile(path, Path(tmp) / TOKENIZER_NAME)
-        return LlamaTokenizerFast.from_pretrained(tmp, legacy=False, add_bos_token=True,
-                                                  add_eos_token=False)
+        return LlamaTokenizerFast.from_pretrained(
+            tmp, legacy=False, add_bos_token=True, add_eos_token=False
+        )
 
 
 def _llama3_tokenizer(path: Path, version: str, instruct: bool) -> PreTrainedTokenizerBase:
@@ -114,18 +134,21 @@ def _llama3_tokenizer(path: Path, version: str, instruct: bool) -> PreTrainedTok
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     backend = TikTokenConverter(vocab_file=str(path), pattern=LLAMA3_PATTERN).converted()
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
-                                for t in llama3_special_tokens(version)])
+    backend.add_special_tokens(
+        [AddedToken(t, normalized=False, special=True) for t in llama3_special_tokens(version)]
+    )
     bos_id = backend.token_to_id(BOS_LLAMA3)
     # <|begin_of_text|> in front of every sequence, as Meta's tokenizer.encode(bos=True) does
-    backend.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(
-            single=f"{BOS_LLAMA3} $A",
-            pair=f"{BOS_LLAMA3}:0 $A:0 {BOS_LLAMA3}:1 $B:1",
-            special_tokens=[(BOS_LLAMA3, bos_id)],
-        ),
-    ])
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS_LLAMA3} $A",
+                pair=f"{BOS_LLAMA3}:0 $A:0 {BOS_LLAMA3}:1 $B:1",
+                special_tokens=[(BOS_LLAMA3, bos_id)],
+            ),
+        ]
+    )
     extra = {"chat_template": LLAMA3_CHAT_TEMPLATE} if instruct else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,

@@ -23,19 +23,48 @@ WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")  # peft's pref
 PEFT_PREFIX = "base_model.model."
 
 # LoraConfig fields the merge reads.
-USED_FIELDS = frozenset({
-    "peft_type", "r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern",
-    "fan_in_fan_out", "target_modules", "modules_to_save", "use_dora", "lora_bias", "bias",
-    "init_lora_weights",
-})
+USED_FIELDS = frozenset(
+    {
+        "peft_type",
+        "r",
+        "lora_alpha",
+        "use_rslora",
+        "rank_pattern",
+        "alpha_pattern",
+        "fan_in_fan_out",
+        "target_modules",
+        "modules_to_save",
+        "use_dora",
+        "lora_bias",
+        "bias",
+        "init_lora_weights",
+    }
+)
 # LoraConfig fields that steer training, loading or which modules get an adapter; the tensor
 # names already say which modules have one, so none of these changes the merged weights.
-INERT_FIELDS = frozenset({
-    "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
-    "inference_mode", "exclude_modules", "lora_dropout", "layers_to_transform", "layers_pattern",
-    "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config",
-    "lora_ga_config", "qalora_group_size", "runtime_config", "ensure_weight_tying",
-})
+INERT_FIELDS = frozenset(
+    {
+        "task_type",
+        "auto_mapping",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "exclude_modules",
+        "lora_dropout",
+        "layers_to_transform",
+        "layers_pattern",
+        "megatron_config",
+        "megatron_core",
+        "loftq_config",
+        "eva_config",
+        "corda_config",
+        "lora_ga_config",
+        "qalora_group_size",
+        "runtime_config",
+        "ensure_weight_tying",
+    }
+)
 # LoraConfig fields that, when set, ask for a LoRA variant or feature this merge does not do.
 UNSUPPORTED_FIELDS = {
     "velora_config": "VeLoRA",
@@ -57,9 +86,18 @@ RESIDUAL_INITS = ("pissa", "corda", "olora", "lora_ga")
 
 # peft's defaults (LoraConfig) for the fields the merge reads.
 DEFAULTS: dict[str, object] = {
-    "r": 8, "lora_alpha": 8, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {},
-    "fan_in_fan_out": False, "target_modules": None, "modules_to_save": None, "use_dora": False,
-    "lora_bias": False, "bias": "none", "init_lora_weights": True,
+    "r": 8,
+    "lora_alpha": 8,
+    "use_rslora": False,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "fan_in_fan_out": False,
+    "target_modules": None,
+    "modules_to_save": None,
+    "use_dora": False,
+    "lora_bias": False,
+    "bias": "none",
+    "init_lora_weights": True,
 }
 
 # The submodules a LoRA layer saves, and what may follow them once the adapter name is removed:
@@ -107,13 +145,17 @@ class AdapterConfig:
     def warnings(self, source: str) -> list[str]:
         out = []
         if self.unknown:
-            out.append(f"Warning: {source}: ignored unknown field(s) "
-                       f"{', '.join(repr(f) for f in self.unknown)} (peft ignores them too).")
+            out.append(
+                f"Warning: {source}: ignored unknown field(s) "
+                f"{', '.join(repr(f) for f in self.unknown)} (peft ignores them too)."
+            )
         init = str(self.init_lora_weights).lower()
         if init.startswith(RESIDUAL_INITS):
-            out.append(f"Warning: {source}: init_lora_weights={self.init_lora_weights!r} trains "
-                       "against a residual base model; merge into that residual model, or convert "
-                       "the adapter first (peft: path_initial_model_for_weight_conversion).")
+            out.append(
+                f"Warning: {source}: init_lora_weights={self.init_lora_weights!r} trains "
+                "against a residual base model; merge into that residual model, or convert "
+                "the adapter first (peft: path_initial_model_for_weight_conversion)."
+            )
         return out
 
 
@@ -124,8 +166,10 @@ def parse_config(doc: object, source: str = CONFIG_NAME) -> AdapterConfig:
         raise InputError(f"{source}: expected a JSON object, found {type(doc).__name__}")
     peft_type = doc.get("peft_type")
     if peft_type is None:
-        raise InputError(f"{source}: no peft_type field; this is not a peft adapter config",
-                         "Point `lora` at the folder peft's save_pretrained() wrote.")
+        raise InputError(
+            f"{source}: no peft_type field; this is not a peft adapter config",
+            "Point `lora` at the folder peft's save_pretrained() wrote.",
+        )
     if str(peft_type).upper() != "LORA":
         raise InputError(
             f"{source}: peft_type is {peft_type!r}; merge-lora merges LoRA adapters only",
@@ -134,25 +178,33 @@ def parse_config(doc: object, source: str = CONFIG_NAME) -> AdapterConfig:
         )
     for name, what in UNSUPPORTED_FIELDS.items():
         if doc.get(name):
-            raise InputError(f"{source}: {name}={doc[name]!r} asks for {what}, which "
-                             "merge-lora does not support",
-                             "Merge this adapter with peft itself.")
+            raise InputError(
+                f"{source}: {name}={doc[name]!r} asks for {what}, which "
+                "merge-lora does not support",
+                "Merge this adapter with peft itself.",
+            )
     init = doc.get("init_lora_weights", True)
     if isinstance(init, str) and init.lower() in UNSUPPORTED_INITS:
-        raise InputError(f"{source}: init_lora_weights={init!r} is the "
-                         f"{UNSUPPORTED_INITS[init.lower()]} variant, which merge-lora does not "
-                         "support", "Merge this adapter with peft itself.")
+        raise InputError(
+            f"{source}: init_lora_weights={init!r} is the "
+            f"{UNSUPPORTED_INITS[init.lower()]} variant, which merge-lora does not "
+            "support",
+            "Merge this adapter with peft itself.",
+        )
     known = USED_FIELDS | INERT_FIELDS | UNSUPPORTED_FIELDS.keys()
     values = {k: doc.get(k, v) for k, v in DEFAULTS.items()}
     config = AdapterConfig(
         r=_positive_int(values["r"], "r", source),
         lora_alpha=_number(values["lora_alpha"], "lora_alpha", source),
         use_rslora=bool(values["use_rslora"]),
-        rank_pattern={k: _positive_int(v, f"rank_pattern[{k!r}]", source)
-                      for k, v in _mapping(values["rank_pattern"], "rank_pattern", source).items()},
-        alpha_pattern={k: _number(v, f"alpha_pattern[{k!r}]", source)
-                       for k, v in _mapping(values["alpha_pattern"], "alpha_pattern",
-                                            source).items()},
+        rank_pattern={
+            k: _positive_int(v, f"rank_pattern[{k!r}]", source)
+            for k, v in _mapping(values["rank_pattern"], "rank_pattern", source).items()
+        },
+        alpha_pattern={
+            k: _number(v, f"alpha_pattern[{k!r}]", source)
+            for k, v in _mapping(values["alpha_pattern"], "alpha_pattern", source).items()
+        },
         fan_in_fan_out=bool(values["fan_in_fan_out"]),
         target_modules=values["target_modules"],
         modules_to_save=values["modules_to_save"],
@@ -163,17 +215,21 @@ def parse_config(doc: object, source: str = CONFIG_NAME) -> AdapterConfig:
         unknown=tuple(sorted(k for k in doc if k not in known)),
     )
     if config.lora_bias and config.use_dora:
-        raise InputError(f"{source}: lora_bias and use_dora are both set; peft refuses this "
-                         "combination, so the adapter is damaged")
+        raise InputError(
+            f"{source}: lora_bias and use_dora are both set; peft refuses this "
+            "combination, so the adapter is damaged"
+        )
     return config
 
 
 def read_config(folder: Path) -> AdapterConfig:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
-        raise InputError(f"{folder}: no {CONFIG_NAME} in this folder",
-                         "Point `lora` at a peft adapter folder (adapter_config.json plus "
-                         "adapter_model.safetensors or adapter_model.bin).")
+        raise InputError(
+            f"{folder}: no {CONFIG_NAME} in this folder",
+            "Point `lora` at a peft adapter folder (adapter_config.json plus "
+            "adapter_model.safetensors or adapter_model.bin).",
+        )
     try:
         doc = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -186,8 +242,10 @@ def weights_file(folder: Path) -> Path:
     for name in WEIGHT_NAMES:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
-    raise InputError(f"{folder}: no {' or '.join(WEIGHT_NAMES)} in this folder",
-                     "Download the adapter's weight file next to its adapter_config.json.")
+    raise InputError(
+        f"{folder}: no {' or '.join(WEIGHT_NAMES)} in this folder",
+        "Download the adapter's weight file next to its adapter_config.json.",
+    )
 
 
 # ---------------------------------------------------------------- scaling
@@ -242,16 +300,18 @@ def parse_key(key: str) -> AdapterKey:
     hit = next((i for i, p in enumerate(parts) if p in LORA_PARTS), None)
     if hit is None:
         return AdapterKey(key, _WRAPPER_RE.sub("", path), "full")
-    part, tail = parts[hit], parts[hit + 1:]
+    part, tail = parts[hit], parts[hit + 1 :]
     module = ".".join(parts[:hit])
     name = None
     if len(tail) == 2 or (len(tail) == 1 and tail[0] not in LORA_PARTS[part]):
         name, tail = tail[0], tail[1:]  # `<part>.<adapter name>[.weight]`
     role = ROLES.get((part, tail[0] if tail else ""))
     if not module or role is None or len(tail) > 1:
-        raise InputError(f"adapter tensor {key!r}: not a LoRA tensor name peft writes",
-                         "Expected names like base_model.model.<module>.lora_A.weight; the file "
-                         "may come from another tool or another PEFT method.")
+        raise InputError(
+            f"adapter tensor {key!r}: not a LoRA tensor name peft writes",
+            "Expected names like base_model.model.<module>.lora_A.weight; the file "
+            "may come from another tool or another PEFT method.",
+        )
     return AdapterKey(key, module, role, part.startswith("lora_embedding"), name)
 
 
@@ -300,22 +360,31 @@ def group_keys(keys: Iterable[str], config: AdapterConfig, source: str) -> Adapt
             names.add(k.adapter_name)
         if k.role == "full":
             if k.module in full:
-                raise InputError(f"{source}: {full[k.module]!r} and {key!r} both replace base "
-                                 f"tensor {k.module!r}", "The adapter file is inconsistent.")
+                raise InputError(
+                    f"{source}: {full[k.module]!r} and {key!r} both replace base "
+                    f"tensor {k.module!r}",
+                    "The adapter file is inconsistent.",
+                )
             full[k.module] = key
             continue
         m = modules.setdefault(k.module, _Found(k.module, k.embedding))
         if m.embedding != k.embedding:
-            raise InputError(f"{source}: module {k.module!r} has both lora_A/B and "
-                             "lora_embedding_A/B tensors", "The adapter file is inconsistent.")
+            raise InputError(
+                f"{source}: module {k.module!r} has both lora_A/B and lora_embedding_A/B tensors",
+                "The adapter file is inconsistent.",
+            )
         slot = {"A": "a", "B": "b", "B.bias": "bias", "magnitude": "magnitude"}[k.role]
         if slot in m.slots:
-            raise InputError(f"{source}: {m.slots[slot]!r} and {key!r} are the same LoRA "
-                             "tensor", "The adapter file holds two adapters; keep one.")
+            raise InputError(
+                f"{source}: {m.slots[slot]!r} and {key!r} are the same LoRA tensor",
+                "The adapter file holds two adapters; keep one.",
+            )
         m.slots[slot] = key
     if len(names) > 1:
-        raise InputError(f"{source}: tensors of {len(names)} adapters ({', '.join(sorted(names))}) "
-                         "in one file", "Save each adapter on its own and merge them one by one.")
+        raise InputError(
+            f"{source}: tensors of {len(names)} adapters ({', '.join(sorted(names))}) in one file",
+            "Save each adapter on its own and merge them one by one.",
+        )
     checked = {path: _check_module(m, config, source) for path, m in modules.items()}
     return AdapterLayout(checked, full, next(iter(names), None))
 
@@ -325,25 +394,33 @@ def _check_module(found: _Found, config: AdapterConfig, source: str) -> LoraModu
     if a is None or b is None:
         have = next(found.slots[s] for s in ("a", "b", "bias", "magnitude") if s in found.slots)
         missing = ("lora_embedding_" if found.embedding else "lora_") + ("A" if a is None else "B")
-        raise InputError(f"{source}: {have!r} has no matching {missing} tensor for module "
-                         f"{found.module!r}", "The adapter file is incomplete; download it again.")
-    m = LoraModule(found.module, found.embedding, a, b, found.slots.get("bias"),
-                   found.slots.get("magnitude"))
+        raise InputError(
+            f"{source}: {have!r} has no matching {missing} tensor for module {found.module!r}",
+            "The adapter file is incomplete; download it again.",
+        )
+    m = LoraModule(
+        found.module, found.embedding, a, b, found.slots.get("bias"), found.slots.get("magnitude")
+    )
     if m.magnitude is not None and not config.use_dora:
-        raise InputError(f"{source}: {m.magnitude!r} is a DoRA magnitude, but the config says "
-                         "use_dora=false", "Fix use_dora in adapter_config.json to match the "
-                         "weights.")
+        raise InputError(
+            f"{source}: {m.magnitude!r} is a DoRA magnitude, but the config says use_dora=false",
+            "Fix use_dora in adapter_config.json to match the weights.",
+        )
     if m.magnitude is None and config.use_dora:
-        raise InputError(f"{source}: use_dora=true but module {m.module!r} has no "
-                         "lora_magnitude_vector tensor", "The adapter file is incomplete or the "
-                         "config is wrong; download both again.")
+        raise InputError(
+            f"{source}: use_dora=true but module {m.module!r} has no lora_magnitude_vector tensor",
+            "The adapter file is incomplete or the config is wrong; download both again.",
+        )
     if m.bias is not None and not config.lora_bias:
-        raise InputError(f"{source}: {m.bias!r} is a LoRA bias, but the config says "
-                         "lora_bias=false", "Fix lora_bias in adapter_config.json to match the "
-                         "weights.")
+        raise InputError(
+            f"{source}: {m.bias!r} is a LoRA bias, but the config says lora_bias=false",
+            "Fix lora_bias in adapter_config.json to match the weights.",
+        )
     if m.bias is None and config.lora_bias and not m.embedding:
-        raise InputError(f"{source}: lora_bias=true but module {m.module!r} has no lora_B.bias",
-                         "The adapter file is incomplete or the config is wrong.")
+        raise InputError(
+            f"{source}: lora_bias=true but module {m.module!r} has no lora_B.bias",
+            "The adapter file is incomplete or the config is wrong.",
+        )
     return m
 
 
@@ -366,6 +443,5 @@ def _mapping(value: object, name: str, source: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InputError(f"{source}: {name} must be an object (pattern -> value), "
-                         f"found {value!r}")
+        raise InputError(f"{source}: {name} must be an object (pattern -> value), found {value!r}")
     return value

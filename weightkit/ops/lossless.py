@@ -66,14 +66,14 @@ def encode(raw: torch.Tensor, tuned: torch.Tensor, level: int = DEFAULT_LEVEL) -
     return zstd.compress(_to_planes(_zigzag(d)).data)
 
 
-def decode(raw: torch.Tensor, payload: bytes | memoryview,
-           shape: tuple[int, ...]) -> torch.Tensor:
+def decode(raw: torch.Tensor, payload: bytes | memoryview, shape: tuple[int, ...]) -> torch.Tensor:
     """The tuned tensor (of `shape`, in raw's dtype) that `encode` made `payload` from."""
     return add_back(raw, unpack(payload, raw.dtype, numel(shape)), shape)
 
 
-def unpack(payload: bytes | memoryview, dtype: torch.dtype, numel: int,
-           scratch: torch.Tensor | None = None) -> torch.Tensor:
+def unpack(
+    payload: bytes | memoryview, dtype: torch.dtype, numel: int, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
     """Decompress a payload into its zigzagged differences (the costly half of decode).
 
     `scratch`, numel * itemsize bytes, holds the byte planes meanwhile (give one to reuse it).
@@ -163,15 +163,23 @@ def diff_lossless(
     tuned_src = reading.open(tuned, role="tuned")
     pairing = pair_checkpoints(raw_src, tuned_src, "tuned model")
     notes = [*raw_src.notes, *tuned_src.notes, *pairing.notes()]
-    _check_dtypes(pairing, "the tuned model",
-                  "A lossless diff stores bit patterns, so both models need the same dtype per "
-                  "tensor. Use `dtype` fp32 instead of `lossless` (a plain fp32 diff).")
+    _check_dtypes(
+        pairing,
+        "the tuned model",
+        "A lossless diff stores bit patterns, so both models need the same dtype per "
+        "tensor. Use `dtype` fp32 instead of `lossless` (a plain fp32 diff).",
+    )
     jobs = [_diff_node(tuned_src, p.name) for p in pairing.pairs]
     files = _LosslessFiles(raw_src, {p.name: p.raw.shape for p in pairing.pairs}, level)
     return write_checkpoint(
-        out, jobs, title="diff --lossless", inputs=[*raw_src.inputs, *tuned_src.inputs],
-        options=options.replace(device="cpu"), log=reading.log,
-        side_files=() if options.dry_run else tuned_src.side_files(), notes=notes,
+        out,
+        jobs,
+        title="diff --lossless",
+        inputs=[*raw_src.inputs, *tuned_src.inputs],
+        options=options.replace(device="cpu"),
+        log=reading.log,
+        side_files=() if options.dry_run else tuned_src.side_files(),
+        notes=notes,
         files=files,
     )
 
@@ -188,16 +196,19 @@ class _LosslessFiles(CheckpointFiles):
 
     manifest_name = TARGET_MANIFEST_NAME  # the jobs' tensors are the tuned model's
 
-    def __init__(self, raw: Source, raw_shapes: dict[str, tuple[int, ...]],
-                 level: int) -> None:
+    def __init__(self, raw: Source, raw_shapes: dict[str, tuple[int, ...]], level: int) -> None:
         self.raw, self.raw_shapes, self.level = raw, raw_shapes, level
         self.format = LOSSLESS_FORMAT
         self.key = f"lossless-diff level {level}"  # another level gives other bytes
 
-    def writer(self, folder: Path, plan: list[TensorInfo], max_shard_size: int,
-               on_shard_done: Callable[[int], None]) -> FilesWriter:
-        container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size,
-                                       on_shard_done)
+    def writer(
+        self,
+        folder: Path,
+        plan: list[TensorInfo],
+        max_shard_size: int,
+        on_shard_done: Callable[[int], None],
+    ) -> FilesWriter:
+        container = LosslessDiffWriter(folder, plan, self.raw_shapes, max_shard_size, on_shard_done)
         return _EncodingWriter(container, self.raw, self.level)
 
     def open(self, path: Path) -> FinishedFile:
@@ -245,21 +256,27 @@ class LosslessRecoveredView(View):
 
     lossless = True
 
-    def __init__(self, raw: Source, diff: Path, forced: torch.dtype | None,
-                 target: Manifest | None) -> None:
+    def __init__(
+        self, raw: Source, diff: Path, forced: torch.dtype | None, target: Manifest | None
+    ) -> None:
         self.raw, self.packed = raw, LosslessDiffReader(diff)
         self.label = f"recovered from {raw.label} and {self.packed.path}"
         pairing = pair_checkpoints(raw, self.packed, "diff")
-        _check_dtypes(pairing, "the lossless diff",
-                      "A lossless diff adds bit patterns to the raw model's own; use the raw "
-                      "model in the dtypes it was made against (see "
-                      "weightkit.target-manifest.json).")
+        _check_dtypes(
+            pairing,
+            "the lossless diff",
+            "A lossless diff adds bit patterns to the raw model's own; use the raw "
+            "model in the dtypes it was made against (see "
+            "weightkit.target-manifest.json).",
+        )
         for p in pairing.pairs:
             _check_raw_shape(p, self.packed)
         self.expected = target
         self.pairs = {p.name: p for p in pairing.pairs}
-        self.infos = {p.name: TensorInfo(p.name, _recovered_dtype(p, forced), p.other.shape,
-                                         p.other.file) for p in pairing.pairs}
+        self.infos = {
+            p.name: TensorInfo(p.name, _recovered_dtype(p, forced), p.other.shape, p.other.file)
+            for p in pairing.pairs
+        }
         self.notes = [*raw.notes, *pairing.notes()]
 
     def node(self, name: str) -> Node:
@@ -274,8 +291,7 @@ class LosslessRecoveredView(View):
             except zstandard.ZstdError as e:
                 raise ChecksumError(
                     f"tensor {p.name!r} in {p.other.file}: the compressed data is damaged ({e})",
-                    "Download the diff again (weightkit verify can tell which files are "
-                    "damaged).",
+                    "Download the diff again (weightkit verify can tell which files are damaged).",
                 ) from None
             tuned = add_back(r, packed_ints, p.other.shape)  # built in packed_ints' buffer
             for spent in (r, scratch, payload):  # reused by the next tensors: no fresh pages
@@ -318,4 +334,6 @@ def _check_dtypes(pairing: Pairing, other: str, hint: str) -> None:
             raise InputError(
                 f"tensor {p.name!r} is {short_name(p.raw.dtype)} in the raw model "
                 f"({p.raw.file}) and {short_name(p.other.dtype)} in {other} "
-                f"({p.other.file})", hint)
+                f"({p.other.file})",
+                hint,
+            )

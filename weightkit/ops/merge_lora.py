@@ -73,12 +73,21 @@ def merge_lora(
     check_output(out, local_paths(base, lora), options)
     reading = Reading.of(options, hub)
     base_src = reading.open(base, role="base", dtype=forced)
-    return write_merged(base_src, lora, out, forced, title="merge-lora", options=options,
-                        reading=reading)
+    return write_merged(
+        base_src, lora, out, forced, title="merge-lora", options=options, reading=reading
+    )
 
 
-def write_merged(base: Source, lora: str | Path, out: str | Path, forced: torch.dtype | None,
-                 *, title: str, options: WriteOptions, reading: Reading) -> WriteResult:
+def write_merged(
+    base: Source,
+    lora: str | Path,
+    out: str | Path,
+    forced: torch.dtype | None,
+    *,
+    title: str,
+    options: WriteOptions,
+    reading: Reading,
+) -> WriteResult:
     """Merge adapter `lora` into `base` and write the result.
 
     A base whose tensors have a manifest to match (a recovered model: its diff's target
@@ -97,8 +106,15 @@ def write_merged(base: Source, lora: str | Path, out: str | Path, forced: torch.
     def finish(folder: Path) -> list[str]:
         return [checked_text(*counts(), len(merged), what)]
 
-    result = write_source(merged, out, title=title, options=options, log=reading.log,
-                          finish=finish, side_manifest=merged.base_entries)
+    result = write_source(
+        merged,
+        out,
+        title=title,
+        options=options,
+        log=reading.log,
+        finish=finish,
+        side_manifest=merged.base_entries,
+    )
     if not result.dry_run:
         result.checked, result.within_rounding = counts()
         result.expected_what, result.check_in_notes = what, True
@@ -134,19 +150,23 @@ class MergedView(View):
         self.infos = {}
         for name in base.names():
             info = base.info(name)
-            self.infos[name] = TensorInfo(name, output_dtype(info.dtype, forced), info.shape,
-                                          info.file)
-        self.notes = [*base.notes,
-                      *adapter.config.warnings(str(adapter.folder / lora_adapter.CONFIG_NAME)),
-                      *self.plan.notes]
+            self.infos[name] = TensorInfo(
+                name, output_dtype(info.dtype, forced), info.shape, info.file
+            )
+        self.notes = [
+            *base.notes,
+            *adapter.config.warnings(str(adapter.folder / lora_adapter.CONFIG_NAME)),
+            *self.plan.notes,
+        ]
         self.base_entries = Manifest()  # of the base's tensors, where they are checked
 
     def node(self, name: str) -> Node:
         out = self.infos[name]
         base = self.base.node(name)
         if self.base.expected is not None:
-            base = checked(base, self.base.expected, self.base_entries,
-                           f"the model {self.base.label}")
+            base = checked(
+                base, self.base.expected, self.base_entries, f"the model {self.base.label}"
+            )
         steps = self.plan.steps.get(name, [])
         if not steps:
             return retyped(base, out)
@@ -221,35 +241,53 @@ def plan_merge(base: Source, adapter: Checkpoint, config: AdapterConfig) -> Merg
         if not m.embedding and transposed != config.fan_in_fan_out:
             flipped.append(m.module)
         tensors = (m.a, m.b) + ((m.magnitude,) if m.magnitude else ())
-        plan.steps.setdefault(target, []).append(Step(
-            "lora", tensors, lora_adapter.scaling_of(config, m.module), transposed,
-            m.magnitude is not None))
+        plan.steps.setdefault(target, []).append(
+            Step(
+                "lora",
+                tensors,
+                lora_adapter.scaling_of(config, m.module),
+                transposed,
+                m.magnitude is not None,
+            )
+        )
         if m.bias is not None:
             bias = _check_bias(base, adapter, m.module, m.bias)
             plan.steps.setdefault(bias, []).append(
-                Step("bias", (m.bias,), lora_adapter.scaling_of(config, m.module)))
+                Step("bias", (m.bias,), lora_adapter.scaling_of(config, m.module))
+            )
     merged = sum(1 for s in plan.steps.values() if s[-1].kind != "replace")
-    plan.notes.append(f"Merged LoRA into {merged} tensor(s); "
-                      f"{len(base) - len(plan.steps)} streamed through unchanged.")
+    plan.notes.append(
+        f"Merged LoRA into {merged} tensor(s); "
+        f"{len(base) - len(plan.steps)} streamed through unchanged."
+    )
     if layout.full:
-        plan.notes.append(f"{len(layout.full)} tensor(s) taken as the adapter saved them "
-                          "(modules_to_save, saved base layers).")
+        plan.notes.append(
+            f"{len(layout.full)} tensor(s) taken as the adapter saved them "
+            "(modules_to_save, saved base layers)."
+        )
     for head, embedding in tied.items():
-        plan.notes.append(f"{head} is tied to {embedding} (only that is stored); the adapter's "
-                          "changes to the head went into the shared tensor, as peft merges them.")
+        plan.notes.append(
+            f"{head} is tied to {embedding} (only that is stored); the adapter's "
+            "changes to the head went into the shared tensor, as peft merges them."
+        )
     if flipped:
         plan.notes.append(
             f"fan_in_fan_out={str(config.fan_in_fan_out).lower()} in the config does not fit "
             f"{len(flipped)} layer(s) ({flipped[0]}{', …' if len(flipped) > 1 else ''}); used the "
-            "orientation their shapes fit, as peft does for Conv1D and Linear layers.")
+            "orientation their shapes fit, as peft does for Conv1D and Linear layers."
+        )
     return plan
 
 
 # Output heads that models tie to their input embedding (tie_word_embeddings): the checkpoint
 # stores only the embedding, and peft's merge into the head changes that shared tensor.
 TIED_HEADS = {
-    "lm_head.weight": ("model.embed_tokens.weight", "transformer.wte.weight",
-                       "model.decoder.embed_tokens.weight", "transformer.word_embeddings.weight"),
+    "lm_head.weight": (
+        "model.embed_tokens.weight",
+        "transformer.wte.weight",
+        "model.decoder.embed_tokens.weight",
+        "transformer.word_embeddings.weight",
+    ),
 }
 
 
@@ -282,17 +320,18 @@ def _base_tensor(base: Source, adapter: Checkpoint, name: str, key: str) -> None
             f"base tensor {name!r} ({base.where(name)}) is {short_name(dtype)}; a LoRA "
             "adapter can only change fp32, fp16, bf16 or fp64 weights",
             "Quantized weights (8-bit floats, integers) come with scales a merge would have to "
-            "apply first: merge into an unquantized (bf16 or fp16) copy of the base model.")
+            "apply first: merge into an unquantized (bf16 or fp16) copy of the base model.",
+        )
 
 
-def _mismatch(base: Source, adapter: Checkpoint, name: str, key: str, want: tuple,
-              why: str) -> InputError:
+def _mismatch(
+    base: Source, adapter: Checkpoint, name: str, key: str, want: tuple, why: str
+) -> InputError:
     return InputError(
         f"adapter tensor {key!r} ({adapter.path}) does not fit base tensor {name!r}: {why} "
         f"{list(want)}, the base model has {list(base.info(name).shape)} "
         f"({base.where(name)})",
-        "The adapter was trained on a different base model (or another size of it); "
-        "check `base`.",
+        "The adapter was trained on a different base model (or another size of it); check `base`.",
     )
 
 
@@ -316,9 +355,11 @@ def _check_full(base: Source, adapter: Checkpoint, name: str, key: str) -> None:
 def _check_rank(adapter: Checkpoint, config: AdapterConfig, m: LoraModule) -> None:
     a, b = adapter.info(m.a).shape, adapter.info(m.b).shape
     if len(a) != 2 or len(b) != 2:
-        raise InputError(f"{adapter.path}: {m.a!r} {list(a)} and {m.b!r} {list(b)} are not "
-                         "matrices; only Linear, Conv1D and Embedding LoRA layers are supported",
-                         "Merge LoRA on convolution layers with peft itself.")
+        raise InputError(
+            f"{adapter.path}: {m.a!r} {list(a)} and {m.b!r} {list(b)} are not "
+            "matrices; only Linear, Conv1D and Embedding LoRA layers are supported",
+            "Merge LoRA on convolution layers with peft itself.",
+        )
     r = lora_adapter.rank_of(config, m.module)
     if a[0] != b[1] or a[0] != r:
         raise InputError(
@@ -329,8 +370,9 @@ def _check_rank(adapter: Checkpoint, config: AdapterConfig, m: LoraModule) -> No
         )
 
 
-def _orientation(base: Source, adapter: Checkpoint, config: AdapterConfig,
-                 m: LoraModule, target: str) -> bool:
+def _orientation(
+    base: Source, adapter: Checkpoint, config: AdapterConfig, m: LoraModule, target: str
+) -> bool:
     """Whether the delta is transpose(B @ A): always for embeddings, else per fan_in_fan_out,
     unless only the other orientation fits (peft decides by layer type: Conv1D is fan-in-first)."""
     _base_tensor(base, adapter, target, m.b)
@@ -344,15 +386,28 @@ def _orientation(base: Source, adapter: Checkpoint, config: AdapterConfig,
         if shape == (delta[::-1] if transposed else delta):
             _check_magnitude(base, adapter, m, target, delta[0])
             return transposed
-    raise _mismatch(base, adapter, target, m.b, delta[::-1] if options[0] else delta,
-                    "lora_B @ lora_A gives a delta of shape")
+    raise _mismatch(
+        base,
+        adapter,
+        target,
+        m.b,
+        delta[::-1] if options[0] else delta,
+        "lora_B @ lora_A gives a delta of shape",
+    )
 
 
-def _check_magnitude(base: Source, adapter: Checkpoint, m: LoraModule, target: str,
-                     out: int) -> None:
+def _check_magnitude(
+    base: Source, adapter: Checkpoint, m: LoraModule, target: str, out: int
+) -> None:
     if m.magnitude is not None and adapter.info(m.magnitude).shape != (out,):
-        raise _mismatch(base, adapter, target, m.magnitude, adapter.info(m.magnitude).shape,
-                        f"the DoRA magnitude must have {out} entries, it has shape")
+        raise _mismatch(
+            base,
+            adapter,
+            target,
+            m.magnitude,
+            adapter.info(m.magnitude).shape,
+            f"the DoRA magnitude must have {out} entries, it has shape",
+        )
 
 
 def _check_bias(base: Source, adapter: Checkpoint, module: str, bias: str) -> str:
@@ -366,16 +421,18 @@ def _check_bias(base: Source, adapter: Checkpoint, module: str, bias: str) -> st
         )
     _base_tensor(base, adapter, name, bias)
     if adapter.info(bias).shape != base.info(name).shape:
-        raise _mismatch(base, adapter, name, bias, adapter.info(bias).shape,
-                        "the LoRA bias has shape")
+        raise _mismatch(
+            base, adapter, name, bias, adapter.info(bias).shape, "the LoRA bias has shape"
+        )
     return name
 
 
 # ---------------------------------------------------------------- jobs and arithmetic
 
 
-def apply_steps(w: torch.Tensor, tensors: tuple[torch.Tensor, ...],
-                steps: list[Step]) -> torch.Tensor:
+def apply_steps(
+    w: torch.Tensor, tensors: tuple[torch.Tensor, ...], steps: list[Step]
+) -> torch.Tensor:
     """Run `steps` on base tensor `w`, in fp32 (fp64 if an input is); `tensors` are the steps'
     adapter tensors in order. The result is rounded once to the output dtype, by the caller.
 
@@ -390,8 +447,9 @@ def apply_steps(w: torch.Tensor, tensors: tuple[torch.Tensor, ...],
             w = w + next(args) * step.scaling
         elif step.dora:
             a, b, magnitude = next(args), next(args), next(args)
-            w = dora_merge(w, lora_delta(a, b, step.scaling, step.transposed), magnitude,
-                           step.transposed)
+            w = dora_merge(
+                w, lora_delta(a, b, step.scaling, step.transposed), magnitude, step.transposed
+            )
         else:
             a, b = next(args), next(args)
             # delta + W in the product's buffer: IEEE addition commutes, so this is peft's
@@ -408,8 +466,7 @@ def apply_steps(w: torch.Tensor, tensors: tuple[torch.Tensor, ...],
 _BLOCK_BYTES = BLOCK * 4
 
 
-def _add_widened(acc: torch.Tensor, w: torch.Tensor, scaling: float | None = None
-                 ) -> torch.Tensor:
+def _add_widened(acc: torch.Tensor, w: torch.Tensor, scaling: float | None = None) -> torch.Tensor:
     """acc += w (with `scaling`: acc = acc * scaling + w), w widened to acc's dtype exactly, a
     block of rows at a time: a widened copy of the whole of w would cost a tensor-sized buffer
     and a pass through memory, and so would a separate pass for the scaling."""
@@ -422,7 +479,7 @@ def _add_widened(acc: torch.Tensor, w: torch.Tensor, scaling: float | None = Non
     flat = scratch(0, acc.dtype, max(BLOCK, rows * row))
     for start in range(0, w.shape[0], rows):
         stop = min(start + rows, w.shape[0])
-        part = flat[:(stop - start) * row].view(stop - start, *w.shape[1:]).copy_(w[start:stop])
+        part = flat[: (stop - start) * row].view(stop - start, *w.shape[1:]).copy_(w[start:stop])
         target = acc[start:stop]
         if scaling is not None:
             target.mul_(scaling)
@@ -447,8 +504,9 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scaling: float, transposed: boo
     return (product.T if transposed else product).mul_(scaling)
 
 
-def dora_merge(w: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
-               transposed: bool) -> torch.Tensor:
+def dora_merge(
+    w: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, transposed: bool
+) -> torch.Tensor:
     """peft's DoRA merge: m / ||W + ΔW|| * (W + ΔW), the norm taken over the input dimension
     (DoraLinearLayer.get_weight_norm; embeddings count as transposed)."""
     # the same views and ops as peft, so the norm sums in the same order

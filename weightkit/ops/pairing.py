@@ -18,8 +18,15 @@ from weightkit.io.tensor_info import TensorInfo
 from weightkit.sources.source import Node, Source, combine
 
 # Tensors whose first dimension is the vocabulary: a fine-tune may add rows (new tokens).
-_VOCAB_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "tok_embeddings.weight",
-                   "output.weight", "wte.weight", "embed_out.weight", "word_embeddings.weight")
+_VOCAB_SUFFIXES = (
+    "embed_tokens.weight",
+    "lm_head.weight",
+    "tok_embeddings.weight",
+    "output.weight",
+    "wte.weight",
+    "embed_out.weight",
+    "word_embeddings.weight",
+)
 # Buffers transformers recomputes and ignores on load; older checkpoints carry them, newer don't.
 _DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -53,13 +60,24 @@ class Pair:
         shared = self.raw.shape[0]
         return [(min(start, shared), min(stop, shared)), (start, stop)]
 
-    def node(self, raw: Source, other: Source, out: TensorInfo,
-             compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
-             check_finite: bool = True) -> Node:
+    def node(
+        self,
+        raw: Source,
+        other: Source,
+        out: TensorInfo,
+        compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        check_finite: bool = True,
+    ) -> Node:
         """The result `compute(raw tensor, other tensor)` as a node, streaming in row pieces;
         `check_finite` as the pipeline's Job has it (False for bit-pattern arithmetic)."""
-        return combine(out, [raw.node(self.name), other.node(self.name)], compute, self.rows,
-                       check_finite=check_finite)
+        return combine(
+            out,
+            [raw.node(self.name), other.node(self.name)],
+            compute,
+            self.rows,
+            check_finite=check_finite,
+        )
 
 
 @dataclass
@@ -71,11 +89,15 @@ class Pairing:
         out = []
         extended = [p for p in self.pairs if p.extra_rows]
         for p in extended:
-            out.append(f"{p.name}: vocabulary extended from {p.raw.shape[0]} to "
-                       f"{p.other.shape[0]} rows; the {p.extra_rows} new rows are the diff's own.")
+            out.append(
+                f"{p.name}: vocabulary extended from {p.raw.shape[0]} to "
+                f"{p.other.shape[0]} rows; the {p.extra_rows} new rows are the diff's own."
+            )
         if self.skipped:
-            out.append(f"Skipped {len(self.skipped)} derived buffer(s) present on one side only "
-                       f"({self.skipped[0]}{', …' if len(self.skipped) > 1 else ''}).")
+            out.append(
+                f"Skipped {len(self.skipped)} derived buffer(s) present on one side only "
+                f"({self.skipped[0]}{', …' if len(self.skipped) > 1 else ''})."
+            )
         return out
 
 
@@ -114,11 +136,15 @@ def _check_dtypes(p: Pair, other_role: str) -> None:
         return
     if a.is_floating_point and b.is_floating_point:  # one of them has no value arithmetic
         packed = a if not is_float(a) else b
-        hint = (f"weightkit adds and subtracts {short_name(packed)} tensors bit for bit only, "
-                "so both sides need that dtype")
+        hint = (
+            f"weightkit adds and subtracts {short_name(packed)} tensors bit for bit only, "
+            "so both sides need that dtype"
+        )
     else:
-        hint = ("Weight arithmetic needs floating-point tensors on both sides (or the same "
-                "integer dtype)")
+        hint = (
+            "Weight arithmetic needs floating-point tensors on both sides (or the same "
+            "integer dtype)"
+        )
     raise InputError(
         f"tensor {p.name!r}: dtype {short_name(b)} in the {other_role} ({p.other.file}) does not "
         f"fit dtype {short_name(a)} in the raw model ({p.raw.file})",
@@ -130,8 +156,13 @@ def _check_shapes(p: Pair, other_role: str) -> None:
     r, o = p.raw.shape, p.other.shape
     if r == o:
         return
-    grows_vocab = (p.name.endswith(_VOCAB_SUFFIXES) and len(r) == len(o) and len(r) >= 1
-                   and r[1:] == o[1:] and o[0] > r[0])
+    grows_vocab = (
+        p.name.endswith(_VOCAB_SUFFIXES)
+        and len(r) == len(o)
+        and len(r) >= 1
+        and r[1:] == o[1:]
+        and o[0] > r[0]
+    )
     if grows_vocab:
         return
     raise InputError(

@@ -56,8 +56,9 @@ def recover(
     """
     options = options if options is not None else WriteOptions()
     if fp16 and dtype not in ("auto", "fp16"):
-        raise OptionConflict(f"`fp16` writes fp16 and `dtype` {dtype} asks for {dtype}: "
-                             "give one of them")
+        raise OptionConflict(
+            f"`fp16` writes fp16 and `dtype` {dtype} asks for {dtype}: give one of them"
+        )
     forced = torch.float16 if fp16 else (None if dtype == "auto" else parse_dtype(dtype))
     check_output(out, local_paths(raw, diff, lora), options)
     reading = Reading.of(options, hub)
@@ -65,17 +66,24 @@ def recover(
     if lora is not None:
         from weightkit.ops.merge_lora import write_merged
 
-        return write_merged(tuned, lora, out, forced, title="recover + merge-lora",
-                            options=options, reading=reading)
+        return write_merged(
+            tuned, lora, out, forced, title="recover + merge-lora", options=options, reading=reading
+        )
     return write_source(
-        tuned, out, title="recover",
+        tuned,
+        out,
+        title="recover",
         # a lossless diff is integer work, done while loading: a GPU would only add copies
         options=options.replace(device="cpu") if tuned.lossless else options,
-        log=reading.log, expected=tuned.expected, expected_what="the tuned model")
+        log=reading.log,
+        expected=tuned.expected,
+        expected_what="the tuned model",
+    )
 
 
-def open_recovered(raw: str | Path, diff: str | Path, forced: torch.dtype | None,
-                   reading: Reading | None = None) -> RecoveredView | LosslessRecoveredView:
+def open_recovered(
+    raw: str | Path, diff: str | Path, forced: torch.dtype | None, reading: Reading | None = None
+) -> RecoveredView | LosslessRecoveredView:
     """The model recovered from `raw` and `diff`, as a source; nothing computed yet.
 
     `forced` is recover's `dtype` (None: auto); a raw Meta folder is read in it too, as
@@ -91,8 +99,9 @@ def open_recovered(raw: str | Path, diff: str | Path, forced: torch.dtype | None
         from weightkit.ops.lossless import LosslessRecoveredView
 
         return LosslessRecoveredView(raw_src, diff_path, forced, target)
-    return RecoveredView(raw_src, open_path(diff_path, progress=reading.progress), forced,
-                         target, folder)
+    return RecoveredView(
+        raw_src, open_path(diff_path, progress=reading.progress), forced, target, folder
+    )
 
 
 class RecoveredView(View):
@@ -102,15 +111,25 @@ class RecoveredView(View):
 
     lossless = False
 
-    def __init__(self, raw: Source, diff: Source, forced: torch.dtype | None,
-                 target: Manifest | None, folder: Path) -> None:
+    def __init__(
+        self,
+        raw: Source,
+        diff: Source,
+        forced: torch.dtype | None,
+        target: Manifest | None,
+        folder: Path,
+    ) -> None:
         self.raw, self.diff = raw, diff
         self.label = f"recovered from {raw.label} and {diff.label}"
         pairing = pair_checkpoints(raw, diff, "diff")
         self.expected = target
         self.pairs = {p.name: p for p in pairing.pairs}
-        self.infos = {p.name: TensorInfo(p.name, _out_dtype(p, forced, target, folder),
-                                         p.other.shape, p.other.file) for p in pairing.pairs}
+        self.infos = {
+            p.name: TensorInfo(
+                p.name, _out_dtype(p, forced, target, folder), p.other.shape, p.other.file
+            )
+            for p in pairing.pairs
+        }
         self.notes = [*raw.notes, *diff.notes, *pairing.notes()]
 
     def node(self, name: str) -> Node:
@@ -119,8 +138,9 @@ class RecoveredView(View):
         def add(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
             return delta.add_any(r, d, out.dtype, name, reuse_diff=True)
 
-        return self.pairs[name].node(self.raw, self.diff, out, add,
-                                     check_finite=is_float(out.dtype))
+        return self.pairs[name].node(
+            self.raw, self.diff, out, add, check_finite=is_float(out.dtype)
+        )
 
     @property
     def inputs(self) -> list[Path]:
@@ -135,8 +155,9 @@ class RecoveredView(View):
         return [*self.diff.side_files(), *self.raw.side_files()]
 
 
-def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None,
-               folder: Path) -> torch.dtype:
+def _out_dtype(
+    p: Pair, forced: torch.dtype | None, target: Manifest | None, folder: Path
+) -> torch.dtype:
     """The tuned model's dtype (from the target manifest), else the wider of raw's and the
     diff's; `dtype` converts it when that is a plain float. A tensor that is not a float keeps
     its dtype (pairing made it the same on both sides)."""
@@ -148,7 +169,8 @@ def _out_dtype(p: Pair, forced: torch.dtype | None, target: Manifest | None,
         try:
             return output_dtype(torch_dtype(name, where), forced)
         except KeyError:
-            raise InputError(f"{where} has dtype {name!r}, which is not a safetensors dtype",
-                             "The target manifest is damaged; download the diff again.") from None
+            raise InputError(
+                f"{where} has dtype {name!r}, which is not a safetensors dtype",
+                "The target manifest is damaged; download the diff again.",
+            ) from None
     return output_dtype(wider(p.raw.dtype, p.other.dtype), forced)
-

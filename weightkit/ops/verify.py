@@ -75,32 +75,47 @@ class VerifyReport:
         return {v: sum(r.verdict == v for r in self.rows) for v in (OK, MISMATCH, MISSING, EXTRA)}
 
     def to_dict(self) -> dict[str, Any]:
-        doc = {"path": str(self.path), "source": str(self.source), "kind": self.kind,
-               "algo": self.algo, "ok": self.ok, "counts": self.counts(),
-               "bytes_hashed": self.bytes_hashed, "seconds": round(self.seconds, 3),
-               "rows": [asdict(r) for r in self.rows]}
+        doc = {
+            "path": str(self.path),
+            "source": str(self.source),
+            "kind": self.kind,
+            "algo": self.algo,
+            "ok": self.ok,
+            "counts": self.counts(),
+            "bytes_hashed": self.bytes_hashed,
+            "seconds": round(self.seconds, 3),
+            "rows": [asdict(r) for r in self.rows],
+        }
         return {**doc, "removed": self.removed} if self.kind == CACHE else doc
 
     def summary(self) -> str:
         c = self.counts()
         rate = self.bytes_hashed / self.seconds if self.seconds > 0 else 0.0
-        what = (f"the blobs of {self.path} checked against their names in {self.source}"
-                if self.kind == CACHE else f"{self.kind} of {self.path} checked against "
-                f"{self.source}")
-        text = (f"{c[OK]} ok, {c[MISMATCH]} MISMATCH, {c[MISSING]} missing, {c[EXTRA]} extra: "
-                f"{what} ({self.algo}), {human_bytes(self.bytes_hashed)} in "
-                f"{human_time(self.seconds)} ({human_bytes(rate)}/s).")
+        what = (
+            f"the blobs of {self.path} checked against their names in {self.source}"
+            if self.kind == CACHE
+            else f"{self.kind} of {self.path} checked against {self.source}"
+        )
+        text = (
+            f"{c[OK]} ok, {c[MISMATCH]} MISMATCH, {c[MISSING]} missing, {c[EXTRA]} extra: "
+            f"{what} ({self.algo}), {human_bytes(self.bytes_hashed)} in "
+            f"{human_time(self.seconds)} ({human_bytes(rate)}/s)."
+        )
         if self.ok:
             return f"{text} Everything listed matches."
         if self.kind == "files":
             return f"{text} FAILED: download the MISMATCH and missing files again."
         if self.kind == CACHE and self.removed:
-            return (f"{text} FAILED: removed {', '.join(self.removed)}; the next run that reads "
-                    "the repo downloads them again.")
+            return (
+                f"{text} FAILED: removed {', '.join(self.removed)}; the next run that reads "
+                "the repo downloads them again."
+            )
         if self.kind == CACHE:
-            return (f"{text} FAILED: the files marked MISMATCH or missing are damaged in the "
-                    "cache; run the same command with `fix` to remove them, and the next run "
-                    "that reads the repo downloads them again.")
+            return (
+                f"{text} FAILED: the files marked MISMATCH or missing are damaged in the "
+                "cache; run the same command with `fix` to remove them, and the next run "
+                "that reads the repo downloads them again."
+            )
         return f"{text} FAILED: the tensors marked MISMATCH or missing are not the ones expected."
 
 
@@ -138,14 +153,17 @@ def verify(
     if not path.exists() and _is_hub_spec(spec):
         return _check_hub(spec, manifest, known, algo, jobs, progress, fix)
     if fix:
-        raise InputError(f"{path}: `fix` repairs a Hub repo's files in the Hugging Face cache; "
-                         "this is a folder", "Drop `fix`, and download the files named again.")
+        raise InputError(
+            f"{path}: `fix` repairs a Hub repo's files in the Hugging Face cache; this is a folder",
+            "Drop `fix`, and download the files named again.",
+        )
     folder, only = _scope(path)
     source = _source(folder, manifest, known)
     if _is_tensor_manifest(source):
         if algo not in (None, "sha256"):
-            raise InputError(f"{source}: a tensor manifest holds sha256 hashes, not {algo}",
-                             "Drop `algo`.")
+            raise InputError(
+                f"{source}: a tensor manifest holds sha256 hashes, not {algo}", "Drop `algo`."
+            )
         return _check_tensors(path, source, jobs, progress)
     return _check_files(folder, only, source, algo, jobs, progress)
 
@@ -161,8 +179,13 @@ class ChecksumResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "algo": self.algo, "files": self.files,
-                "bytes_hashed": self.bytes_hashed, "seconds": round(self.seconds, 3)}
+        return {
+            "path": str(self.path),
+            "algo": self.algo,
+            "files": self.files,
+            "bytes_hashed": self.bytes_hashed,
+            "seconds": round(self.seconds, 3),
+        }
 
     def summary(self) -> str:
         return f"checksum: wrote {len(self.files)} {self.algo} line(s) to {self.path}."
@@ -195,8 +218,13 @@ def write_checksums(
         out.write_text(text, encoding="utf-8", newline="\n")
     except OSError as e:
         raise OutputError(f"{out}: cannot write the checksum file ({e.strerror})") from None
-    return ChecksumResult(out, algo, names, sum((folder / n).stat().st_size for n in names),
-                          time.perf_counter() - start)
+    return ChecksumResult(
+        out,
+        algo,
+        names,
+        sum((folder / n).stat().st_size for n in names),
+        time.perf_counter() - start,
+    )
 
 
 def read_checksums(path: str | Path, algo: str | None = None) -> Checksums:
@@ -219,12 +247,12 @@ def read_checksums(path: str | Path, algo: str | None = None) -> Checksums:
             continue
         name, digest = _parse_line(line, f"{path}:{lineno}")
         if name in entries:
-            raise InputError(f"{path}:{lineno}: {name} is listed twice",
-                             "Keep one line per file.")
+            raise InputError(f"{path}:{lineno}: {name} is listed twice", "Keep one line per file.")
         entries[name] = digest
     if not entries:
-        raise InputError(f"{path}: no checksum lines in it",
-                         "Expected md5sum/sha256sum lines: HASH  NAME.")
+        raise InputError(
+            f"{path}: no checksum lines in it", "Expected md5sum/sha256sum lines: HASH  NAME."
+        )
     return Checksums(_algo_of(entries.values(), algo, path), entries)
 
 
@@ -239,8 +267,12 @@ def new_hash(algo: str, size: int) -> Any:
     return h
 
 
-def hash_file(path: Path, algo: str, on_block: Callable[[int], None] | None = None,
-              stop: threading.Event | None = None) -> str:
+def hash_file(
+    path: Path,
+    algo: str,
+    on_block: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> str:
     """Hex digest of a file, read in large blocks; `on_block(nbytes)` after each block."""
     buf = bytearray(_BLOCK)
     view = memoryview(buf)
@@ -292,8 +324,7 @@ def _source(folder: Path, manifest: str | Path | None, known: str | None) -> Pat
 def _known(name: str) -> Path:
     manifests = known_manifests()
     if name not in manifests:
-        raise InputError(f"no known manifest called {name!r}",
-                         f"Known: {', '.join(manifests)}.")
+        raise InputError(f"no known manifest called {name!r}", f"Known: {', '.join(manifests)}.")
     return manifests[name]
 
 
@@ -307,8 +338,10 @@ def _parse_line(line: str, where: str) -> tuple[str, str]:
     escaped = line.startswith("\\")  # md5sum marks names holding '\' or newlines this way
     m = _LINE.fullmatch(line[1:] if escaped else line)
     if not m:
-        raise InputError(f"{where}: not an md5sum/sha256sum line: {line!r}",
-                         "Each line should be HASH  NAME (or HASH *NAME).")
+        raise InputError(
+            f"{where}: not an md5sum/sha256sum line: {line!r}",
+            "Each line should be HASH  NAME (or HASH *NAME).",
+        )
     name = m.group(2)
     if escaped:
         name = re.sub(r"\\[\\nr]", lambda e: _UNESCAPE[e.group()], name)
@@ -330,8 +363,7 @@ def _algo_of(digests: Iterable[str], algo: str | None, where: Path) -> str:
     lengths = {len(d) for d in digests}
     if algo is not None:
         if algo not in ALGOS:
-            raise InputError(f"unknown hash algorithm {algo!r}",
-                             f"Use one of: {', '.join(ALGOS)}.")
+            raise InputError(f"unknown hash algorithm {algo!r}", f"Use one of: {', '.join(ALGOS)}.")
         if lengths != {ALGOS[algo]}:
             raise InputError(
                 f"{where}: holds hashes of {'/'.join(map(str, sorted(lengths)))} hex digits, "
@@ -372,14 +404,22 @@ def _files_in(folder: Path, skip: set[Path]) -> list[str]:
 # --- checking files --------------------------------------------------------------------------
 
 
-def _check_files(folder: Path, only: str | None, source: Path, algo: str | None,
-                 jobs: int | None, progress: bool | None) -> VerifyReport:
+def _check_files(
+    folder: Path,
+    only: str | None,
+    source: Path,
+    algo: str | None,
+    jobs: int | None,
+    progress: bool | None,
+) -> VerifyReport:
     sums = read_checksums(source, algo)
     listed = sums.entries
     if only is not None:
         if only not in listed:
-            raise InputError(f"{folder / only}: not listed in {source}",
-                             "Check the whole folder, or give the checksum file that lists it.")
+            raise InputError(
+                f"{folder / only}: not listed in {source}",
+                "Check the whole folder, or give the checksum file that lists it.",
+            )
         listed = {only: listed[only]}
     present = [n for n in listed if (folder / n).is_file()]
     start = time.perf_counter()
@@ -390,8 +430,9 @@ def _check_files(folder: Path, only: str | None, source: Path, algo: str | None,
         extras = set(_files_in(folder, skip={source.resolve()})) - set(listed)
         rows += [Row(n, None, None, EXTRA) for n in sorted(extras)]
     nbytes = sum((folder / n).stat().st_size for n in present)
-    return VerifyReport(folder / only if only else folder, source, "files", sums.algo, rows,
-                        nbytes, seconds)
+    return VerifyReport(
+        folder / only if only else folder, source, "files", sums.algo, rows, nbytes, seconds
+    )
 
 
 def _file_row(name: str, want: str, got: str | None) -> Row:
@@ -400,20 +441,23 @@ def _file_row(name: str, want: str, got: str | None) -> Row:
     return Row(name, want, got, OK if got == want else MISMATCH)
 
 
-def _hash_files(folder: Path, names: list[str], algo: str, jobs: int | None,
-                progress: bool | None,
-                title: str) -> dict[str, str]:
+def _hash_files(
+    folder: Path, names: list[str], algo: str, jobs: int | None, progress: bool | None, title: str
+) -> dict[str, str]:
     return _hash_paths({n: (folder / n, algo) for n in names}, jobs, progress, title)
 
 
-def _hash_paths(todo: dict[str, tuple[Path, str]], jobs: int | None, progress: bool | None,
-                title: str) -> dict[str, str]:
+def _hash_paths(
+    todo: dict[str, tuple[Path, str]], jobs: int | None, progress: bool | None, title: str
+) -> dict[str, str]:
     """{key: hex digest} of each (file, algorithm) in `todo`, hashed in parallel."""
     sizes = {k: path.stat().st_size for k, (path, _) in todo.items()}
     # largest first, so the workers run out of files at about the same time
     order = sorted(todo, key=lambda k: sizes[k], reverse=True)
-    with ByteProgress(title, sum(sizes.values()), len(todo), show_progress(progress),
-                     unit="files") as bar:
+    with ByteProgress(
+        title, sum(sizes.values()), len(todo), show_progress(progress), unit="files"
+    ) as bar:
+
         def one(key: str, stop: threading.Event) -> str:
             path, algo = todo[key]
             digest = hash_file(path, algo, lambda n: bar.advance(n, 0), stop)
@@ -432,28 +476,46 @@ def _is_hub_spec(spec: str) -> bool:
     return is_hub_spec(spec)
 
 
-def _check_hub(spec: str, manifest: str | Path | None, known: str | None, algo: str | None,
-               jobs: int | None, progress: bool | None, fix: bool) -> VerifyReport:
+def _check_hub(
+    spec: str,
+    manifest: str | Path | None,
+    known: str | None,
+    algo: str | None,
+    jobs: int | None,
+    progress: bool | None,
+    fix: bool,
+) -> VerifyReport:
     from weightkit.hub.cache import cached_snapshot
 
     snapshot = cached_snapshot(spec)
     if manifest is not None or known is not None:
         if fix:
-            raise InputError("`fix` removes what does not match the cache's own hashes; "
-                             "it does not go with `manifest` or `known`", "Drop one of them.")
-        return verify(snapshot.folder, manifest=manifest, known=known, algo=algo, jobs=jobs,
-                      progress=progress)
+            raise InputError(
+                "`fix` removes what does not match the cache's own hashes; "
+                "it does not go with `manifest` or `known`",
+                "Drop one of them.",
+            )
+        return verify(
+            snapshot.folder, manifest=manifest, known=known, algo=algo, jobs=jobs, progress=progress
+        )
     if algo is not None:
-        raise InputError(f"the Hugging Face cache names each file of {spec} by its sha256 or git "
-                         f"sha1; `algo` {algo} has nothing to check", "Drop `algo`.")
+        raise InputError(
+            f"the Hugging Face cache names each file of {spec} by its sha256 or git "
+            f"sha1; `algo` {algo} has nothing to check",
+            "Drop `algo`.",
+        )
     return _check_cache(snapshot, jobs, progress, fix)
 
 
-def _check_cache(snapshot: Snapshot, jobs: int | None, progress: bool | None,
-                 fix: bool) -> VerifyReport:
+def _check_cache(
+    snapshot: Snapshot, jobs: int | None, progress: bool | None, fix: bool
+) -> VerifyReport:
     files = snapshot.files()
-    blobs = {f.blob.name: (f.blob, f.algo) for f in files
-             if f.blob is not None and f.algo is not None and f.blob.is_file()}
+    blobs = {
+        f.blob.name: (f.blob, f.algo)
+        for f in files
+        if f.blob is not None and f.algo is not None and f.blob.is_file()
+    }
     start = time.perf_counter()
     digests = _hash_paths(blobs, jobs, progress, title="verify")
     seconds = time.perf_counter() - start
@@ -463,10 +525,21 @@ def _check_cache(snapshot: Snapshot, jobs: int | None, progress: bool | None,
     removed = []
     if fix:
         damaged = {r.expected for r in rows if r.verdict in (MISMATCH, MISSING) and r.expected}
-        removed = [p.relative_to(snapshot.store.path).as_posix()
-                   for name in sorted(damaged) for p in snapshot.store.remove_blob(name)]
-    return VerifyReport(snapshot.folder, snapshot.store.path / "blobs", CACHE,
-                        f"sha256/{GIT_SHA1}", rows, nbytes, seconds, sorted(removed))
+        removed = [
+            p.relative_to(snapshot.store.path).as_posix()
+            for name in sorted(damaged)
+            for p in snapshot.store.remove_blob(name)
+        ]
+    return VerifyReport(
+        snapshot.folder,
+        snapshot.store.path / "blobs",
+        CACHE,
+        f"sha256/{GIT_SHA1}",
+        rows,
+        nbytes,
+        seconds,
+        sorted(removed),
+    )
 
 
 def _cache_row(f: CachedFile, got: str | None, listed_size: int | None) -> Row:
@@ -474,11 +547,17 @@ def _cache_row(f: CachedFile, got: str | None, listed_size: int | None) -> Row:
     if f.blob is None:
         return Row(f.path, None, None, EXTRA, f.note)
     if f.algo is None:
-        return Row(f.path, f.blob_name, None, EXTRA,
-                   "its blob's name is no sha256 or git sha1: not checked")
+        return Row(
+            f.path,
+            f.blob_name,
+            None,
+            EXTRA,
+            "its blob's name is no sha256 or git sha1: not checked",
+        )
     if got is None:
-        return Row(f.path, f.blob_name, None, MISSING, f"a dangling link: blobs/{f.blob_name} "
-                                                       "is gone")
+        return Row(
+            f.path, f.blob_name, None, MISSING, f"a dangling link: blobs/{f.blob_name} is gone"
+        )
     if got == f.blob_name:
         return Row(f.path, f.blob_name, got, OK)
     size = f.blob.stat().st_size
@@ -494,8 +573,9 @@ def _cache_row(f: CachedFile, got: str | None, listed_size: int | None) -> Row:
 # --- checking tensors ------------------------------------------------------------------------
 
 
-def _check_tensors(path: Path, source: Path, jobs: int | None,
-                   progress: bool | None) -> VerifyReport:
+def _check_tensors(
+    path: Path, source: Path, jobs: int | None, progress: bool | None
+) -> VerifyReport:
     from weightkit.io.reader import open_checkpoint  # torch: loaded only for this check
     from weightkit.manifest import Manifest
 
@@ -506,8 +586,10 @@ def _check_tensors(path: Path, source: Path, jobs: int | None,
     present = [n for n in listed if n in ckpt]
     nbytes = sum(ckpt.info(n).nbytes for n in present)
     start = time.perf_counter()
-    with ByteProgress("verify", nbytes, len(present), show_progress(progress),
-                     unit="tensors") as bar:
+    with ByteProgress(
+        "verify", nbytes, len(present), show_progress(progress), unit="tensors"
+    ) as bar:
+
         def one(name: str, stop: threading.Event) -> ManifestEntry:
             entry = ckpt.manifest_entry(name)
             bar.advance(ckpt.info(name).nbytes, 1)
@@ -524,8 +606,13 @@ def _tensor_row(name: str, want: ManifestEntry, got: ManifestEntry | None) -> Ro
     if got is None:
         return Row(name, want.sha256, None, MISSING)
     if (got.dtype, got.shape) != (want.dtype, want.shape):
-        return Row(name, want.sha256, got.sha256, MISMATCH,
-                   f"{got.dtype} {list(got.shape)}, expected {want.dtype} {list(want.shape)}")
+        return Row(
+            name,
+            want.sha256,
+            got.sha256,
+            MISMATCH,
+            f"{got.dtype} {list(got.shape)}, expected {want.dtype} {list(want.shape)}",
+        )
     if got.sha256 == want.sha256:
         return Row(name, want.sha256, got.sha256, OK)
     if got.sha256 == want.recovers_to:
@@ -536,8 +623,9 @@ def _tensor_row(name: str, want: ManifestEntry, got: ManifestEntry | None) -> Ro
 # --- running in parallel ---------------------------------------------------------------------
 
 
-def _parallel(fn: Callable[[str, threading.Event], Any], items: list[str],
-              jobs: int | None) -> dict[str, Any]:
+def _parallel(
+    fn: Callable[[str, threading.Event], Any], items: list[str], jobs: int | None
+) -> dict[str, Any]:
     """{item: fn(item, stop)} computed by `jobs` threads (default: one per core). On an error or
     Ctrl-C, `stop` is set so running calls can give up, and the rest never start."""
     jobs = jobs if jobs is not None else _cores()

@@ -21,8 +21,10 @@ from weightkit.options import HubOptions, WriteOptions
 from weightkit.sources.source import Source
 
 PARAMS_NAME = "params.json"  # Meta's model arguments, next to consolidated.*.pth
-_NOT_FOUND_HINT = ("Give an HF model folder, a raw Meta LLaMA folder (params.json and "
-                   "consolidated.*.pth) or a Hub repo id (org/name).")
+_NOT_FOUND_HINT = (
+    "Give an HF model folder, a raw Meta LLaMA folder (params.json and "
+    "consolidated.*.pth) or a Hub repo id (org/name)."
+)
 
 
 @dataclass
@@ -78,20 +80,21 @@ class Reading:
         return open_path(self.resolve(spec, role=role), dtype=dtype, progress=self.progress)
 
 
-def resolve(spec: str | Path, *, role: str, dry_run: bool = False,
-            hub: HubOptions | None = None) -> Path:
+def resolve(
+    spec: str | Path, *, role: str, dry_run: bool = False, hub: HubOptions | None = None
+) -> Path:
     """Where the model `spec` lies on this machine (see Reading.resolve)."""
     return Reading(dry_run, hub).resolve(spec, role=role)
 
 
 def is_meta_folder(path: Path) -> bool:
     """A raw Meta LLaMA model folder: params.json next to consolidated.*.pth."""
-    return (path.is_dir() and (path / PARAMS_NAME).is_file()
-            and any(path.glob("consolidated.*.pth")))
+    return path.is_dir() and (path / PARAMS_NAME).is_file() and any(path.glob("consolidated.*.pth"))
 
 
-def open_path(path: Path, *, dtype: torch.dtype | None = None,
-              progress: bool | None = None) -> Source:
+def open_path(
+    path: Path, *, dtype: torch.dtype | None = None, progress: bool | None = None
+) -> Source:
     """The model at a local path. A raw Meta folder is read as convert writes it in `dtype`
     (None: its own dtype), its checklist.chk verified first as convert verifies it (`progress`:
     show a bar meanwhile, as WriteOptions.progress says)."""
@@ -114,8 +117,14 @@ def open_path(path: Path, *, dtype: torch.dtype | None = None,
         ) from None
 
 
-def open_source(spec: str | Path, *, role: str, dtype: torch.dtype | None = None,
-                dry_run: bool = False, hub: HubOptions | None = None) -> Source:
+def open_source(
+    spec: str | Path,
+    *,
+    role: str,
+    dtype: torch.dtype | None = None,
+    dry_run: bool = False,
+    hub: HubOptions | None = None,
+) -> Source:
     """The model `spec` names, whichever kind it is (see the module's docstring)."""
     return Reading(dry_run, hub).open(spec, role=role, dtype=dtype)
 

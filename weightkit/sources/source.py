@@ -119,7 +119,9 @@ class View(Listing):
         first = start - start % node.row_multiple
         last = min(-(-stop // node.row_multiple) * node.row_multiple, node.out.shape[0])
         rows = _value_of(node, node.load_rows(first, last))
-        return rows if (first, last) == (start, stop) else rows[start - first:stop - first].clone()
+        return (
+            rows if (first, last) == (start, stop) else rows[start - first : stop - first].clone()
+        )
 
 
 def _value_of(node: Node, loaded: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -132,16 +134,23 @@ def _value_of(node: Node, loaded: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return t
 
 
-def stored_node(out: TensorInfo, read: Callable[[], torch.Tensor],
-                read_rows: Callable[[int, int], torch.Tensor]) -> Node:
+def stored_node(
+    out: TensorInfo, read: Callable[[], torch.Tensor], read_rows: Callable[[int, int], torch.Tensor]
+) -> Node:
     """A tensor read as it is stored: nothing to compute."""
-    return Node(out, lambda: (read(),), identity,
-                load_rows=lambda start, stop: (read_rows(start, stop),))
+    return Node(
+        out, lambda: (read(),), identity, load_rows=lambda start, stop: (read_rows(start, stop),)
+    )
 
 
-def combine(out: TensorInfo, parts: list[Node], compute: Callable[..., torch.Tensor],
-            rows: Callable[[int, int], list[tuple[int, int]]] | None = None, *,
-            check_finite: bool = True) -> Node:
+def combine(
+    out: TensorInfo,
+    parts: list[Node],
+    compute: Callable[..., torch.Tensor],
+    rows: Callable[[int, int], list[tuple[int, int]]] | None = None,
+    *,
+    check_finite: bool = True,
+) -> Node:
     """A tensor computed from other sources' tensors: `compute` gets each part's value, in order,
     on the device. With `rows` (output rows [start, stop) -> the rows each part needs), it
     streams in row pieces when every part does. `check_finite` is the Job's (False where the
@@ -153,17 +162,24 @@ def combine(out: TensorInfo, parts: list[Node], compute: Callable[..., torch.Ten
     def run(*loaded: torch.Tensor) -> torch.Tensor:
         values, at = [], 0
         for p in parts:
-            values.append(p.value(*loaded[at:at + p.arity]))
+            values.append(p.value(*loaded[at : at + p.arity]))
             at += p.arity
         return compute(*values)
 
-    return Node(out, load, run, check_finite=check_finite, load_rows=_rows_of(parts, rows),
-                row_multiple=math.lcm(*(p.row_multiple for p in parts)),
-                arity=sum(p.arity for p in parts))
+    return Node(
+        out,
+        load,
+        run,
+        check_finite=check_finite,
+        load_rows=_rows_of(parts, rows),
+        row_multiple=math.lcm(*(p.row_multiple for p in parts)),
+        arity=sum(p.arity for p in parts),
+    )
 
 
-def _rows_of(parts: list[Node], rows: Callable[[int, int], list[tuple[int, int]]] | None
-             ) -> Callable[[int, int], tuple[torch.Tensor, ...]] | None:
+def _rows_of(
+    parts: list[Node], rows: Callable[[int, int], list[tuple[int, int]]] | None
+) -> Callable[[int, int], tuple[torch.Tensor, ...]] | None:
     """The parts' row loaders joined (output rows [start, stop) -> what each part gives for
     the rows `rows` says it needs), or None unless every part streams."""
     if rows is None:
@@ -175,8 +191,9 @@ def _rows_of(parts: list[Node], rows: Callable[[int, int], list[tuple[int, int]]
         loaders.append(p.load_rows)
 
     def load_rows(start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        return tuple(x for load, (a, b) in zip(loaders, rows(start, stop), strict=True)
-                     for x in load(a, b))
+        return tuple(
+            x for load, (a, b) in zip(loaders, rows(start, stop), strict=True) for x in load(a, b)
+        )
 
     return load_rows
 
@@ -187,8 +204,12 @@ def retyped(node: Node, out: TensorInfo) -> Node:
     if node.out.dtype == out.dtype:
         return dataclasses.replace(node, out=out)
     # a stored tensor's value is what it read: pure data movement, not checked for NaN/Inf
-    return dataclasses.replace(node, out=out, compute=node.value,
-                               check_finite=node.check_finite and node.compute is not identity)
+    return dataclasses.replace(
+        node,
+        out=out,
+        compute=node.value,
+        check_finite=node.check_finite and node.compute is not identity,
+    )
 
 
 def checked(node: Node, expected: Manifest, entries: Manifest, where: str) -> Node:
