@@ -582,6 +582,33 @@ def test_cli_prints_the_download_and_verify_summaries(
         f"against {catalog / 'toy-7b-lora.md5'} lists every file).",
     ]
 
+    # --json: the error, and what was fetched and checked before it, as one object
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "download",
+                "toy-7b",
+                "--only-lora",
+                "--out",
+                str(out),
+                "--endpoint",
+                hub.url,
+                "--json",
+            ]
+        )
+    assert e.value.code == 1
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert (sorted(doc), captured.err) == (["error", "hint", "result"], "")
+    assert doc["error"].endswith("toy-7b-lora.md5: adapter_model.safetensors (MISMATCH)")
+    assert doc["result"]["present"] == ["adapter_config.json", "adapter_model.safetensors"]
+    assert doc["result"]["checked"]["verify"]["counts"] == {
+        "ok": 0,
+        "MISMATCH": 1,
+        "missing": 0,
+        "extra": 1,
+    }
+
 
 def test_plain_repo_of_a_release_part_is_verified_too(
     hub: FakeHub, tmp_path: Path, catalog: Path

@@ -88,7 +88,9 @@ def _run(args: list[str], debug: bool) -> int:
         if debug:
             raise
         command = _command_of(args)
-        show_error(flag_text(e.message, command), e.hint and flag_text(e.hint, command), as_json)
+        show_error(
+            flag_text(e.message, command), e.hint and flag_text(e.hint, command), as_json, e.result
+        )
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - the one place that turns surprises into a message
         if debug:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import click
 
@@ -31,10 +32,12 @@ def flag_text(text: str, command: click.Command | None) -> str:
     return _PARAMETER.sub(flag, text)
 
 
-def show_error(message: str, hint: str | None, as_json: bool) -> None:
-    """One message: `Error: ...` and the hint on stderr, or {"error", "hint"} on stdout."""
+def show_error(message: str, hint: str | None, as_json: bool, done: Any = None) -> None:
+    """One message: `Error: ...` and the hint on stderr, or {"error", "hint"} on stdout (with
+    "result": what was done before the failure, where the error carries it)."""
     if as_json:
-        click.echo(json.dumps({"error": message, "hint": hint}))
+        doc = {"error": message, "hint": hint}
+        click.echo(json.dumps(doc if done is None else {**doc, "result": done.to_dict()}))
         return
     click.echo(f"Error: {message}", err=True)
     if hint:
