@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import DTYPES, dtype_option, out_option, subcommand, write_options
+from weightkit.cli.options import (
+    DTYPES,
+    dtype_option,
+    no_verify_option,
+    out_option,
+    subcommand,
+    write_options,
+)
 
 LLAMA_VERSIONS = ["auto", "1", "2", "3", "3.1", "3.2"]
 
@@ -44,14 +51,7 @@ LLAMA_VERSIONS = ["auto", "1", "2", "3", "3.1", "3.2"]
     is_flag=True,
     help="LLaMA 3 instruct model: eos <|eot_id|>, the three stop ids, a chat template.",
 )
-@click.option(
-    "--no-verify",
-    "verify",
-    is_flag=True,
-    flag_value=False,
-    default=True,
-    help="Do not check checklist.chk before converting.",
-)
+@no_verify_option("Do not check checklist.chk before converting.")
 @write_options(device=False)
 def command(**kwargs: Any) -> Any:
     """Convert Meta's raw LLaMA 1/2/3 checkpoint to HF format, streaming, bit for bit."""

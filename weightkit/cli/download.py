@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from weightkit.cli.options import hub_options, subcommand
+from weightkit.cli.options import hub_options, no_verify_option, subcommand
 
 
 @subcommand("download")
@@ -32,14 +32,7 @@ from weightkit.cli.options import hub_options, subcommand
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (repeatable).")
 @click.option("--revision", help="Branch, tag or commit (default: main).")
-@click.option(
-    "--no-verify",
-    "verify",
-    is_flag=True,
-    flag_value=False,
-    default=True,
-    help="Skip the catalog manifest check (each file's Hub hash is still checked).",
-)
+@no_verify_option("Skip the catalog manifest check (each file's Hub hash is still checked).")
 @click.option(
     "--dry-run",
     is_flag=True,

@@ -22,6 +22,7 @@ __all__ = [
     "dtype_option",
     "hub_options",
     "is_quiet",
+    "no_verify_option",
     "out_option",
     "progress",
     "subcommand",
@@ -143,6 +144,13 @@ def dtype_option(default: str, choices: tuple[str, ...], help: str) -> Decorator
     """--dtype of what a command writes."""
     return click.option(
         "--dtype", type=click.Choice(list(choices)), default=default, show_default=True, help=help
+    )
+
+
+def no_verify_option(help: str) -> Decorator:
+    """--no-verify, which sets the library's `verify` to False."""
+    return click.option(
+        "--no-verify", "verify", is_flag=True, flag_value=False, default=True, help=help
     )
 
 
