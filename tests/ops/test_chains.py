@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import weightkit.hub.cache
 from weightkit.errors import ChecksumError, InputError
-from weightkit.io.reader import Checkpoint, open_checkpoint
+from weightkit.io.reader import open_checkpoint
 from weightkit.ops.convert_llama import MetaView, convert_llama, open_meta
 from weightkit.ops.diff import diff
 from weightkit.ops.merge_lora import merge_lora
@@ -23,14 +23,18 @@ from weightkit.ops.recover import recover
 from weightkit.options import WriteOptions
 from weightkit.sources import Source
 from weightkit.sources.open import open_source
+from weightkit.sources.source import StoredSource
 
 # ---------------------------------------------------------------- the raw Meta folder as a source
 
 
 def test_a_raw_meta_folder_reads_as_its_converted_checkpoint(world):
-    view, converted = open_source(world.meta.folder, role="raw"), open_checkpoint(world.converted)
+    view, converted = (
+        open_source(world.meta.folder, role="raw"),
+        open_source(world.converted, role="raw"),
+    )
     assert isinstance(view, MetaView) and isinstance(view, Source)
-    assert isinstance(converted, Checkpoint) and isinstance(converted, Source)
+    assert isinstance(converted, StoredSource) and isinstance(converted, Source)
     assert view.names() == converted.names()
     for name in converted.names():
         assert (view.info(name).dtype, view.info(name).shape) == (

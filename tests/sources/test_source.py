@@ -16,8 +16,8 @@ from weightkit.io.reader import open_checkpoint
 from weightkit.io.tensor_info import TensorInfo
 from weightkit.manifest import Manifest, ManifestEntry
 from weightkit.sources import Node, Source, View
-from weightkit.sources.open import resolve
-from weightkit.sources.source import checked, combine, retyped, stored_node
+from weightkit.sources.open import open_path, resolve
+from weightkit.sources.source import StoredSource, checked, combine, retyped, stored_node
 
 
 def stored(t: torch.Tensor, dtype: torch.dtype | None = None, multiple: int = 1) -> Node:
@@ -37,10 +37,12 @@ def run(node: Node, rows: tuple[int, int] | None = None) -> torch.Tensor:
     return node.compute(*loaded).to(node.out.dtype)
 
 
-def test_a_checkpoint_is_a_source(tmp_path):
+def test_a_checkpoint_is_read_as_a_source(tmp_path):
     save_file({"w": torch.ones(2, 2)}, tmp_path / "model.safetensors")
-    ckpt = open_checkpoint(tmp_path)
-    assert isinstance(ckpt, Source)
+    (tmp_path / "config.json").write_text('{"hidden_size": 2}')
+    ckpt = open_path(tmp_path)
+    assert isinstance(ckpt, StoredSource) and isinstance(ckpt, Source)
+    assert not isinstance(open_checkpoint(tmp_path), Source)  # a reader: the source layer's below
     assert (ckpt.label, ckpt.where("w"), ckpt.inputs, ckpt.notes, ckpt.expected) == (
         str(tmp_path),
         str(tmp_path / "model.safetensors"),
@@ -49,6 +51,12 @@ def test_a_checkpoint_is_a_source(tmp_path):
         None,
     )
     assert torch.equal(run(ckpt.node("w")), torch.ones(2, 2))
+    assert torch.equal(run(ckpt.node("w"), (1, 2)), torch.ones(1, 2))
+    assert ckpt.config() == {"hidden_size": 2}
+    out = tmp_path / "out"
+    out.mkdir()
+    assert [copy(out) for copy in ckpt.side_files()] == [[]]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
 
 
 def test_combine_gives_compute_each_parts_value_in_order():

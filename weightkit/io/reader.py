@@ -3,16 +3,16 @@
 Accepted: an HF model folder (single or sharded safetensors, or `pytorch_model*.bin`, with or
 without an index), a folder of `consolidated.*.pth` or `adapter_model.*` files, or a single file.
 Listing names, shapes and dtypes reads headers only; `read(name)` reads one tensor.
-A `Checkpoint` is the stored kind of `weightkit.sources.Source`, the interface of every input.
+The source layer reads a `Checkpoint` as a `weightkit.sources.Source`, the interface of every
+input (`weightkit.sources.source.StoredSource`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -22,10 +22,7 @@ from weightkit.io.raw_bytes import tensor_bytes
 from weightkit.io.safetensors_file import SafetensorsFile
 from weightkit.io.tensor_info import PIECE_BYTES, Listing, TensorInfo
 from weightkit.io.torch_file import TorchFile
-from weightkit.manifest import Manifest, ManifestEntry
-
-if TYPE_CHECKING:  # the source layer builds on the pipeline, which imports this module
-    from weightkit.sources.source import Node
+from weightkit.manifest import ManifestEntry
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TORCH_SUFFIXES = (".bin", ".pth", ".pt")  # torch.save zips
@@ -44,13 +41,10 @@ _SUFFIX_LIST = ", ".join(f"*{s}" for s in WEIGHT_SUFFIXES)
 class Checkpoint(Listing):
     """Tensors of one model, wherever they are stored; read one at a time."""
 
-    expected: Manifest | None = None  # nothing to check its tensors against
-
     def __init__(self, path: Path, files: list[Path]) -> None:
         self.path = path
         self.files = files
         self.label = str(path)
-        self.notes: list[str] = []
         self._backends = [_open_file(f) for f in files]
         self._where: dict[str, int] = {}
         self.infos: dict[str, TensorInfo] = {}
@@ -96,28 +90,8 @@ class Checkpoint(Listing):
     def folder(self) -> Path:
         return self.path if self.path.is_dir() else self.path.parent
 
-    def node(self, name: str) -> Node:
-        """The tensor as the pipeline reads it: as stored, in row pieces when large."""
-        # here, not at the top: the sources read files with this module
-        from weightkit.sources.source import stored_node
-
-        return stored_node(
-            self.infos[name],
-            lambda: self.read(name),
-            lambda start, stop: self.read_rows(name, start, stop),
-        )
-
-    @property
-    def inputs(self) -> list[Path]:
-        return [self.path]
-
     def config(self) -> dict[str, Any] | None:
         return folder_config(self.folder)
-
-    def side_files(self) -> list[Callable[[Path], list[str]]]:
-        from weightkit.sources.source import folder_files
-
-        return [folder_files(self.folder)]
 
 
 def folder_config(folder: Path) -> dict[str, Any] | None:

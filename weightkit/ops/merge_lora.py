@@ -36,6 +36,7 @@ from weightkit.sources.source import (
     Source,
     View,
     checked,
+    checkpoint_node,
     combine,
     retyped,
     tally,
@@ -175,7 +176,9 @@ class MergedView(View):
         def compute(w: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
             return apply_steps(w, tensors, steps)
 
-        node = combine(out, [base, *(self.adapter.weights.node(k) for k in keys)], compute)
+        node = combine(
+            out, [base, *(checkpoint_node(self.adapter.weights, k) for k in keys)], compute
+        )
         # on the CPU whatever `device` says: the rank-r product and DoRA's norm must be taken
         # there (see lora_delta), and what is left (a widening add) would not pay for the copies
         node.cpu_only = True

@@ -1,6 +1,7 @@
 """Every model weightkit reads is a source, behind one interface (`Source`, in source.py):
 
-- an HF model folder or one weight file: `weightkit.io.reader.Checkpoint`;
+- an HF model folder or one weight file: a `weightkit.io.reader.Checkpoint`, read by
+  `source.StoredSource`;
 - a raw Meta LLaMA folder, read as the HF checkpoint `weightkit convert` would write, tensor by
   tensor, never written: `weightkit.ops.convert_llama.MetaView`;
 - a Hub repo id or catalog release: resolved in the Hugging Face cache, then a folder as above;

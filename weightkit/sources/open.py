@@ -2,10 +2,10 @@
 
 A path that exists is a model: a raw Meta LLaMA folder (`params.json` and `consolidated.*.pth`)
 is read as the HF checkpoint `weightkit convert` would write (weightkit.ops.convert_llama.MetaView),
-any other folder or file as a checkpoint (weightkit.io.reader). Anything else is a Hub repo id
-(`org/name`, `org/name@revision`) or a release from checksums/catalog.json, resolved in the
-Hugging Face cache by weightkit.hub.cache: once resolved, a snapshot is just a folder of one of
-the kinds above.
+any other folder or file as a checkpoint (weightkit.io.reader, as a `StoredSource`). Anything
+else is a Hub repo id (`org/name`, `org/name@revision`) or a release from checksums/catalog.json,
+resolved in the Hugging Face cache by weightkit.hub.cache: once resolved, a snapshot is just a
+folder of one of the kinds above.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from weightkit.errors import InputError
 from weightkit.io.reader import open_checkpoint
 from weightkit.options import HubOptions, WriteOptions
-from weightkit.sources.source import Source
+from weightkit.sources.source import Source, StoredSource
 
 PARAMS_NAME = "params.json"  # Meta's model arguments, next to consolidated.*.pth
 _NOT_FOUND_HINT = (
@@ -105,7 +105,7 @@ def open_path(
         view.verify(progress)
         return view
     try:
-        return open_checkpoint(path)
+        return StoredSource(open_checkpoint(path))
     except InputError:
         sizes = sorted(p.name for p in path.iterdir() if is_meta_folder(p)) if path.is_dir() else []
         if not sizes:

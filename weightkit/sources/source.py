@@ -30,6 +30,7 @@ import torch
 from weightkit.engine import Job, checkable, identity, refuse_new_non_finite
 from weightkit.io.buffers import release
 from weightkit.io.output import copy_side_files
+from weightkit.io.reader import Checkpoint
 from weightkit.io.tensor_info import Listing, TensorInfo
 from weightkit.manifest import Manifest, RowHasher
 
@@ -141,6 +142,51 @@ def stored_node(
     return Node(
         out, lambda: (read(),), identity, load_rows=lambda start, stop: (read_rows(start, stop),)
     )
+
+
+def checkpoint_node(checkpoint: Checkpoint, name: str) -> Node:
+    """Tensor `name` of a checkpoint on disk as the pipeline reads it: as stored, in row pieces
+    when large."""
+    return stored_node(
+        checkpoint.infos[name],
+        lambda: checkpoint.read(name),
+        lambda start, stop: checkpoint.read_rows(name, start, stop),
+    )
+
+
+class StoredSource(Listing):
+    """A checkpoint on disk (weightkit.io.reader) as a source: its tensors as stored, its config
+    and tokenizer files copied from its folder."""
+
+    expected: Manifest | None = None  # nothing to check its tensors against
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.label = checkpoint.label
+        self.infos = checkpoint.infos
+        self.notes: list[str] = []
+
+    def where(self, name: str) -> str:
+        return self.checkpoint.where(name)
+
+    def read(self, name: str) -> torch.Tensor:
+        return self.checkpoint.read(name)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.checkpoint.read_rows(name, start, stop)
+
+    def node(self, name: str) -> Node:
+        return checkpoint_node(self.checkpoint, name)
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.checkpoint.path]
+
+    def config(self) -> dict[str, Any] | None:
+        return self.checkpoint.config()
+
+    def side_files(self) -> list[SideFiles]:
+        return [folder_files(self.checkpoint.folder)]
 
 
 def combine(
