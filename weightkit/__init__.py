@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from weightkit.checksums import VerifyReport
     from weightkit.errors import (
         ChecksumError,
         InputError,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from weightkit.ops.diff import diff
     from weightkit.ops.merge_lora import merge_lora
     from weightkit.ops.recover import recover
-    from weightkit.ops.verify import ChecksumResult, VerifyReport, verify, write_checksums
+    from weightkit.ops.verify import ChecksumResult, verify, write_checksums
     from weightkit.options import HubOptions, WriteOptions
     from weightkit.results import WriteResult
     from weightkit.sources.open import open_source
@@ -66,7 +67,7 @@ _API = {
     "HubOptions": "weightkit.options",
     # results
     "WriteResult": "weightkit.results",
-    "VerifyReport": "weightkit.ops.verify",
+    "VerifyReport": "weightkit.checksums",
     "ChecksumResult": "weightkit.ops.verify",
     "DownloadResult": "weightkit.hub.download",
     "PushResult": "weightkit.hub.push",

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from weightkit.catalog import checksums_dir
+from weightkit.checksums import read_checksums
 from weightkit.errors import InputError
-from weightkit.ops.verify import read_checksums, verify, write_checksums
+from weightkit.ops.verify import verify, write_checksums
 from weightkit.options import WriteOptions
 
 ONE = b"weights one\n" * 1000

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from weightkit.cli.options import progress, subcommand
-from weightkit.ops.verify import ALGOS
+from weightkit.io.hashing import ALGOS
 
 
 @subcommand("checksum")

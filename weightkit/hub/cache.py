@@ -26,6 +26,9 @@ reads (`select_files`: one weight layout, no docs) is fetched into it with weigh
 with a Range request), its size and hash are checked, then it is moved to blobs/<name> and
 linked; the ref is written last. With HF_HUB_OFFLINE set, a repo or file the cache lacks is one
 error naming it, and nothing is requested.
+
+`weightkit verify org/name` audits a snapshot here (`verify_cached`): each blob is hashed against
+the name the cache gave it, since huggingface_hub trusts whatever bytes lie in blobs/.
 """
 
 from __future__ import annotations
@@ -47,6 +50,16 @@ from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from weightkit.catalog import Release, find_release
+from weightkit.checksums import (
+    CACHE,
+    EXTRA,
+    MISMATCH,
+    MISSING,
+    OK,
+    Row,
+    VerifyReport,
+    verify_folder,
+)
 from weightkit.errors import InputError, OutputError
 from weightkit.hub.client import RETRY_LATER, HubError, RemoteFile, connect, list_files
 from weightkit.hub.download import (
@@ -59,7 +72,7 @@ from weightkit.hub.download import (
     refuse_escaping_names,
     select,
 )
-from weightkit.ops.verify import GIT_SHA1
+from weightkit.io.hashing import GIT_SHA1, hash_paths
 from weightkit.options import HubOptions
 
 ROLES = ("model", "base", "raw", "tuned", "diff", "lora")
@@ -705,3 +718,99 @@ def cached_snapshot(spec: str, *, cache_dir: str | Path | None = None) -> Snapsh
             "huggingface_hub downloads it there.",
         )
     return Snapshot(store, target.revision, commit)
+
+
+def verify_cached(
+    spec: str,
+    *,
+    manifest: str | Path | None = None,
+    known: str | None = None,
+    algo: str | None = None,
+    jobs: int | None = None,
+    fix: bool = False,
+    progress: bool | None = None,
+) -> VerifyReport:
+    """`verify` of a repo id or release name: its snapshot in the cache (nothing is fetched)
+    checked as a folder against `manifest` or `known`, or without them each blob against its
+    name (`fix`: the damaged ones and their links are removed)."""
+    snapshot = cached_snapshot(spec)
+    if manifest is not None or known is not None:
+        if fix:
+            raise InputError(
+                "`fix` removes what does not match the cache's own hashes; "
+                "it does not go with `manifest` or `known`",
+                "Drop one of them.",
+            )
+        return verify_folder(
+            snapshot.folder, manifest=manifest, known=known, algo=algo, jobs=jobs, progress=progress
+        )
+    if algo is not None:
+        raise InputError(
+            f"the Hugging Face cache names each file of {spec} by its sha256 or git "
+            f"sha1; `algo` {algo} has nothing to check",
+            "Drop `algo`.",
+        )
+    return _check_cache(snapshot, jobs, progress, fix)
+
+
+def _check_cache(
+    snapshot: Snapshot, jobs: int | None, progress: bool | None, fix: bool
+) -> VerifyReport:
+    files = snapshot.files()
+    blobs = {
+        f.blob.name: (f.blob, f.algo)
+        for f in files
+        if f.blob is not None and f.algo is not None and f.blob.is_file()
+    }
+    start = time.perf_counter()
+    digests = hash_paths(blobs, jobs, progress, title="verify")
+    seconds = time.perf_counter() - start
+    sizes = snapshot.listed_sizes()
+    rows = [_cache_row(f, digests.get(f.blob_name or ""), sizes.get(f.path)) for f in files]
+    nbytes = sum(path.stat().st_size for path, _ in blobs.values())
+    removed = []
+    if fix:
+        damaged = {r.expected for r in rows if r.verdict in (MISMATCH, MISSING) and r.expected}
+        removed = [
+            p.relative_to(snapshot.store.path).as_posix()
+            for name in sorted(damaged)
+            for p in snapshot.store.remove_blob(name)
+        ]
+    return VerifyReport(
+        snapshot.folder,
+        snapshot.store.path / "blobs",
+        CACHE,
+        f"sha256/{GIT_SHA1}",
+        rows,
+        nbytes,
+        seconds,
+        sorted(removed),
+    )
+
+
+def _cache_row(f: CachedFile, got: str | None, listed_size: int | None) -> Row:
+    """One file of a cached snapshot: its blob's bytes against the blob's name."""
+    if f.blob is None:
+        return Row(f.path, None, None, EXTRA, f.note)
+    if f.algo is None:
+        return Row(
+            f.path,
+            f.blob_name,
+            None,
+            EXTRA,
+            "its blob's name is no sha256 or git sha1: not checked",
+        )
+    if got is None:
+        return Row(
+            f.path, f.blob_name, None, MISSING, f"a dangling link: blobs/{f.blob_name} is gone"
+        )
+    if got == f.blob_name:
+        return Row(f.path, f.blob_name, got, OK)
+    size = f.blob.stat().st_size
+    if listed_size is not None and size < listed_size:
+        note = f"truncated: {size} of {listed_size} bytes"
+    elif listed_size is not None and size != listed_size:
+        note = f"{size} bytes, the Hub listed {listed_size}"
+    else:
+        note = f"{size} bytes, not the ones its name is the hash of"
+    return Row(f.path, f.blob_name, got, MISMATCH, note)

@@ -28,7 +28,7 @@ from huggingface_hub.utils import build_hf_headers
 
 from weightkit import __version__
 from weightkit.errors import WeightkitError
-from weightkit.ops.verify import GIT_SHA1, new_hash
+from weightkit.io.hashing import GIT_SHA1, new_hash
 from weightkit.options import HubOptions
 
 # where `download` keeps unfinished files, inside the output folder; `push` never uploads it

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import httpx2
 from huggingface_hub import constants as hf_constants
@@ -27,6 +27,7 @@ from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import filter_repo_objects, get_session, hf_raise_for_status
 
 from weightkit.catalog import find_release, load_catalog
+from weightkit.checksums import EXTRA, MISSING, OK, VerifyReport, verify_folder
 from weightkit.errors import ChecksumError, InputError, OptionConflict, OutputError
 from weightkit.hub.client import (
     PARTIAL_DIR,
@@ -41,9 +42,6 @@ from weightkit.hub.client import (
 from weightkit.io.disk import free_bytes, writable_folder
 from weightkit.options import HubOptions
 from weightkit.progress import ByteProgress, human_bytes, human_time
-
-if TYPE_CHECKING:
-    from weightkit.ops.verify import VerifyReport
 
 ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.*")
 RETRIES = 5  # failed attempts in a row, without a byte of progress, before a file is given up
@@ -604,9 +602,7 @@ def _remove_empty_dirs(root: Path) -> None:
 
 def _verify(out: Path, manifest: Path, deselected: set[str], progress: bool) -> VerifyReport:
     """`verify` with the catalog manifest; files left out on purpose do not count."""
-    from weightkit.ops.verify import MISSING, verify
-
-    report = verify(out, manifest=manifest, progress=progress)
+    report = verify_folder(out, manifest=manifest, progress=progress)
     return replace(
         report, rows=[r for r in report.rows if not (r.verdict == MISSING and r.name in deselected)]
     )
@@ -617,8 +613,6 @@ class ManifestMismatch(ChecksumError):
     verify report, which a person reads before the error."""
 
     def __init__(self, result: DownloadResult) -> None:
-        from weightkit.ops.verify import EXTRA, OK
-
         assert result.verify_report is not None and result.manifest is not None
         bad = ", ".join(
             f"{r.name} ({r.verdict})"

@@ -492,9 +492,9 @@ def verify_checklists(
     for checklist in lists:
         if not checklist.is_file():
             continue
-        from weightkit.ops.verify import EXTRA, MISMATCH, MISSING, verify
+        from weightkit.checksums import EXTRA, MISMATCH, MISSING, verify_folder
 
-        report = verify(checklist.parent, manifest=checklist, progress=progress)
+        report = verify_folder(checklist.parent, manifest=checklist, progress=progress)
         bad = [r for r in report.rows if r.verdict in (MISMATCH, MISSING)]
         if bad:
             raise ChecksumError(
