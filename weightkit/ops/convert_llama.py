@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from weightkit.checksums import CHECKLIST_NAME, EXTRA, MISMATCH, MISSING, verify_folder
 from weightkit.dtypes import output_dtype, parse_dtype, short_name
 from weightkit.engine import identity
 from weightkit.errors import ChecksumError, InputError
@@ -40,7 +41,6 @@ if TYPE_CHECKING:  # transformers is imported only when a tokenizer is converted
     from transformers import PreTrainedTokenizerBase
 
 PARAMS_NAME = "params.json"
-CHECKLIST_NAME = "checklist.chk"  # Meta's md5sum list of the shards and params.json
 TOKENIZER_CHECKLIST_NAME = "tokenizer_checklist.chk"
 _SHARD = re.compile(r"consolidated\.(\d+)\.pth")
 
@@ -492,8 +492,6 @@ def verify_checklists(
     for checklist in lists:
         if not checklist.is_file():
             continue
-        from weightkit.checksums import EXTRA, MISMATCH, MISSING, verify_folder
-
         report = verify_folder(checklist.parent, manifest=checklist, progress=progress)
         bad = [r for r in report.rows if r.verdict in (MISMATCH, MISSING)]
         if bad:
