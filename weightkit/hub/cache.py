@@ -27,8 +27,7 @@ with a Range request), its size and hash are checked, then it is moved to blobs/
 linked; the ref is written last. With HF_HUB_OFFLINE set, a repo or file the cache lacks is one
 error naming it, and nothing is requested.
 
-`weightkit verify org/name` audits a snapshot here (`verify_cached`): each blob is hashed against
-the name the cache gave it, since huggingface_hub trusts whatever bytes lie in blobs/.
+`weightkit verify org/name` audits a snapshot in the cache: weightkit/hub/audit.py.
 """
 
 from __future__ import annotations
@@ -50,16 +49,6 @@ from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from weightkit.catalog import Release, find_release
-from weightkit.checksums import (
-    CACHE,
-    EXTRA,
-    MISMATCH,
-    MISSING,
-    OK,
-    Row,
-    VerifyReport,
-    verify_folder,
-)
 from weightkit.errors import InputError, OutputError
 from weightkit.hub.client import RETRY_LATER, HubError, RemoteFile, connect, list_files
 from weightkit.hub.download import (
@@ -72,7 +61,6 @@ from weightkit.hub.download import (
     refuse_escaping_names,
     select,
 )
-from weightkit.io.hashing import GIT_SHA1, hash_paths
 from weightkit.options import HubOptions
 
 ROLES = ("model", "base", "raw", "tuned", "diff", "lora")
@@ -126,7 +114,6 @@ NOT_READ = (
     "*.pdf",
 )
 _SERIES = re.compile(r"(.*-)(\d+)-of-(\d+)(\..+)")  # model-00001-of-00003.safetensors
-_BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git sha1, a sha256
 _OFFLINE_HINT = "Unset HF_HUB_OFFLINE to fetch it into the cache, or pass a local folder instead."
 
 
@@ -336,7 +323,7 @@ def _release(name: str) -> Release | None:
         return None
 
 
-def _target(spec: str, role: str, fp16: bool) -> _Target:
+def spec_target(spec: str, role: str, fp16: bool) -> _Target:
     if role not in ROLES:
         raise InputError(f"unknown model role {role!r}", f"Use one of: {', '.join(ROLES)}.")
     split = _split(spec)
@@ -389,7 +376,7 @@ def resolve_model(
     adapter files, the others the model's config, tokenizer and one weight layout. A release
     name gives its "diff" part (its "diff-fp16" part with `fp16`) or, as "lora", its "lora" part.
     """
-    target = _target(spec, role, fp16)
+    target = spec_target(spec, role, fp16)
     store = RepoCache.of(target.repo, cache_dir)
     commit = store.commit_of(target.revision)
     lacking = lacks(store, commit, role) if commit else []
@@ -562,7 +549,7 @@ def lacks(store: RepoCache, commit: str, role: str) -> list[str]:
     present, dangling = _snapshot_files(folder)
     need = [f"{p} (its blob is gone)" for p in dangling]
     need += _lacks(present, role, shards_of=lambda index: _index_shards(folder / index))
-    listing = _cached_listing(store, commit)
+    listing = cached_listing(store, commit)
     if listing is not None:
         need += [
             f.path
@@ -634,7 +621,7 @@ def _index_shards(index: Path) -> list[str] | None:
         return None
 
 
-def _cached_listing(store: RepoCache, commit: str) -> list[RemoteFile] | None:
+def cached_listing(store: RepoCache, commit: str) -> list[RemoteFile] | None:
     """The repo's files at `commit` as huggingface_hub's snapshot_download cached them, if it
     did (read from disk only)."""
     try:
@@ -642,175 +629,3 @@ def _cached_listing(store: RepoCache, commit: str) -> list[RemoteFile] | None:
     except CachedRepoTreeNotFoundError:
         return None
     return [RemoteFile(f.path, f.size) for f in tree]
-
-
-# --- the audit ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CachedFile:
-    """One file of a cached snapshot, as the audit sees it."""
-
-    path: str  # in the repo
-    blob: Path | None  # the blob its link points to; None: a copy, or a link outside blobs/
-    note: str = ""  # why there is no blob to check
-
-    @property
-    def blob_name(self) -> str | None:
-        return self.blob.name if self.blob is not None else None
-
-    @property
-    def algo(self) -> str | None:
-        """How the cache named the blob: sha256 (LFS files) or git-sha1 (small files)."""
-        name = self.blob_name or ""
-        return None if not _BLOB_NAME.fullmatch(name) else "sha256" if len(name) == 64 else GIT_SHA1
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A repo's snapshot found in the cache, for `weightkit verify org/name`."""
-
-    store: RepoCache
-    revision: str
-    commit: str
-
-    @property
-    def folder(self) -> Path:
-        return self.store.snapshot(self.commit)
-
-    def files(self) -> list[CachedFile]:
-        found = []
-        links = dict(self.store.links())
-        for root, _, names in os.walk(self.folder):
-            for name in names:
-                path = Path(root, name)
-                rel = path.relative_to(self.folder).as_posix()
-                if not path.is_symlink():
-                    found.append(
-                        CachedFile(
-                            rel, None, "a copy, not a link into blobs/: nothing names its hash"
-                        )
-                    )
-                elif links.get(path) is None:
-                    found.append(
-                        CachedFile(rel, None, f"a link outside blobs/ ({os.readlink(path)})")
-                    )
-                else:
-                    found.append(CachedFile(rel, links[path]))
-        return sorted(found, key=lambda f: f.path)
-
-    def listed_sizes(self) -> dict[str, int]:
-        """Sizes by repo path from huggingface_hub's cached listing; {} when there is none."""
-        listing = _cached_listing(self.store, self.commit)
-        return {f.path: f.size for f in listing or []}
-
-
-def cached_snapshot(spec: str, *, cache_dir: str | Path | None = None) -> Snapshot:
-    """The snapshot `spec` (a repo id or release name) has in the cache; nothing is fetched."""
-    target = _target(spec, "model", False)
-    store = RepoCache.of(target.repo, cache_dir)
-    commit = store.commit_of(target.revision)
-    if commit is None:
-        raise HubError(
-            f"{target.name} is not in the Hugging Face cache {store.root}: "
-            "there is nothing to check",
-            "A run that reads it (e.g. merge_lora with it as `base`) or "
-            "huggingface_hub downloads it there.",
-        )
-    return Snapshot(store, target.revision, commit)
-
-
-def verify_cached(
-    spec: str,
-    *,
-    manifest: str | Path | None = None,
-    known: str | None = None,
-    algo: str | None = None,
-    jobs: int | None = None,
-    fix: bool = False,
-    progress: bool | None = None,
-) -> VerifyReport:
-    """`verify` of a repo id or release name: its snapshot in the cache (nothing is fetched)
-    checked as a folder against `manifest` or `known`, or without them each blob against its
-    name (`fix`: the damaged ones and their links are removed)."""
-    snapshot = cached_snapshot(spec)
-    if manifest is not None or known is not None:
-        if fix:
-            raise InputError(
-                "`fix` removes what does not match the cache's own hashes; "
-                "it does not go with `manifest` or `known`",
-                "Drop one of them.",
-            )
-        return verify_folder(
-            snapshot.folder, manifest=manifest, known=known, algo=algo, jobs=jobs, progress=progress
-        )
-    if algo is not None:
-        raise InputError(
-            f"the Hugging Face cache names each file of {spec} by its sha256 or git "
-            f"sha1; `algo` {algo} has nothing to check",
-            "Drop `algo`.",
-        )
-    return _check_cache(snapshot, jobs, progress, fix)
-
-
-def _check_cache(
-    snapshot: Snapshot, jobs: int | None, progress: bool | None, fix: bool
-) -> VerifyReport:
-    files = snapshot.files()
-    blobs = {
-        f.blob.name: (f.blob, f.algo)
-        for f in files
-        if f.blob is not None and f.algo is not None and f.blob.is_file()
-    }
-    start = time.perf_counter()
-    digests = hash_paths(blobs, jobs, progress, title="verify")
-    seconds = time.perf_counter() - start
-    sizes = snapshot.listed_sizes()
-    rows = [_cache_row(f, digests.get(f.blob_name or ""), sizes.get(f.path)) for f in files]
-    nbytes = sum(path.stat().st_size for path, _ in blobs.values())
-    removed = []
-    if fix:
-        damaged = {r.expected for r in rows if r.verdict in (MISMATCH, MISSING) and r.expected}
-        removed = [
-            p.relative_to(snapshot.store.path).as_posix()
-            for name in sorted(damaged)
-            for p in snapshot.store.remove_blob(name)
-        ]
-    return VerifyReport(
-        snapshot.folder,
-        snapshot.store.path / "blobs",
-        CACHE,
-        f"sha256/{GIT_SHA1}",
-        rows,
-        nbytes,
-        seconds,
-        sorted(removed),
-    )
-
-
-def _cache_row(f: CachedFile, got: str | None, listed_size: int | None) -> Row:
-    """One file of a cached snapshot: its blob's bytes against the blob's name."""
-    if f.blob is None:
-        return Row(f.path, None, None, EXTRA, f.note)
-    if f.algo is None:
-        return Row(
-            f.path,
-            f.blob_name,
-            None,
-            EXTRA,
-            "its blob's name is no sha256 or git sha1: not checked",
-        )
-    if got is None:
-        return Row(
-            f.path, f.blob_name, None, MISSING, f"a dangling link: blobs/{f.blob_name} is gone"
-        )
-    if got == f.blob_name:
-        return Row(f.path, f.blob_name, got, OK)
-    size = f.blob.stat().st_size
-    if listed_size is not None and size < listed_size:
-        note = f"truncated: {size} of {listed_size} bytes"
-    elif listed_size is not None and size != listed_size:
-        note = f"{size} bytes, the Hub listed {listed_size}"
-    else:
-        note = f"{size} bytes, not the ones its name is the hash of"
-    return Row(f.path, f.blob_name, got, MISMATCH, note)

@@ -48,7 +48,8 @@ def verify(
     path = Path(path)
     if not path.exists():
         # huggingface_hub is loaded only here: a folder's check starts at once
-        from weightkit.hub.cache import is_hub_spec, verify_cached
+        from weightkit.hub.audit import verify_cached
+        from weightkit.hub.cache import is_hub_spec
 
         if is_hub_spec(spec):
             return verify_cached(
