@@ -115,21 +115,25 @@ class Checksums:
     entries: dict[str, str]
 
 
-def verify_folder(
-    path: str | Path,
-    *,
-    manifest: str | Path | None = None,
-    known: str | None = None,
-    algo: str | None = None,
-    jobs: int | None = None,
-    progress: bool | None = None,
-) -> VerifyReport:
-    """Check PATH (a folder, or one file in it) against checksums; never raises on a mismatch.
+@dataclass(frozen=True)
+class CheckOptions:
+    """What a folder is checked against and how: `manifest` (an md5sum/sha256sum file, or a
+    weightkit tensor manifest), else the shipped manifest called `known`, else the first of
+    AUTO_SOURCES found in the folder; `algo` (default: told from the hash length); `jobs` files
+    hashed at once (default: one per core); `progress` a bar on stderr (None: on a terminal)."""
 
-    The source is `manifest` (an md5sum/sha256sum file, or a weightkit tensor manifest), else the
-    shipped manifest called `known`, else the first of AUTO_SOURCES found in the folder.
-    `progress`: a progress bar on stderr (None: on a terminal only); nothing else is printed.
-    """
+    manifest: str | Path | None = None
+    known: str | None = None
+    algo: str | None = None
+    jobs: int | None = None
+    progress: bool | None = None
+
+
+def verify_folder(path: str | Path, options: CheckOptions) -> VerifyReport:
+    """Check PATH (a folder, or one file in it) as `options` say; never raises on a mismatch,
+    prints nothing."""
+    manifest, known, algo = options.manifest, options.known, options.algo
+    jobs, progress = options.jobs, options.progress
     path = Path(path)
     folder, only = scope(path)
     source = _source(folder, manifest, known)

@@ -20,6 +20,7 @@ from weightkit.checksums import (
     MISMATCH,
     MISSING,
     OK,
+    CheckOptions,
     Row,
     VerifyReport,
     verify_folder,
@@ -105,37 +106,26 @@ def cached_snapshot(spec: str, *, cache_dir: str | Path | None = None) -> Snapsh
     return Snapshot(store, target.revision, commit)
 
 
-def verify_cached(
-    spec: str,
-    *,
-    manifest: str | Path | None = None,
-    known: str | None = None,
-    algo: str | None = None,
-    jobs: int | None = None,
-    fix: bool = False,
-    progress: bool | None = None,
-) -> VerifyReport:
+def verify_cached(spec: str, options: CheckOptions, fix: bool = False) -> VerifyReport:
     """`verify` of a repo id or release name: its snapshot in the cache (nothing is fetched)
-    checked as a folder against `manifest` or `known`, or without them each blob against its
-    name (`fix`: the damaged ones and their links are removed)."""
+    checked as a folder against `options.manifest` or `.known`, or without them each blob
+    against its name (`fix`: the damaged ones and their links are removed)."""
     snapshot = cached_snapshot(spec)
-    if manifest is not None or known is not None:
+    if options.manifest is not None or options.known is not None:
         if fix:
             raise InputError(
                 "`fix` removes what does not match the cache's own hashes; "
                 "it does not go with `manifest` or `known`",
                 "Drop one of them.",
             )
-        return verify_folder(
-            snapshot.folder, manifest=manifest, known=known, algo=algo, jobs=jobs, progress=progress
-        )
-    if algo is not None:
+        return verify_folder(snapshot.folder, options)
+    if options.algo is not None:
         raise InputError(
             f"the Hugging Face cache names each file of {spec} by its sha256 or git "
-            f"sha1; `algo` {algo} has nothing to check",
+            f"sha1; `algo` {options.algo} has nothing to check",
             "Drop `algo`.",
         )
-    return _check_cache(snapshot, jobs, progress, fix)
+    return _check_cache(snapshot, options.jobs, options.progress, fix)
 
 
 def _check_cache(

@@ -27,7 +27,7 @@ from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import filter_repo_objects, get_session, hf_raise_for_status
 
 from weightkit.catalog import find_release, load_catalog
-from weightkit.checksums import EXTRA, MISSING, OK, VerifyReport, verify_folder
+from weightkit.checksums import EXTRA, MISSING, OK, CheckOptions, VerifyReport, verify_folder
 from weightkit.errors import ChecksumError, InputError, OptionConflict, OutputError
 from weightkit.hub.client import (
     PARTIAL_DIR,
@@ -602,7 +602,7 @@ def _remove_empty_dirs(root: Path) -> None:
 
 def _verify(out: Path, manifest: Path, deselected: set[str], progress: bool) -> VerifyReport:
     """`verify` with the catalog manifest; files left out on purpose do not count."""
-    report = verify_folder(out, manifest=manifest, progress=progress)
+    report = verify_folder(out, CheckOptions(manifest=manifest, progress=progress))
     return replace(
         report, rows=[r for r in report.rows if not (r.verdict == MISSING and r.name in deselected)]
     )

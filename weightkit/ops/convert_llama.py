@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from weightkit.checksums import CHECKLIST_NAME, EXTRA, MISMATCH, MISSING, verify_folder
+from weightkit.checksums import (
+    CHECKLIST_NAME,
+    EXTRA,
+    MISMATCH,
+    MISSING,
+    CheckOptions,
+    verify_folder,
+)
 from weightkit.dtypes import output_dtype, parse_dtype, short_name
 from weightkit.engine import identity
 from weightkit.errors import ChecksumError, InputError
@@ -492,7 +499,9 @@ def verify_checklists(
     for checklist in lists:
         if not checklist.is_file():
             continue
-        report = verify_folder(checklist.parent, manifest=checklist, progress=progress)
+        report = verify_folder(
+            checklist.parent, CheckOptions(manifest=checklist, progress=progress)
+        )
         bad = [r for r in report.rows if r.verdict in (MISMATCH, MISSING)]
         if bad:
             raise ChecksumError(

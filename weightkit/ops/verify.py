@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weightkit.checksums import VerifyReport, checksum_line, files_in, scope, verify_folder
+from weightkit.checksums import (
+    CheckOptions,
+    VerifyReport,
+    checksum_line,
+    files_in,
+    scope,
+    verify_folder,
+)
 from weightkit.errors import InputError, OutputError
 from weightkit.io.hashing import ALGOS, hash_files
 
@@ -44,6 +51,7 @@ def verify(
     ones and their links are removed). `progress`: a progress bar on stderr (None: on a
     terminal only); nothing else is printed.
     """
+    options = CheckOptions(manifest, known, algo, jobs, progress)
     spec = str(path)
     path = Path(path)
     if not path.exists():
@@ -52,23 +60,13 @@ def verify(
         from weightkit.hub.cache import is_hub_spec
 
         if is_hub_spec(spec):
-            return verify_cached(
-                spec,
-                manifest=manifest,
-                known=known,
-                algo=algo,
-                jobs=jobs,
-                fix=fix,
-                progress=progress,
-            )
+            return verify_cached(spec, options, fix)
     if fix:
         raise InputError(
             f"{path}: `fix` repairs a Hub repo's files in the Hugging Face cache; this is a folder",
             "Drop `fix`, and download the files named again.",
         )
-    return verify_folder(
-        path, manifest=manifest, known=known, algo=algo, jobs=jobs, progress=progress
-    )
+    return verify_folder(path, options)
 
 
 @dataclass
