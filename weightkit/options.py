@@ -12,9 +12,10 @@ there instead (weightkit.cli.errors).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from weightkit.errors import InputError
@@ -120,9 +121,8 @@ class WriteOptions:
         return show_progress(self.progress)
 
     def replace(self, **changes: Any) -> WriteOptions:
-        """A copy with `changes` (checked again)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return WriteOptions(**{**values, **changes})
+        """A copy with `changes` (checked again: dataclasses.replace runs __post_init__)."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

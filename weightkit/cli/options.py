@@ -49,7 +49,8 @@ def subcommand(name: str) -> Decorator:
 
             ctx = click.get_current_context()
             root = ctx.find_root()
-            root.obj = {**(root.obj or {}), "quiet": is_quiet(quiet), "json": as_json}
+            quiet = is_quiet(quiet)
+            root.obj = {**(root.obj or {}), "quiet": quiet}  # read by the option families
             try:
                 result = f(*args, **kwargs)
             except OptionConflict as e:
@@ -59,10 +60,10 @@ def subcommand(name: str) -> Decorator:
             except WeightkitError as e:
                 # what was done before the failure (a download that does not match its
                 # manifest: what was fetched and checked), read before the error
-                if e.result is not None and not (as_json or is_quiet(quiet)):
+                if e.result is not None and not (as_json or quiet):
                     render(e.result, ctx.command, as_json=False, quiet=False)
                 raise
-            code = render(result, ctx.command, as_json=as_json, quiet=root.obj["quiet"])
+            code = render(result, ctx.command, as_json=as_json, quiet=quiet)
             if code:
                 ctx.exit(code)
 
